@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project virtual environment at .venv/ with every pinned
+# dependency of requirements.txt. Safe to run repeatedly: a complete environment
+# whose requirements have not changed is reused as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=.venv
+STAMP=$VENV/.xkd-env-complete
+# The stamp records what the environment was built from; any change rebuilds it.
+WANT=$(cat requirements.txt scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+
+if [[ -f $STAMP && "$(cat "$STAMP")" == "$WANT" ]]; then
+  echo "[setup_env] reusing complete environment $VENV"
+  exit 0
+fi
+
+echo "[setup_env] building $VENV with $($PYTHON --version)"
+"$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip wheel setuptools ninja
+"$VENV/bin/python" -m pip install --quiet -r requirements.txt
+
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  # DeepSpeed on the CPU accelerator JIT-compiles its shared-memory collective op at
+  # every fresh start (100-200 s). Build it once into the installed package instead.
+  echo "[setup_env] no GPU: prebuilding DeepSpeed's CPU shm_comm op"
+  DS_BUILD_SHM_COMM=1 DS_ACCELERATOR=cpu "$VENV/bin/python" -m pip install --quiet \
+    --no-build-isolation --no-deps --force-reinstall --no-cache-dir \
+    "$(grep -E '^deepspeed==' requirements.txt)"
+fi
+
+"$VENV/bin/python" - <<'PY'
+import torch, torchaudio, torchvision, timm, deepspeed, nvidia.dali, webdataset, mlflow, sklearn, submitit
+print(f"[setup_env] torch {torch.__version__}, torchaudio {torchaudio.__version__}, "
+      f"torchvision {torchvision.__version__}, timm {timm.__version__}, deepspeed {deepspeed.__version__}, "
+      f"dali {nvidia.dali.__version__}, mlflow {mlflow.__version__}")
+PY
+echo "$WANT" > "$STAMP"
+echo "[setup_env] done: $VENV"

@@ -1,0 +1,107 @@
+"""ViT encoder for one modality: patch embedding, CLS, learned positions, timm blocks.
+
+The transformer blocks are timm's pre-norm ``Block`` (MLP ratio 4, fused attention) and
+can be passed in, so that the modality-agnostic variants (MAS, MATS) share one stack of
+blocks between the audio and the video encoder while embeddings and norms stay separate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from xkd.models.masking import random_masking
+from xkd.models.position import PositionEmbedding
+from xkd.models.sizes import EncoderSize
+
+
+def build_blocks(size: EncoderSize, drop_path: float = 0.0) -> nn.ModuleList:
+    rates = torch.linspace(0, drop_path, size.depth).tolist()
+    return nn.ModuleList(
+        Block(size.embed_dim, size.num_heads, mlp_ratio=size.mlp_ratio, qkv_bias=True, drop_path=rate)
+        for rate in rates
+    )
+
+
+def cls_attention(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """Attention of the CLS query to the N patch keys in ``block``, per head (eq. 3).
+
+    softmax(q_cls k^T / sqrt(d)) over all N+1 keys, then the CLS column is dropped.
+    Only the CLS query and the keys are projected (a slice of the qkv weight), so this
+    costs a fraction of the block; the block itself still runs fused attention.
+
+    Args:
+        x: (B, 1+N, D) input of ``block``. Returns (B, H, N).
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    dim = attn.attn_dim
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q_bias = bias[:dim] if bias is not None else None
+    k_bias = bias[dim : 2 * dim] if bias is not None else None
+    batch, tokens, _ = h.shape
+    query = F.linear(h[:, :1], weight[:dim], q_bias).reshape(batch, 1, attn.num_heads, attn.head_dim)
+    keys = F.linear(h, weight[dim : 2 * dim], k_bias).reshape(batch, tokens, attn.num_heads, attn.head_dim)
+    query, keys = attn.q_norm(query.transpose(1, 2)), attn.k_norm(keys.transpose(1, 2))
+    scores = (query * attn.scale) @ keys.transpose(-2, -1)  # (B, H, 1, 1+N)
+    return scores.softmax(dim=-1)[:, :, 0, 1:]
+
+
+@dataclass
+class EncoderOutput:
+    tokens: torch.Tensor  # (B, 1+N_visible, D) after the final LayerNorm, CLS first
+    grid: tuple[int, ...]  # token grid of the input view
+    mask: torch.Tensor | None = None  # (B, N) 1 = masked; None when nothing was masked
+    ids_restore: torch.Tensor | None = None  # (B, N)
+    attention: torch.Tensor | None = None  # (B, H, N_visible) CLS attention of the last block
+
+    @property
+    def patch_tokens(self) -> torch.Tensor:
+        return self.tokens[:, 1:]
+
+    def pooled(self) -> torch.Tensor:
+        """The view's representation: mean of last-layer patch tokens, CLS excluded (spec section 3)."""
+        return self.tokens[:, 1:].mean(dim=1)
+
+
+class ModalityEncoder(nn.Module):
+    """Encoder of one modality (student or teacher).
+
+    Args:
+        patch_embed: ``VideoPatchEmbedding`` or ``AudioPatchEmbedding``.
+        grid: token grid of the global view (the learned position table's grid).
+        blocks: transformer blocks; pass another encoder's ``blocks`` to share them.
+    """
+
+    def __init__(self, patch_embed: nn.Module, grid: tuple[int, ...], size: EncoderSize, blocks: nn.ModuleList):
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.embed_dim = size.embed_dim
+        self.num_heads = size.num_heads
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, size.embed_dim))
+        self.position = PositionEmbedding(grid, size.embed_dim)
+        self.blocks = blocks
+        self.norm = nn.LayerNorm(size.embed_dim, eps=1e-6)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask_ratio: float = 0.0,
+        return_attention: bool = False,
+    ) -> EncoderOutput:
+        grid = self.patch_embed.grid(x.shape)
+        tokens = self.patch_embed(x) + self.position.patches(grid)
+        mask = ids_restore = None
+        if mask_ratio > 0:
+            tokens, mask, ids_restore = random_masking(tokens, mask_ratio)
+        cls = (self.cls_token + self.position.cls).expand(tokens.shape[0], -1, -1)
+        h = torch.cat([cls, tokens], dim=1)
+        for block in self.blocks[:-1]:
+            h = block(h)
+        attention = cls_attention(self.blocks[-1], h) if return_attention else None
+        h = self.norm(self.blocks[-1](h))
+        return EncoderOutput(tokens=h, grid=grid, mask=mask, ids_restore=ids_restore, attention=attention)
