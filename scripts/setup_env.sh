@@ -10,7 +10,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV=.venv
 STAMP=$VENV/.xkd-env-complete
 # The stamp records what the environment was built from; any change rebuilds it.
-WANT=$(cat requirements.txt scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+WANT=$(cat requirements.txt pyproject.toml scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
 
 if [[ -f $STAMP && "$(cat "$STAMP")" == "$WANT" ]]; then
   echo "[setup_env] reusing complete environment $VENV"
@@ -21,8 +21,10 @@ echo "[setup_env] building $VENV with $($PYTHON --version)"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip wheel setuptools ninja
 "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+"$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
 
-if ! command -v nvidia-smi >/dev/null 2>&1; then
+shm_op=$("$VENV/bin/python" -c "import glob, os, deepspeed; print(bool(glob.glob(os.path.join(os.path.dirname(deepspeed.__file__), 'ops/comm/deepspeed_shm_comm_op*.so'))))" 2>/dev/null || echo False)
+if ! command -v nvidia-smi >/dev/null 2>&1 && [[ $shm_op != True ]]; then
   # DeepSpeed on the CPU accelerator JIT-compiles its shared-memory collective op at
   # every fresh start (100-200 s). Build it once into the installed package instead.
   echo "[setup_env] no GPU: prebuilding DeepSpeed's CPU shm_comm op"

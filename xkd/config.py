@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,21 @@ DEVICES = ("auto", "cpu", "gpu")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, mistyped or impossible."""
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 insists on ``1.0e-4``)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 @dataclass
@@ -91,6 +107,7 @@ class ViewsConfig:
     mel_fmax: float = 8000.0
     mel_mean: float = -5.3688107
     mel_std: float = 4.410007
+    mel_log_eps: float = 1.1920929e-07  # log(mel + eps); float32 machine epsilon as in BYOL-A
 
     def audio_frames(self, seconds: float) -> int:
         """Spectrogram frames of a window: centred STFT gives samples // hop + 1."""
@@ -197,7 +214,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(raw, dict):
@@ -225,7 +242,7 @@ def apply_override(raw: dict[str, Any], override: str, source: str = "<overrides
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{source}: override {override!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = _parse_yaml(value)
 
 
 def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:

@@ -10,12 +10,18 @@ def cross_modal_attention(attention: torch.Tensor, other_attention: torch.Tensor
     MeanPool(A A_other^T) over the other modality's tokens, rescaled by this modality's
     mean attention (scale_v / scale_a of the paper).
 
+    Heads are paired by index. When the teachers have different head counts (ViT-L video,
+    16 heads, with ViT-B audio, 12 heads: the AudioSet setting), heads cannot be paired and
+    every head uses the other modality's attention mean over all its heads; the paper and the
+    reference code (which fails on this shape) are silent on the case.
+
     Args:
         attention: (B, H, N) CLS attention of this modality's teacher (eq. 3).
-        other_attention: (B, H, M) CLS attention of the other modality's teacher.
+        other_attention: (B, H', M) CLS attention of the other modality's teacher.
     Returns (B, H, N).
     """
-    other_mean = other_attention.mean(dim=-1, keepdim=True)
+    paired = other_attention.shape[1] == attention.shape[1]
+    other_mean = other_attention.mean(dim=-1 if paired else (-2, -1), keepdim=True)
     own_mean = attention.mean(dim=-1, keepdim=True)
     return attention * other_mean / own_mean
 

@@ -19,7 +19,8 @@ from xkd.models.sizes import EncoderSize
 
 
 def build_blocks(size: EncoderSize, drop_path: float = 0.0) -> nn.ModuleList:
-    rates = torch.linspace(0, drop_path, size.depth).tolist()
+    # Python floats on the CPU, so that the blocks can also be built under torch.device("meta").
+    rates = torch.linspace(0, drop_path, size.depth, device="cpu").tolist()
     return nn.ModuleList(
         Block(size.embed_dim, size.num_heads, mlp_ratio=size.mlp_ratio, qkv_bias=True, drop_path=rate)
         for rate in rates

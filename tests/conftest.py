@@ -1,0 +1,92 @@
+"""Shared helpers for the model and loss tests: a tiny config and a random batch.
+
+Both are exposed as fixtures that return plain functions, so tests can build several
+configs / batches (``def test_x(tiny_config, random_batch): cfg = tiny_config(model={'variant': 'mas'})``).
+The functions are also importable for module-level use.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from xkd.config import XKDConfig, config_from_dict
+
+torch.set_num_threads(1)
+
+# Tiny widths (encoder 'tiny' = 64-d, 2 blocks, 4 heads) and small views:
+# video global 8x32x32 with 2x8x8 cuboids -> 4x4x4 = 64 tokens (10 visible at 0.85),
+# video local 4x16x16 -> 2x2x2 = 8 tokens, audio global 2 s -> 80x224 -> 20x14 = 280 patches
+# (56 visible at 0.8), audio local 1 s -> 80x112 -> 20x7 = 140 patches.
+TINY: dict[str, Any] = {
+    "model": {
+        "video_encoder": "tiny",
+        "audio_encoder": "tiny",
+        "video_tubelet": 2,
+        "video_patch": 8,
+        "decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+        "head": {"hidden_dim": 64, "bottleneck_dim": 32, "out_dim": 128},
+    },
+    "views": {
+        "video_global_frames": 8,
+        "video_global_size": 32,
+        "video_local_frames": 4,
+        "video_local_size": 16,
+        "audio_global_seconds": 2.0,
+        "audio_local_seconds": 1.0,
+    },
+}
+
+# Paper view geometry (default views) with the tiny encoder and small decoder / head.
+PAPER_GEOMETRY_TINY: dict[str, Any] = {
+    "model": {
+        "video_encoder": "tiny",
+        "audio_encoder": "tiny",
+        "decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+        "head": {"hidden_dim": 64, "bottleneck_dim": 32, "out_dim": 128},
+    },
+}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def make_tiny_config(paper_geometry: bool = False, **overrides: Any) -> XKDConfig:
+    """Validated tiny config; ``overrides`` are top-level sections merged deeply,
+    e.g. ``make_tiny_config(model={'variant': 'mats'}, views={'video_local_views': 2})``."""
+    base = PAPER_GEOMETRY_TINY if paper_geometry else TINY
+    return config_from_dict(_merge(base, overrides), source="<tests>")
+
+
+def make_random_batch(config: XKDConfig, batch_size: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The batch dict documented at the top of xkd/models/xkd.py, filled with N(0, 1) noise."""
+    v = config.views
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "video_global": torch.randn(
+            batch_size, 3, v.video_global_frames, v.video_global_size, v.video_global_size, generator=g),
+        "video_local": torch.randn(
+            batch_size, v.video_local_views, 3, v.video_local_frames, v.video_local_size, v.video_local_size,
+            generator=g),
+        "audio_global": torch.randn(batch_size, 1, v.mel_bins, v.audio_global_frames, generator=g),
+        "audio_local": torch.randn(batch_size, v.audio_local_views, 1, v.mel_bins, v.audio_local_frames, generator=g),
+    }
+
+
+@pytest.fixture
+def tiny_config():
+    return make_tiny_config
+
+
+@pytest.fixture
+def random_batch():
+    return make_random_batch

@@ -1,0 +1,275 @@
+"""NVIDIA DALI loader: shard bytes in, the spec's global and local views out (spec section 1).
+
+Stages (one DALI graph, the same on CPU and GPU; only the decode/op device changes):
+
+    ShardSource (Python, per batch)      member bytes + ClipViewParams of each sample
+    -> decoders.video                    the global window's frames ("mixed" = NVDEC on GPU)
+    -> global view                       crop box + resize, color twist, flip, normalise
+    -> local views                       frame slice, crop box + resize, color twist (gray),
+                                         optional Gaussian blur, flip, normalise
+    -> decoders.audio (CPU)              16 kHz mono
+    -> audio windows                     synchronised global window, local windows, gains
+    -> log-mel                           spectrogram + Slaney mel + log + mean/std
+    -> local spectrogram resize-crop     BYOL-A virtual-canvas crop, resized back
+
+Sample order and every random parameter are decided in Python (``EpochPlan`` and
+``draw_view_params``) and passed into the graph. DALI 2.4 cannot checkpoint a pipeline
+that contains ``decoders.video``, so a DALI reader could not resume mid-epoch; with the
+order and parameters outside the graph, a position (epoch, samples consumed) restores
+exactly the same batches, and the PyTorch fallback loader draws identical views.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from xkd.config import ViewsConfig
+from xkd.data.format import AUDIO_EXT, HEIGHT, INFO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT, WIDTH
+from xkd.data.sample_check import corruption_reason
+from xkd.data.sampler import EpochPlan
+from xkd.data.shard_index import SampleRef
+from xkd.data.view_params import ClipViewParams, draw_view_params, sample_seed
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Columns the Python source hands to the graph, in order.
+SOURCE_COLUMNS = (
+    "video", "audio", "video_start", "audio_start", "global_box", "global_flip", "global_color",
+    "local_offsets", "local_boxes", "local_flips", "local_colors", "local_blur", "audio_gain",
+    "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
+)
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def read_info(ref: SampleRef) -> np.ndarray:
+    return np.load(io.BytesIO(ref.read(INFO_EXT)))
+
+
+def source_columns(ref: SampleRef, params: ClipViewParams) -> dict[str, np.ndarray]:
+    """One sample's row of the source: raw member bytes and its view parameters as arrays."""
+    return {
+        "video": np.frombuffer(ref.read(VIDEO_EXT), dtype=np.uint8),
+        "audio": np.frombuffer(ref.read(AUDIO_EXT), dtype=np.uint8),
+        "video_start": np.array(params.video_start, dtype=np.int32),
+        "audio_start": np.array(params.audio_start, dtype=np.int32),
+        "global_box": params.global_box,
+        "global_flip": np.array(params.global_flip, dtype=np.int32),
+        "global_color": params.global_color.as_array(),
+        "local_offsets": params.local_offsets,
+        "local_boxes": params.local_boxes,
+        "local_flips": params.local_flips.astype(np.int32),
+        "local_colors": np.stack([color.as_array() for color in params.local_colors]),
+        "local_blur": params.local_blur_sigmas,
+        "audio_gain": np.array(params.audio_gain, dtype=np.float32),
+        "audio_local_offsets": params.audio_local_offsets,
+        "audio_local_gains": params.audio_local_gains,
+        "audio_local_boxes": params.audio_local_boxes,
+    }
+
+
+class ShardSource:
+    """DALI external source (batch mode): one epoch of one rank's batches, from a position on.
+
+    Batch ``iteration`` is a pure function of the plan, so DALI's prefetching can neither
+    skip nor repeat samples; the loader counts what was consumed. A new epoch (or a resume)
+    builds a new source.
+    """
+
+    def __init__(self, samples: list[SampleRef], views: ViewsConfig, plan: EpochPlan, batch_size: int, seed: int,
+                 epoch: int = 0, start_position: int = 0, excluded: frozenset[int] = frozenset()):
+        self.samples, self.views, self.plan = samples, views, plan
+        self.batch_size, self.seed = batch_size, seed
+        self.epoch, self.start_position = epoch, start_position
+        self.order = plan.indices(epoch)
+        self.excluded = excluded  # split indices known to be corrupt: dropped from their batch
+
+    def batch_indices(self, iteration: int) -> np.ndarray:
+        begin = self.start_position + iteration * self.batch_size
+        if begin + self.batch_size > len(self.order):
+            raise StopIteration
+        return self.order[begin : begin + self.batch_size]
+
+    def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
+        rows = []
+        for index in self.batch_indices(batch_info.iteration):
+            if index in self.excluded:
+                continue
+            ref = self.samples[index]
+            info = read_info(ref)
+            params = draw_view_params(sample_seed(self.seed, self.epoch, int(index)), self.views,
+                                      int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]),
+                                      int(info[WIDTH]))
+            rows.append(source_columns(ref, params))
+        return tuple([row[name] for row in rows] for name in SOURCE_COLUMNS)
+
+
+def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, device: str, num_threads: int,
+                   seed: int, prefetch: int = 2):
+    """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode, GPU ops)."""
+    from nvidia.dali import fn, pipeline_def, types
+    import nvidia.dali.math as dmath
+
+    on_gpu = device == "gpu"
+    window = np.hanning(views.n_fft + 1)[:-1].astype(np.float32).tolist()  # periodic Hann, as torch.hann_window
+    mean = [255 * m for m in IMAGENET_MEAN]
+    std = [255 * s for s in IMAGENET_STD]
+
+    def color(frames, jitter):
+        return fn.color_twist(frames, brightness=jitter[0], contrast=jitter[1], saturation=jitter[2],
+                              hue=jitter[3] * 360.0)
+
+    def crop_resize(frames, box, size):
+        return fn.resize(frames, size=[size, size], roi_start=box[0:2], roi_end=box[2:4], roi_relative=True,
+                         antialias=True)
+
+    def normalise(frames, flip):
+        return fn.crop_mirror_normalize(frames, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std,
+                                        mirror=flip)
+
+    def log_mel(waveform):
+        spectrum = fn.spectrogram(waveform, nfft=views.n_fft, window_length=views.n_fft,
+                                  window_step=views.hop_length, window_fn=window, center_windows=True,
+                                  reflect_padding=True, power=2, layout="ft")
+        mel = fn.mel_filter_bank(spectrum, sample_rate=views.audio_sample_rate, nfilter=views.mel_bins,
+                                 freq_low=views.mel_fmin, freq_high=views.mel_fmax, normalize=True,
+                                 mel_formula="slaney")
+        return (dmath.log(mel + views.mel_log_eps) - views.mel_mean) / views.mel_std
+
+    @pipeline_def(enable_conditionals=True)
+    def pipeline():
+        columns = dict(zip(SOURCE_COLUMNS, fn.external_source(
+            source=source, num_outputs=len(SOURCE_COLUMNS), batch=True, batch_info=True, parallel=False)))
+        frames = fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
+                                   start_frame=columns["video_start"], sequence_length=views.video_global_frames,
+                                   pad_mode="edge")
+        outputs = [normalise(color(crop_resize(frames, columns["global_box"], views.video_global_size),
+                                   columns["global_color"]), columns["global_flip"])]
+        for v in range(views.video_local_views):
+            local = fn.slice(frames, start=columns["local_offsets"][v], shape=views.video_local_frames, axes=[0])
+            local = color(crop_resize(local, columns["local_boxes"][v], views.video_local_size),
+                          columns["local_colors"][v])
+            if columns["local_blur"][v] > 0:
+                local = fn.gaussian_blur(local, sigma=columns["local_blur"][v])
+            outputs.append(normalise(local, columns["local_flips"][v]))
+
+        waveform, _ = fn.decoders.audio(columns["audio"], sample_rate=views.audio_sample_rate, downmix=True,
+                                        dtype=types.FLOAT)
+        global_samples = int(round(views.audio_global_seconds * views.audio_sample_rate))
+        local_samples = int(round(views.audio_local_seconds * views.audio_sample_rate))
+        segment = fn.slice(waveform, start=columns["audio_start"], shape=global_samples, axes=[0],
+                           out_of_bounds_policy="pad")
+        if on_gpu:
+            segment = segment.gpu()
+        outputs.append(fn.expand_dims(log_mel(segment * columns["audio_gain"]), axes=[0], new_axis_names="C"))
+        for a in range(views.audio_local_views):
+            local = fn.slice(segment, start=columns["audio_local_offsets"][a], shape=local_samples, axes=[0])
+            local_mel = log_mel(local * columns["audio_local_gains"][a])
+            box = columns["audio_local_boxes"][a]
+            # BYOL-A virtual canvas: crop (zeros outside = the normalised mean), resize back.
+            crop = fn.slice(local_mel, start=box[0:2], end=box[2:4], axes=[0, 1], out_of_bounds_policy="pad",
+                             fill_values=0.0)
+            crop = fn.expand_dims(fn.reshape(crop, layout="HW"), axes=[2], new_axis_names="C")
+            crop = fn.resize(crop, size=[views.mel_bins, views.audio_local_frames], interp_type=types.INTERP_CUBIC,
+                             antialias=False)
+            outputs.append(fn.transpose(crop, perm=[2, 0, 1], output_layout="CHW"))
+        return tuple(outputs)
+
+    return pipeline(batch_size=batch_size, num_threads=num_threads, device_id=0 if on_gpu else None, seed=seed,
+                    prefetch_queue_depth=prefetch, exec_dynamic=True)
+
+
+class DaliClipLoader:
+    """Batches of views from shards through DALI, with an exact position for checkpoints.
+
+    Iterating yields one epoch of batch dicts (layout of ``xkd.models.xkd``); ``state()`` is
+    {"epoch", "position"}: the epoch and the samples this rank consumed in it.
+    """
+
+    def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, plan: EpochPlan, seed: int,
+                 device: str = "cpu", num_threads: int = 2, start_epoch: int = 0, start_position: int = 0):
+        self.samples, self.views, self.batch_size, self.plan = samples, views, batch_size, plan
+        self.device, self.num_threads, self.seed = device, num_threads, seed
+        self.epoch, self.position = start_epoch, start_position
+        self.excluded: set[int] = set()
+        self._build()
+
+    @property
+    def corrupt_samples(self) -> int:
+        return len(self.excluded)
+
+    def _build(self) -> None:
+        """(Re)build the graph to continue at the current position."""
+        self.source = ShardSource(self.samples, self.views, self.plan, self.batch_size, self.seed, self.epoch,
+                                  self.position, frozenset(self.excluded))
+        self.pipeline = build_pipeline(self.source, self.views, self.batch_size, self.device, self.num_threads,
+                                       self.seed)
+        self.pipeline.build()
+
+    def _exclude_corrupt_ahead(self, error: Exception) -> None:
+        """A decode failed somewhere in the prefetched batches: find the corrupt samples in Python,
+        exclude them, and rebuild at the current position. Re-raise if every sample is fine."""
+        ahead = []
+        for iteration in range(3):  # the consumed position plus DALI's prefetch depth
+            try:
+                ahead.extend(self.source.batch_indices(iteration))
+            except StopIteration:
+                break
+        found = False
+        for index in ahead:
+            reason = corruption_reason(self.samples[index]) if index not in self.excluded else None
+            if reason:
+                ref = self.samples[index]
+                log.warning("skipping corrupt sample %s in %s: %s", ref.key, ref.shard, reason)
+                self.excluded.add(int(index))
+                found = True
+        if not found:
+            raise error
+        self._build()
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.plan.batches_per_epoch(self.batch_size)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def _to_batch(self, outputs) -> dict[str, torch.Tensor]:
+        from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
+
+        tensors = [to_torch_tensor(out.as_tensor(), copy=True) for out in outputs]
+        n_video = self.views.video_local_views
+        return {
+            "video_global": tensors[0],
+            "video_local": torch.stack(tensors[1 : 1 + n_video], dim=1),
+            "audio_global": tensors[1 + n_video],
+            "audio_local": torch.stack(tensors[2 + n_video :], dim=1),
+        }
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            try:
+                outputs = self.pipeline.run()
+            except StopIteration:
+                self.epoch += 1
+                self.position = 0
+                self._build()
+                return
+            except RuntimeError as error:
+                self._exclude_corrupt_ahead(error)
+                continue
+            self.position += self.batch_size
+            yield self._to_batch(outputs)

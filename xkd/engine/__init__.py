@@ -1,0 +1,1 @@
+"""Training engine pieces: optimizer parameter groups, per-step schedule state, synthetic batches."""
