@@ -168,6 +168,12 @@ class XKDTeacher(nn.Module):
         self.video_centre = TeacherCentre(out_dim, self.config.loss.center_momentum)
         self.audio_centre = TeacherCentre(out_dim, self.config.loss.center_momentum)
         self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> XKDTeacher:
+        """Teachers are fixed targets: always in inference mode, so the students' stochastic
+        depth (``model.drop_path``), copied into the teacher blocks, never drops teacher blocks."""
+        return super().train(False)
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor, audio: torch.Tensor, video_temperature: float, audio_temperature: float,

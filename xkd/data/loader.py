@@ -1,0 +1,44 @@
+"""One entry point for the training data: the DALI loader, or the PyTorch fallback (``data.loader``)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from xkd.config import XKDConfig
+from xkd.data.sampler import EpochPlan
+from xkd.data.shard_index import index_split
+
+log = logging.getLogger(__name__)
+
+
+def dali_device(requested: str) -> str:
+    """"gpu" when asked for (or "auto") and both torch and DALI see a GPU, else "cpu"."""
+    if requested == "cpu":
+        return "cpu"
+    from nvidia.dali.backend import GetCUDADeviceCount
+
+    has_gpu = torch.cuda.is_available() and GetCUDADeviceCount() > 0
+    if requested == "gpu" and not has_gpu:
+        raise RuntimeError("data.device=gpu but no CUDA device is visible to DALI")
+    return "gpu" if has_gpu else "cpu"
+
+
+def build_train_loader(config: XKDConfig, shards: str, rank: int, world_size: int, state: dict[str, int]):
+    """The loader of this rank, positioned at ``state`` = {"epoch", "position"}."""
+    samples = index_split(shards)
+    plan = EpochPlan(len(samples), world_size, rank, config.train.seed)
+    batch = config.train.micro_batch_size
+    if plan.samples_per_rank < batch:
+        raise ValueError(f"{shards}: {len(samples)} samples give {plan.samples_per_rank} per rank, fewer than "
+                         f"train.micro_batch_size ({batch})")
+    common = dict(views=config.views, batch_size=batch, plan=plan, seed=config.train.seed,
+                  start_epoch=state["epoch"], start_position=state["position"])
+    if config.data.loader == "dali":
+        from xkd.data.dali_pipeline import DaliClipLoader
+
+        return DaliClipLoader(samples, device=dali_device(config.data.device),
+                              num_threads=max(1, config.data.num_workers), **common)
+    from xkd.data.torch_loader import TorchClipLoader
+
+    return TorchClipLoader(samples, num_workers=config.data.num_workers, **common)

@@ -1,0 +1,200 @@
+"""ffprobe a media file into typed stream info, or a clear reason to skip it.
+
+``probe_source`` reads an input clip (what to transcode, and from which streams);
+``probe_video_output`` / ``count_audio_samples`` measure the transcoded outputs, so the
+frame and sample counts stored in a sample are measured, never computed.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from xkd.data import skip_reasons as sr
+
+FFPROBE_TIMEOUT_S = 120
+
+# Demuxers that recognise a file but hold no video clip (stills, text, subtitles, playlists).
+NON_VIDEO_CONTAINERS = (
+    "image2", "tty", "srt", "ass", "webvtt", "subviewer", "microdvd", "lrc", "sami", "jacosub",
+    "mpl2", "pjs", "realtext", "stl", "vplayer", "hls", "concat", "ffmetadata",
+)
+# Extensions of files that are meant to be media: an unreadable one is "corrupt", not "not media".
+MEDIA_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".3gp",
+    ".ogv", ".wmv", ".mts", ".m2ts", ".vob", ".asf",
+)
+
+
+@dataclass(frozen=True)
+class VideoStream:
+    index: int  # absolute stream index, for ``-map 0:<index>``
+    codec: str
+    width: int  # coded size
+    height: int
+    display_width: int  # after sample aspect ratio and rotation: what a player shows
+    display_height: int
+    fps: float | None
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class AudioStream:
+    index: int
+    codec: str
+    sample_rate: int
+    channels: int
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source clip holds; ``duration`` is the video stream's (else the container's)."""
+
+    container: str
+    duration: float | None
+    video: VideoStream
+    audio: AudioStream | None
+
+
+@dataclass(frozen=True)
+class VideoOutputInfo:
+    codec: str
+    width: int
+    height: int
+    num_frames: int
+
+
+def run_ffprobe(args: list[str], path: Path) -> tuple[int, dict, str]:
+    """Run ``ffprobe -v error -of json <args> <path>``: (exit code, parsed JSON, stderr)."""
+    cmd = ["ffprobe", "-v", "error", "-of", "json", *args, str(path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=FFPROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return 124, {}, f"ffprobe timed out after {FFPROBE_TIMEOUT_S} s"
+    stderr = proc.stderr.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(proc.stdout or b"{}")
+    except json.JSONDecodeError:
+        data = {}
+    return proc.returncode, data, stderr
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start >= len(head) - 3  # a multi-byte character cut by the read limit
+    return True
+
+
+def _rate(text: str | None) -> float | None:
+    try:
+        value = Fraction(text or "")
+    except (ValueError, ZeroDivisionError):
+        return None
+    return float(value) if value > 0 else None
+
+
+def _float(text: object) -> float | None:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def _rotation(stream: dict) -> int:
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return int(round(float(side["rotation"])))
+    return int(stream.get("tags", {}).get("rotate", 0) or 0)
+
+
+def _video_stream(stream: dict) -> VideoStream:
+    width, height = int(stream.get("width") or 0), int(stream.get("height") or 0)
+    sar = _rate((stream.get("sample_aspect_ratio") or "1:1").replace(":", "/")) or 1.0
+    display_w, display_h = max(1, round(width * sar)), height
+    if abs(_rotation(stream)) % 180 == 90:
+        display_w, display_h = display_h, display_w
+    return VideoStream(
+        index=int(stream["index"]), codec=str(stream.get("codec_name", "unknown")),
+        width=width, height=height, display_width=display_w, display_height=display_h,
+        fps=_rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate")),
+        duration=_float(stream.get("duration")),
+    )
+
+
+def _audio_stream(stream: dict) -> AudioStream:
+    return AudioStream(
+        index=int(stream["index"]), codec=str(stream.get("codec_name", "unknown")),
+        sample_rate=int(stream.get("sample_rate") or 0), channels=int(stream.get("channels") or 0),
+        duration=_float(stream.get("duration")),
+    )
+
+
+def probe_source(path: Path) -> SourceInfo:
+    """Probe an input clip; raise :class:`ClipSkipped` with the reason it cannot be used."""
+    if not path.is_file():
+        raise sr.ClipSkipped(sr.MISSING_FILE, f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise sr.ClipSkipped(sr.EMPTY_FILE, f"{path}: zero bytes")
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    code, data, stderr = run_ffprobe(["-show_format", "-show_streams"], path)
+    if code != 0 or "format" not in data:
+        if _looks_like_text(head):
+            raise sr.ClipSkipped(sr.NOT_MEDIA, f"{path}: a text file, not audio/video")
+        if "moov atom not found" in stderr and head[4:8] == b"ftyp":
+            raise sr.ClipSkipped(sr.TRUNCATED, f"{path}: MP4 without its index (moov atom), the file ends early")
+        reason = sr.CORRUPT if path.suffix.lower() in MEDIA_EXTENSIONS else sr.NOT_MEDIA
+        raise sr.ClipSkipped(reason, f"{path}: ffprobe cannot read it: {_last_line(stderr) or 'exit code ' + str(code)}")
+
+    container = str(data["format"].get("format_name", "unknown"))
+    streams = data.get("streams", []) or []
+    if container in NON_VIDEO_CONTAINERS or container.endswith("_pipe"):
+        raise sr.ClipSkipped(sr.UNSUPPORTED_CONTAINER, f"{path}: container {container!r} holds no video clip")
+    videos = [s for s in streams if s.get("codec_type") == "video"
+              and not (s.get("disposition") or {}).get("attached_pic")]
+    audios = [s for s in streams if s.get("codec_type") == "audio"
+              and int(s.get("channels") or 0) > 0 and int(s.get("sample_rate") or 0) > 0]
+    if not videos:
+        kinds = sorted({str(s.get("codec_type")) for s in streams}) or ["none"]
+        raise sr.ClipSkipped(sr.NO_VIDEO, f"{path}: no video stream (streams: {', '.join(kinds)})")
+    video = _video_stream(videos[0])
+    if video.width <= 0 or video.height <= 0:
+        raise sr.ClipSkipped(sr.CORRUPT, f"{path}: video stream {video.index} has no frame size")
+    duration = video.duration or _float(data["format"].get("duration"))
+    return SourceInfo(container=container, duration=duration, video=video,
+                      audio=_audio_stream(audios[0]) if audios else None)
+
+
+def probe_video_output(path: Path) -> VideoOutputInfo:
+    """Codec, size and frame count (demuxed packets) of a transcoded video file."""
+    code, data, stderr = run_ffprobe(
+        ["-count_packets", "-select_streams", "v:0", "-show_entries", "stream=codec_name,width,height,nb_read_packets"],
+        path)
+    streams = data.get("streams") or []
+    if code != 0 or not streams:
+        raise sr.ClipSkipped(sr.NO_FRAMES, f"{path}: transcoded video unreadable: {_last_line(stderr)}")
+    stream = streams[0]
+    return VideoOutputInfo(codec=str(stream.get("codec_name")), width=int(stream.get("width") or 0),
+                           height=int(stream.get("height") or 0), num_frames=int(stream.get("nb_read_packets") or 0))
+
+
+def count_audio_samples(path: Path) -> tuple[int, int, int, bool]:
+    """Decode a transcoded audio file: (samples per channel, sample rate, channels, all zero)."""
+    data, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+    return int(data.shape[0]), int(rate), int(data.shape[1]), bool(not np.any(data))

@@ -1,0 +1,244 @@
+"""The XKD training loop in a DeepSpeed ZeRO engine (paper Algorithm 1), top to bottom.
+
+Per optimizer step: schedules at the global step -> teachers encode the views (no grad,
+outside the engine) -> students' loss in the engine -> backward / ZeRO step -> EMA update of
+the teachers from the (gathered) student weights -> logging, checkpoints, signals.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from xkd.config import XKDConfig
+from xkd.distributed import DistributedEnv
+from xkd.ema import teacher_student_pairs
+from xkd.engine import checkpoint
+from xkd.engine.ema_gather import ema_update_gathered
+from xkd.engine.params import decay_groups
+from xkd.engine.schedule_state import schedule_at
+from xkd.models import XKD, teacher_views
+from xkd.tracking import Tracker
+
+log = logging.getLogger("xkd.train")
+
+
+@dataclass
+class RunOptions:
+    output: Path
+    ds_config: dict[str, Any]
+    ds_config_path: str
+    resume: str = "auto"  # auto | none | <checkpoint tag directory>
+    max_steps: int = 0  # 0: the whole schedule (optim.epochs)
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 (SLURM's warning before a time limit): checkpoint at the next step and exit."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+
+
+def _agree(nonfinite: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
+    """All ranks take the same decision: skip the step if any rank saw a non-finite loss,
+    stop if any rank was signalled. One tiny all-reduce per micro-step."""
+    flags = torch.tensor([float(nonfinite), float(stop)], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1])
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(device=device, dtype=dtype, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+
+
+class Trainer:
+    def __init__(self, config: XKDConfig, env: DistributedEnv, device: torch.device, loader_factory, options: RunOptions):
+        import deepspeed
+
+        self.config, self.env, self.device, self.options = config, env, device, options
+        self.output = options.output
+        self.checkpoints = self.output / "checkpoints"
+        precision = config.train.precision
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+        torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+        self.model = XKD(config)
+        self.teacher = self.model.teacher.to(device)
+        optimizer = torch.optim.AdamW(decay_groups(self.model.student, config.optim.weight_decay),
+                                      lr=0.0, betas=tuple(config.optim.betas), eps=config.optim.eps)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.model.student, optimizer=optimizer,
+                                                                 config=options.ds_config)
+        self.zero_stage = self.engine.zero_optimization_stage()
+        self.ema_pairs = teacher_student_pairs(self.teacher, self.engine.module)
+
+        self.accumulation = options.ds_config["gradient_accumulation_steps"]
+        self.start_state = self._resume()
+        self.loader = loader_factory(self.start_state.get("data", {"epoch": 0, "position": 0}))
+        self.steps_per_epoch = config.data.steps_per_epoch or max(1, self.loader.batches_per_epoch // self.accumulation)
+        self.total_steps = config.optim.epochs * self.steps_per_epoch
+        self.max_steps = min(options.max_steps or self.total_steps, self.total_steps)
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = self.start_state.get("nonfinite_total", 0)
+        self.stop = StopRequest()
+        self.tracker = Tracker(self.output, config.tracking.experiment or config.name, self.output.name,
+                               enabled=env.is_main, tracking_uri=config.tracking.tracking_uri,
+                               tags={"variant": config.model.variant, "video_encoder": config.model.video_encoder,
+                                     "audio_encoder": config.model.audio_encoder,
+                                     "world_size": str(env.world_size)})
+        if not self.start_state:
+            self.tracker.log_params({"config": config.to_dict(), "deepspeed": options.ds_config,
+                                     "run": {"world_size": env.world_size, "ds_config_path": options.ds_config_path,
+                                             "steps_per_epoch": self.steps_per_epoch,
+                                             "total_steps": self.total_steps, **options.extra_params}})
+
+    # ------------------------------------------------------------------ checkpoints
+    def _resume(self) -> dict[str, Any]:
+        resume = self.options.resume
+        if resume == "none":
+            return {}
+        if resume == "auto":
+            tag = checkpoint.latest_complete_tag(self.checkpoints)
+            if tag is None:
+                return {}
+            directory = self.checkpoints
+        else:
+            path = Path(resume)
+            if not (path / checkpoint.COMPLETE).is_file():
+                raise FileNotFoundError(f"{path}: not a complete checkpoint (no {checkpoint.COMPLETE} marker)")
+            directory, tag = path.parent, path.name
+        trainer_state, rng = checkpoint.load_trainer_state(directory / tag, self.env.rank)
+        saved_world = trainer_state["world_size"]
+        if saved_world != self.env.world_size:
+            raise RuntimeError(
+                f"{directory / tag}: saved with world size {saved_world}, resuming with {self.env.world_size}. "
+                "ZeRO optimizer partitions cannot be re-split: resume with the same number of ranks, or export "
+                "fp32 weights with launch/export_encoders.py and start a new run from them.")
+        self.engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+        self.teacher.load_state_dict(trainer_state["teacher"])
+        if rng is not None:
+            checkpoint.restore_rng_state(rng)
+        if self.env.is_main:
+            log.info("resumed from %s at step %d", directory / tag, trainer_state["step"])
+        return trainer_state
+
+    def save(self, step: int) -> None:
+        state = {"step": step, "teacher": self.teacher.state_dict(), "data": self.loader.state(),
+                 "config": self.config.to_dict(), "world_size": self.env.world_size,
+                 "nonfinite_total": self.nonfinite_total, "mlflow_run_id": self.tracker.run_id}
+        tag = checkpoint.save(self.engine, self.checkpoints, step, state, self.env.rank)
+        if self.env.is_main:
+            log.info("saved checkpoint %s", self.checkpoints / tag)
+
+    # ------------------------------------------------------------------ one step
+    def _batches(self):
+        while True:
+            yield from self.loader
+
+    def train(self) -> int:
+        """Run until max_steps (or a stop signal); returns the global step reached."""
+        step = self.engine.global_steps
+        config, env = self.config, self.env
+        autocast = (torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" and self.dtype != torch.float32
+                    else nullcontext())
+        progress = tqdm(total=self.max_steps, initial=step, disable=not env.is_main, desc="pretrain", dynamic_ncols=True,
+                        file=sys.stdout)
+        batches = self._batches()
+        metrics_file = (self.output / "metrics.jsonl").open("a") if env.is_main else None
+        step_started, data_wait = time.perf_counter(), 0.0
+        stopped = False
+        samples_per_step = config.train.global_batch_size
+        while step < self.max_steps:
+            schedule = schedule_at(step, config, self.steps_per_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = schedule.learning_rate
+
+            waited = time.perf_counter()
+            batch = _to_device(next(batches), self.device, torch.float32)
+            data_wait += time.perf_counter() - waited
+
+            with torch.no_grad(), autocast:  # fp32 teachers, autocast on GPUs
+                targets = self.teacher(*teacher_views(batch, config.model.teacher_view),
+                                       schedule.video_teacher_temperature, schedule.audio_teacher_temperature)
+            # The engine's module is in the training precision; so must its inputs be.
+            out = self.engine({k: v.to(self.dtype) for k, v in batch.items()}, targets)
+            nonfinite, stop = _agree(not torch.isfinite(out["loss"]).item(), self.stop.requested, self.device)
+            if nonfinite:
+                self.nonfinite_in_a_row += 1
+                self.nonfinite_total += 1
+                if env.is_main:
+                    log.warning("non-finite loss at step %d: step skipped (%d in a row)", step, self.nonfinite_in_a_row)
+                if self.nonfinite_in_a_row >= config.train.max_consecutive_nonfinite:
+                    self.save(step)
+                    raise FloatingPointError(
+                        f"{self.nonfinite_in_a_row} non-finite losses in a row at step {step}; the last good state "
+                        f"is saved in {self.checkpoints / checkpoint.tag_for_step(step)}")
+                continue
+            self.nonfinite_in_a_row = 0
+            boundary = self.engine.is_gradient_accumulation_boundary()
+            self.engine.backward(out["loss"])
+            self.engine.step()
+            if not boundary:
+                continue
+            ema_update_gathered(self.ema_pairs, schedule.ema_momentum, self.zero_stage)
+            step = self.engine.global_steps
+            progress.update(1)
+
+            if step % config.train.log_every_steps == 0 or step == self.max_steps:
+                elapsed = time.perf_counter() - step_started
+                record = {name: value.item() for name, value in out.items()}
+                record.update({
+                    "lr": schedule.learning_rate, "ema_momentum": schedule.ema_momentum,
+                    "video_teacher_temperature": schedule.video_teacher_temperature,
+                    "audio_teacher_temperature": schedule.audio_teacher_temperature,
+                    "loss_scale": float(getattr(self.optimizer, "cur_scale", 1.0) or 1.0),
+                    "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                    "clips_per_second": samples_per_step * config.train.log_every_steps / max(elapsed, 1e-9),
+                    "samples_seen": step * samples_per_step,
+                    "data_wait_seconds": data_wait, "compute_seconds": elapsed - data_wait,
+                    "peak_memory_bytes": _peak_memory_bytes(self.device),
+                    "epoch": self.loader.state()["epoch"], "nonfinite_skipped": self.nonfinite_total,
+                })
+                if env.is_main:
+                    metrics_file.write(json.dumps({"step": step, **record}) + "\n")
+                    metrics_file.flush()
+                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                    self.tracker.log_metrics(record, step)
+                step_started, data_wait = time.perf_counter(), 0.0
+
+            if stop:
+                self.save(step)
+                stopped = True
+                if env.is_main:
+                    log.warning("stop requested by signal: checkpoint saved at step %d, exiting", step)
+                break
+            if step % config.train.checkpoint_every_steps == 0 or step == self.max_steps:
+                self.save(step)
+        progress.close()
+        if metrics_file:
+            metrics_file.close()
+        self.tracker.finish("KILLED" if stopped else "FINISHED")
+        return step
