@@ -65,6 +65,16 @@ def _agree(nonfinite: bool, stop: bool, device: torch.device) -> tuple[bool, boo
     return bool(flags[0]), bool(flags[1])
 
 
+def _mean_over_ranks(out: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss components and monitors averaged over ranks (one all-reduce, at log steps only)."""
+    names = list(out)
+    values = torch.stack([out[name].detach().float() for name in names])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(names, values.tolist()))
+
+
 def _peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -209,7 +219,7 @@ class Trainer:
 
             if step % config.train.log_every_steps == 0 or step == self.max_steps:
                 elapsed = time.perf_counter() - step_started
-                record = {name: value.item() for name, value in out.items()}
+                record = _mean_over_ranks(out)
                 record.update({
                     "lr": schedule.learning_rate, "ema_momentum": schedule.ema_momentum,
                     "video_teacher_temperature": schedule.video_teacher_temperature,
