@@ -1,6 +1,6 @@
 """FLOPs per clip of an XKD training step, and the CPU step time of the tiny config (issue 2).
 
-    OMP_NUM_THREADS=2 python -m benchmarks.model_flops [--json out.json] [--steps 20] [--warmup 3]
+    OMP_NUM_THREADS=2 python -m benchmarks.model_flops [--json out.json] [--steps 20] [--warmup 3] [--threads 1 2]
 
 FLOPs: one clip (batch 1, default views) through one training step = teacher forward
 (no grad) + student forward + student backward (encoders, decoders, heads, losses), counted
@@ -69,8 +69,15 @@ def step_flops(model: XKD) -> dict[str, int]:
     return flops
 
 
-def cpu_step_time(config: XKDConfig, batch_size: int = 2, warmup: int = 3, steps: int = 20) -> dict[str, float]:
-    """Median and spread of wall seconds per training step on the CPU (fwd + bwd + AdamW + EMA)."""
+def cpu_step_time(config: XKDConfig, batch_size: int = 2, warmup: int = 3, steps: int = 20,
+                  threads: int | None = None) -> dict:
+    """Median and spread of wall seconds per training step on the CPU (fwd + bwd + AdamW + EMA).
+
+    ``threads`` sets torch's intra-op threads for the run (default: as configured by OMP_NUM_THREADS).
+    The 1-minute load average is recorded before and after: on a shared machine it explains outliers.
+    """
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(config, "cpu")
     o = config.optim
@@ -78,8 +85,9 @@ def cpu_step_time(config: XKDConfig, batch_size: int = 2, warmup: int = 3, steps
                                   betas=tuple(o.betas), eps=o.eps)
     pairs = teacher_student_pairs(model.teacher, model.student)
     batch = synthetic_batch(config, batch_size)
-    seconds = []
-    for step in tqdm(range(warmup + steps), desc="CPU steps", file=sys.stderr, leave=False):
+    load_before, seconds = os.getloadavg()[0], []
+    for step in tqdm(range(warmup + steps), desc=f"CPU steps, {torch.get_num_threads()} threads", file=sys.stderr,
+                     leave=False):
         start = time.perf_counter()
         loss = model(batch, *temperatures(config))["loss"]
         optimizer.zero_grad(set_to_none=True)
@@ -88,8 +96,9 @@ def cpu_step_time(config: XKDConfig, batch_size: int = 2, warmup: int = 3, steps
         ema_update_(pairs, o.ema_momentum_start)
         if step >= warmup:
             seconds.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
-            "batch_size": batch_size, "steps": steps, "warmup": warmup}
+    return {"config": config.name, "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
+            "steps": steps, "warmup": warmup, "load_average_1min": [load_before, os.getloadavg()[0]]}
 
 
 def cpu_model_name() -> str:
@@ -120,7 +129,8 @@ def flop_rows() -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], step: dict, tiny_name: str, threads: int) -> str:
+def markdown(rows: list[dict], steps: list[dict]) -> str:
+    """The FLOP table and the CPU step-time table."""
     giga = 1e9
     lines = [
         "| variant | video / audio encoder | teacher view | trainable params (M) | teacher fwd | student fwd "
@@ -136,10 +146,16 @@ def markdown(rows: list[dict], step: dict, tiny_name: str, threads: int) -> str:
         )
     lines += [
         "",
-        f"CPU step time, config `{tiny_name}`, batch {step['batch_size']}, {threads} threads: median "
-        f"{step['median_s'] * 1e3:.1f} ms (min {step['min_s'] * 1e3:.1f}, max {step['max_s'] * 1e3:.1f}) over "
-        f"{step['steps']} steps after {step['warmup']} warm-up (forward + backward + AdamW + EMA).",
+        "| CPU step (fwd + bwd + AdamW + EMA) | batch | torch threads | median ms | min ms | max ms | steps (+warm-up) "
+        "| load avg before / after |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    for step in steps:
+        lines.append(
+            f"| `{step['config']}` | {step['batch_size']} | {step['threads']} | **{step['median_s'] * 1e3:.1f}** "
+            f"| {step['min_s'] * 1e3:.1f} | {step['max_s'] * 1e3:.1f} | {step['steps']} (+{step['warmup']}) "
+            f"| {step['load_average_1min'][0]:.2f} / {step['load_average_1min'][1]:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -148,19 +164,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--steps", type=int, default=20, help="timed CPU steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed CPU steps first")
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="torch thread counts to time the CPU step with (default: the current one)")
     args = parser.parse_args()
 
     rows = flop_rows()
     tiny = tiny_config()
-    step = cpu_step_time(tiny, batch_size=2, warmup=args.warmup, steps=args.steps)
-    threads = torch.get_num_threads()
-    print(markdown(rows, step, tiny.name, threads))
+    steps = [cpu_step_time(tiny, 2, args.warmup, args.steps, threads) for threads in args.threads]
+    print(markdown(rows, steps))
     if args.json:
         result = {
             "flops": rows,
-            "cpu_step_time": {**step, "config": tiny.name, "torch_threads": threads,
-                              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-            "machine": {"cpu": cpu_model_name(), "cores": os.cpu_count(), "torch": torch.__version__},
+            "cpu_step_time": steps,
+            "machine": {"cpu": cpu_model_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,8 +14,6 @@ import torch
 
 from xkd.config import XKDConfig, config_from_dict
 
-torch.set_num_threads(1)
-
 # Tiny widths (encoder 'tiny' = 64-d, 2 blocks, 4 heads) and small views:
 # video global 8x32x32 with 2x8x8 cuboids -> 4x4x4 = 64 tokens (10 visible at 0.85),
 # video local 4x16x16 -> 2x2x2 = 8 tokens, audio global 2 s -> 80x224 -> 20x14 = 280 patches
@@ -90,3 +88,18 @@ def tiny_config():
 @pytest.fixture
 def random_batch():
     return make_random_batch
+
+
+# ----------------------------------------------------------------------------- real media
+from media import CLIPS, encode_sample, write_shard  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict[str, dict[str, bytes]]:
+    work = tmp_path_factory.mktemp("clips")
+    return {key: encode_sample(key, source, work, label) for label, (key, source) in enumerate(CLIPS.items())}
+
+
+@pytest.fixture(scope="session")
+def split(clips, tmp_path_factory):
+    return write_shard(tmp_path_factory.mktemp("shards") / "train-000000.tar", clips)

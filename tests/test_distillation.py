@@ -13,6 +13,7 @@ from xkd.losses.distillation import (
     teacher_probabilities,
 )
 from xkd.models import XKD
+from xkd.models.xkd import flatten_views
 
 
 @pytest.mark.parametrize("k", [3, 128, 8192])
@@ -68,6 +69,19 @@ def test_view_repetition_averages_over_views_and_batch():
     assert wrong_value != pytest.approx(expected, rel=1e-3)
     with pytest.raises(ValueError, match="multiple"):
         distillation_cross_entropy(teacher, student[:5], tau)
+
+
+def test_local_views_flatten_view_major_like_the_teacher_repetition():
+    batch, views = 3, 2
+    local = torch.arange(batch * views * 4, dtype=torch.float32).reshape(batch, views, 1, 2, 2)  # (B, n, ...)
+    flat = flatten_views(local)
+    assert flat.shape == (views * batch, 1, 2, 2)
+    for row in range(views * batch):
+        # row r is view r // B of clip r mod B, the clip whose teacher target the repetition puts there
+        assert torch.equal(flat[row], local[row % batch, row // batch])
+    teacher = torch.eye(batch)
+    repeated_clip = [int(r.argmax()) for r in teacher.repeat(views, 1)]
+    assert repeated_clip == [row % batch for row in range(views * batch)]
 
 
 def test_teacher_centre_update_hand_numbers():

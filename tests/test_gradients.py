@@ -82,3 +82,23 @@ def test_teacher_step_builds_no_graph(tiny_config, random_batch):
         assert getattr(targets, name).grad_fn is None, name
     assert torch.allclose(targets.video_probs.sum(-1), torch.ones(2)) and targets.video_probs.shape == (2, 128)
     assert torch.all(targets.video_weights > 0) and torch.all(targets.audio_weights > 0)
+
+
+def test_teacher_is_deterministic_with_stochastic_depth(tiny_config, random_batch):
+    # drop_path applies to the students; the EMA teachers are fixed target networks and must not
+    # drop blocks at random, whatever mode the enclosing module (or a trainer) puts them in.
+    config = tiny_config(model={"drop_path": 0.5})
+    model = XKD(config).train()
+    assert model.student.training and not model.teacher.training
+    batch = random_batch(config, 2)
+    views = teacher_views(batch, "global")
+    first = model.teacher(*views, 0.1, 0.07, update_centres=False)
+    second = model.teacher(*views, 0.1, 0.07, update_centres=False)
+    assert torch.equal(first.video_probs, second.video_probs)
+    assert torch.equal(first.audio_weights, second.audio_weights)
+    model.teacher.train()
+    assert not model.teacher.training
+    # the students do use stochastic depth in training mode
+    encoder = model.student.video_encoder
+    a, b = encoder(batch["video_local"][:, 0]).tokens, encoder(batch["video_local"][:, 0]).tokens
+    assert not torch.equal(a, b)

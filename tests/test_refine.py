@@ -95,6 +95,18 @@ def test_uniform_attention_gives_plain_mean_pool():
     assert torch.allclose(pooled, tokens.mean(dim=1), atol=1e-6)
 
 
+def test_unpaired_head_counts_use_the_other_modality_mean_over_all_heads():
+    # e.g. ViT-L video teacher (16 heads) with ViT-B audio teacher (12 heads): heads cannot be paired
+    a_v = torch.tensor([[[0.2, 0.6], [0.1, 0.1]]])  # (1, 2 heads, 2)
+    a_a = torch.tensor([[[0.1, 0.3, 0.2]]])  # (1, 1 head, 3), mean 0.2
+    cross = cross_modal_attention(a_v, a_a)
+    # head 0: [0.2, 0.6] * 0.2 / 0.4 = [0.1, 0.3]; head 1: [0.1, 0.1] * 0.2 / 0.1 = [0.2, 0.2]
+    assert cross[0].tolist() == [pytest.approx([0.1, 0.3]), pytest.approx([0.2, 0.2])]
+    back = cross_modal_attention(a_a, a_v)
+    # other mean over both heads and tokens = (0.2 + 0.6 + 0.1 + 0.1) / 4 = 0.25; own mean 0.2
+    assert back[0, 0].tolist() == pytest.approx([0.125, 0.375, 0.25])
+
+
 def test_unknown_energy_rejected():
     with pytest.raises(ValueError, match="refine energy"):
         refine_pool(torch.randn(1, 2, 3), torch.rand(1, 1, 2), "cube")

@@ -1,10 +1,9 @@
-"""Parameter summary: paper-size counts, sharing in MAS, the CLI, and one real ViT-B training pass on CPU."""
+"""Parameter summary: paper-size counts, block sharing (MAS, MATS), the CLI, one real ViT-B training pass on CPU."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from xkd.config import config_from_dict
@@ -84,8 +83,8 @@ def test_cli_prints_json(tmp_path):
 def test_vit_b_forward_backward_on_cpu():
     """One real training pass of the paper model (ViT-B MS, batch 2, default views).
 
-    Measured on 2 Xeon cores, 2 threads: 4 s to build, 8 s forward+backward, 3.8 GB peak RSS
-    (about 17 s under pytest, where conftest.py sets one thread).
+    Measured on 2 Xeon cores: 2-4 s to build, forward+backward 8 s with 2 threads on an idle
+    machine (11 s with 1 thread), 3.7-3.8 GB peak RSS.
     """
     torch.manual_seed(0)
     config = config_from_dict({})

@@ -345,8 +345,8 @@ def build_shards(job: ShardJob) -> BuildSummary:
             for position, result in _results_in_order(job, ordered, start, labels):
                 packer.add(position, result)
                 skipped_count += isinstance(result, sr.SkipRecord)
-                bar.update(1)
                 bar.set_postfix(shards=packer.shard_index, skipped=skipped_count, refresh=False)
+                bar.update(1)
             packer.finish(len(ordered))
         except BaseException:
             packer.abort()

@@ -90,8 +90,9 @@ class ShardSource:
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, plan: EpochPlan, batch_size: int, seed: int,
-                 epoch: int = 0, start_position: int = 0, excluded: frozenset[int] = frozenset()):
-        self.samples, self.views, self.plan = samples, views, plan
+                 epoch: int = 0, start_position: int = 0, excluded: frozenset[int] = frozenset(),
+                 augment: bool = True):
+        self.samples, self.views, self.plan, self.augment = samples, views, plan, augment
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.start_position = epoch, start_position
         self.order = plan.indices(epoch)
@@ -112,7 +113,7 @@ class ShardSource:
             info = read_info(ref)
             params = draw_view_params(sample_seed(self.seed, self.epoch, int(index)), self.views,
                                       int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]),
-                                      int(info[WIDTH]))
+                                      int(info[WIDTH]), self.augment)
             rows.append(source_columns(ref, params))
         return tuple([row[name] for row in rows] for name in SOURCE_COLUMNS)
 
@@ -200,8 +201,10 @@ class DaliClipLoader:
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, plan: EpochPlan, seed: int,
-                 device: str = "cpu", num_threads: int = 2, start_epoch: int = 0, start_position: int = 0):
+                 device: str = "cpu", num_threads: int = 2, start_epoch: int = 0, start_position: int = 0,
+                 augment: bool = True):
         self.samples, self.views, self.batch_size, self.plan = samples, views, batch_size, plan
+        self.augment = augment
         self.device, self.num_threads, self.seed = device, num_threads, seed
         self.epoch, self.position = start_epoch, start_position
         self.excluded: set[int] = set()
@@ -214,7 +217,7 @@ class DaliClipLoader:
     def _build(self) -> None:
         """(Re)build the graph to continue at the current position."""
         self.source = ShardSource(self.samples, self.views, self.plan, self.batch_size, self.seed, self.epoch,
-                                  self.position, frozenset(self.excluded))
+                                  self.position, frozenset(self.excluded), self.augment)
         self.pipeline = build_pipeline(self.source, self.views, self.batch_size, self.device, self.num_threads,
                                        self.seed)
         self.pipeline.build()

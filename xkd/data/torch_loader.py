@@ -43,6 +43,7 @@ def decode_frames(data: bytes, start: int, count: int, fps: int, seek: bool = Tr
     frames, first = [], None
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
+        stream.thread_count = 1  # the DataLoader workers parallelise; codec threads only oversubscribe
         origin, time_base = stream.start_time or 0, stream.time_base
         if seek and start > 0:
             container.seek(origin + int(Fraction(start, fps) / time_base), stream=stream, backward=True)
@@ -80,8 +81,9 @@ def read_audio(data: bytes, start: int, count: int, sample_rate: int) -> torch.T
 class ClipDataset(Dataset):
     """Item i: the views of split-level sample ``indices[i]`` for (seed, epoch); None if corrupt."""
 
-    def __init__(self, samples: list[SampleRef], views: ViewsConfig, seed: int, epoch: int, indices: np.ndarray):
-        self.samples, self.views, self.seed, self.epoch = samples, views, seed, epoch
+    def __init__(self, samples: list[SampleRef], views: ViewsConfig, seed: int, epoch: int, indices: np.ndarray,
+                 augment: bool = True):
+        self.samples, self.views, self.seed, self.epoch, self.augment = samples, views, seed, epoch, augment
         self.indices = np.asarray(indices, dtype=np.int64)
         self.logmel = LogMel(views)
 
@@ -92,7 +94,7 @@ class ClipDataset(Dataset):
         """View parameters of split-level sample ``index`` (uses the sample's .npy info vector)."""
         info = np.load(io.BytesIO(self.samples[index].read(INFO_EXT)))
         return draw_view_params(sample_seed(self.seed, self.epoch, index), self.views, int(info[NUM_FRAMES]),
-                                int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]), int(info[WIDTH]))
+                                int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]), int(info[WIDTH]), self.augment)
 
     def __getitem__(self, i: int) -> dict | None:
         index = int(self.indices[i])
@@ -143,11 +145,11 @@ class TorchClipLoader:
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, num_workers: int,
                  plan: EpochPlan, seed: int, start_epoch: int = 0, start_position: int = 0,
-                 pin_memory: bool | None = None):
+                 pin_memory: bool | None = None, augment: bool = True):
         if plan.num_samples != len(samples):
             raise ValueError(f"plan covers {plan.num_samples} samples but the split has {len(samples)}")
         self.samples, self.views, self.plan, self.seed = samples, views, plan, seed
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.epoch, self.position = start_epoch, start_position
         self.corrupt_samples = 0
@@ -168,7 +170,8 @@ class TorchClipLoader:
 
     def __iter__(self):
         epoch = self.epoch
-        dataset = ClipDataset(self.samples, self.views, self.seed, epoch, self.plan.indices(epoch)[self.position:])
+        dataset = ClipDataset(self.samples, self.views, self.seed, epoch, self.plan.indices(epoch)[self.position:],
+                              self.augment)
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=True,
                             num_workers=self.num_workers, collate_fn=collate_clips, pin_memory=self.pin_memory,
                             persistent_workers=False)

@@ -104,17 +104,44 @@ def spectrogram_crop_box(rng: np.random.Generator, freq_bins: int, frames: int, 
     Returns (f0, t0, f1, t1) in spectrogram coordinates (negative / beyond the end = zero padding).
     """
     canvas_f, canvas_t = int(freq_bins * canvas_scale[0]), int(frames * canvas_scale[1])
-    h = int(np.clip(int(canvas_f * rng.uniform(*freq_scale)), 1, canvas_f))
-    w = int(np.clip(int(canvas_t * rng.uniform(*time_scale)), 1, canvas_t))
+    # Crop sizes scale the spectrogram (not the canvas), clipped to the canvas, as in BYOL-A.
+    h = int(np.clip(int(freq_bins * rng.uniform(*freq_scale)), 1, canvas_f))
+    w = int(np.clip(int(frames * rng.uniform(*time_scale)), 1, canvas_t))
     i = int(rng.integers(0, canvas_f - h + 1)) if canvas_f > h else 0
     j = int(rng.integers(0, canvas_t - w + 1)) if canvas_t > w else 0
     pad_f, pad_t = (canvas_f - freq_bins) // 2, (canvas_t - frames) // 2
     return np.array([i - pad_f, j - pad_t, i - pad_f + h, j - pad_t + w], dtype=np.int32)
 
 
+def centre_box(height: float, width: float) -> np.ndarray:
+    """The largest centred square, relative coordinates (the un-augmented crop)."""
+    side = min(height, width)
+    top, left = (height - side) / 2, (width - side) / 2
+    return np.array([top / height, left / width, (top + side) / height, (left + side) / width], dtype=np.float32)
+
+
+def neutral_params(params: ClipViewParams, views: ViewsConfig, frame_height: int, frame_width: int) -> ClipViewParams:
+    """The same windows without augmentation: centre squares, no flip, jitter, blur or gain, and
+    the whole local spectrogram (what evaluation views and loader cross-checks use)."""
+    identity = ColorJitter(1.0, 1.0, 1.0, 0.0)
+    n_video, n_audio = views.video_local_views, views.audio_local_views
+    box = centre_box(frame_height, frame_width)
+    return ClipViewParams(
+        video_start=params.video_start, audio_start=params.audio_start,
+        global_box=box, global_flip=False, global_color=identity,
+        local_offsets=params.local_offsets, local_boxes=np.stack([box] * n_video),
+        local_flips=np.zeros(n_video, dtype=bool), local_colors=[identity] * n_video,
+        local_blur_sigmas=np.zeros(n_video, dtype=np.float32), audio_gain=1.0,
+        audio_local_offsets=params.audio_local_offsets, audio_local_gains=np.ones(n_audio, dtype=np.float32),
+        audio_local_boxes=np.tile(np.array([0, 0, views.mel_bins, views.audio_local_frames], dtype=np.int32),
+                                  (n_audio, 1)),
+    )
+
+
 def draw_view_params(rng: np.random.Generator, views: ViewsConfig, num_frames: int, num_audio_samples: int,
-                     frame_height: int, frame_width: int) -> ClipViewParams:
-    """Draw one clip's view parameters (spec section 1)."""
+                     frame_height: int, frame_width: int, augment: bool = True) -> ClipViewParams:
+    """Draw one clip's view parameters (spec section 1). ``augment=False`` keeps only the
+    random windows (see :func:`neutral_params`)."""
     # One window valid for both streams: the global views are synchronised.
     audio_window = int(round(views.audio_global_seconds * views.audio_sample_rate))
     last_start = min(num_frames - views.video_global_frames,
@@ -148,7 +175,7 @@ def draw_view_params(rng: np.random.Generator, views: ViewsConfig, num_frames: i
     local_frames = views.audio_local_frames
     audio_local_boxes = np.stack([spectrogram_crop_box(rng, views.mel_bins, local_frames) for _ in range(n_audio)])
 
-    return ClipViewParams(
+    params = ClipViewParams(
         video_start=video_start, audio_start=audio_start,
         global_box=global_box, global_flip=global_flip, global_color=global_color,
         local_offsets=local_offsets.astype(np.int32), local_boxes=local_boxes.astype(np.float32),
@@ -156,3 +183,4 @@ def draw_view_params(rng: np.random.Generator, views: ViewsConfig, num_frames: i
         audio_gain=audio_gain, audio_local_offsets=audio_local_offsets.astype(np.int32),
         audio_local_gains=audio_local_gains, audio_local_boxes=audio_local_boxes.astype(np.int32),
     )
+    return params if augment else neutral_params(params, views, frame_height, frame_width)

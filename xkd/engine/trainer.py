@@ -29,6 +29,7 @@ from xkd.engine.ema_gather import ema_update_gathered
 from xkd.engine.params import decay_groups
 from xkd.engine.schedule_state import schedule_at
 from xkd.models import XKD, teacher_views
+from xkd.models.xkd import BATCH_KEYS
 from xkd.tracking import Tracker
 
 log = logging.getLogger("xkd.train")
@@ -82,7 +83,7 @@ def _peak_memory_bytes(device: torch.device) -> int:
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: v.to(device=device, dtype=dtype, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    return {k: batch[k].to(device=device, dtype=dtype, non_blocking=True) for k in BATCH_KEYS}
 
 
 class Trainer:

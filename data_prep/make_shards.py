@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Turn a folder of clips, a Kinetics CSV or an AudioSet CSV into WebDataset shards for XKD.
+
+Each input becomes one sample (see xkd/data/format.py): <key>.webm (video only, --fps
+frames/s, short side --short-side, VP9 by default), <key>.flac (--audio-rate Hz mono),
+<key>.json (metadata) and <key>.npy (int64 numbers for DALI). Inputs that cannot be used
+go to skipped.jsonl with a reason; manifest.json is written last. A rerun with the same
+arguments after a crash continues where the run stopped and gives the same shards.
+
+examples:
+  make_shards.py --input /data/kinetics400/train --output /shards/k400 --split train --workers 32
+  make_shards.py --list kinetics400/train.csv --media-root /data/k400/train --output /shards/k400
+  make_shards.py --list balanced_train_segments.csv --media-root /data/audioset --output /shards/as
+  make_shards.py --output /shards/k400 --verify          # check a finished split only
+
+filename patterns (--filename-pattern, relative to --media-root; Python format syntax,
+a '*' in the file name matches any rest, the first match in sorted order is used):
+  Kinetics CSV  placeholders {label} {label_dir} (spaces -> _) {youtube_id} {time_start}
+                {time_end} {split}; default "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+                (the naming of the common Kinetics downloaders; use "{label_dir}/..." for
+                per-class folders)
+  AudioSet CSV  placeholders {ytid} {start} {end} (float seconds) {start_int} {end_int};
+                default "{ytid}_{start:.3f}.*" (e.g. --PJHxphWEs_30.000.mkv, any extension)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xkd.data.build_shards import ResumeRefused, ShardJob, build_shards  # noqa: E402
+from xkd.data.inputs import InputError, read_csv_inputs, scan_folder  # noqa: E402
+from xkd.data.prepare_clip import NO_AUDIO_POLICIES, SHORT_POLICIES, ClipPolicy  # noqa: E402
+from xkd.data.transcode import CPU_DECODABLE_CODECS, VIDEO_CODECS, TranscodeSettings  # noqa: E402
+from xkd.data.verify_shards import verify_output  # noqa: E402
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'1GB' -> 10**9, '512MiB' -> 512 * 2**20, '2000000' -> 2000000."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size like 1GB, 500MB, 2GiB or a byte count")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_argument_group("inputs (one of --input / --list)")
+    src.add_argument("--input", type=Path, help="folder of clips, recursive; label = parent folder name")
+    src.add_argument("--list", type=Path, help="Kinetics or AudioSet CSV (kind detected from the header)")
+    src.add_argument("--media-root", type=Path, help="folder the CSV's files are in (default: the CSV's folder)")
+    src.add_argument("--filename-pattern", help="CSV row -> file name under --media-root (see below)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=Path, required=True, help="folder for the shards, index files and manifest")
+    out.add_argument("--split", default="train", help="shard name prefix: <split>-000000.tar (default: train)")
+    out.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
+    out.add_argument("--shard-bytes", type=parse_size, default=None,
+                     help="also close a shard before it passes this size, e.g. 1GB (default: no limit)")
+    out.add_argument("--seed", type=int, default=0, help="shuffle seed of the input order (default: 0)")
+    media = parser.add_argument_group("media")
+    media.add_argument("--fps", type=int, default=8, help="video frame rate (default: 8)")
+    media.add_argument("--short-side", type=int, default=128, help="video short side in pixels, even (default: 128)")
+    media.add_argument("--audio-rate", type=int, default=16000, help="audio sample rate, mono FLAC (default: 16000)")
+    media.add_argument("--video-codec", choices=VIDEO_CODECS, default="vp9",
+                       help="vp9 (default), vp8 and mjpeg decode on DALI's CPU backend; h264 only on GPU (NVDEC)")
+    policy = parser.add_argument_group("policies")
+    policy.add_argument("--min-duration", type=float, default=4.0, help="seconds (default: 4.0)")
+    policy.add_argument("--short-policy", choices=SHORT_POLICIES, default="skip",
+                        help="shorter than --min-duration: skip, or pad (keep; json padded=true, loaders loop/pad)")
+    policy.add_argument("--no-audio-policy", choices=NO_AUDIO_POLICIES, default="skip",
+                        help="no audio stream: skip (default, pretraining), or silence (keep; json has_audio=false)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                     help="transcoding processes (default: all cores); does not change the output")
+    run.add_argument("--verify", action="store_true",
+                     help="re-read every shard and check it against the manifest (alone: only verify --output)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.input is not None and args.list is not None:
+        parser.error("give either --input DIR or --list FILE.csv, not both")
+    if args.input is None and args.list is None and not args.verify:
+        parser.error("give --input DIR or --list FILE.csv (or --verify alone to check --output)")
+    return args
+
+
+def _load_inputs(args: argparse.Namespace):
+    if args.input is not None:
+        root, output = args.input.resolve(), args.output.resolve()
+        # An --output inside --input must not feed its own shards back in as inputs.
+        items = [item for item in scan_folder(root) if output not in item.path.resolve().parents]
+        return "folder", str(root), items
+    media_root = (args.media_root or args.list.parent).resolve()
+    kind, items = read_csv_inputs(args.list.resolve(), media_root, args.filename_pattern)
+    return kind, str(media_root), items
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.input is not None or args.list is not None:
+        try:
+            settings = TranscodeSettings(args.fps, args.short_side, args.audio_rate, args.video_codec)
+            policy = ClipPolicy(args.min_duration, args.short_policy, args.no_audio_policy)
+            kind, root, items = _load_inputs(args)
+            job = ShardJob(
+                output=args.output.resolve(), inputs=items, input_kind=kind, input_root=root,
+                list_file=str(args.list.resolve()) if args.list else None, filename_pattern=args.filename_pattern,
+                split=args.split, shard_size=args.shard_size, shard_bytes=args.shard_bytes, seed=args.seed,
+                settings=settings, policy=policy, workers=args.workers, progress=not args.no_progress)
+        except (InputError, ValueError) as err:
+            print(f"make_shards: error: {err}", file=sys.stderr)
+            return 2
+        if args.video_codec not in CPU_DECODABLE_CODECS:
+            print(f"make_shards: warning: --video-codec {args.video_codec} decodes only on GPU (DALI mixed "
+                  "backend / NVDEC); DALI's CPU backend reads vp9, vp8 and mjpeg only", file=sys.stderr)
+        print(f"make_shards: {len(items)} inputs ({kind}) -> {job.output}", file=sys.stderr)
+        try:
+            summary = build_shards(job)
+        except ResumeRefused as err:
+            print(f"make_shards: error: {err}", file=sys.stderr)
+            return 2
+        state = "already complete" if summary.already_complete else (
+            f"done (resumed after {summary.resumed_shards} finished shards)" if summary.resumed_shards else "done")
+        reasons = ", ".join(f"{k} {v}" for k, v in summary.skipped_by_reason.items()) or "none"
+        print(f"make_shards: {state}: {summary.num_samples} samples in {summary.num_shards} shards, "
+              f"{summary.num_skipped} skipped ({reasons}) of {summary.num_inputs} inputs", file=sys.stderr)
+    if args.verify:
+        report = verify_output(args.output.resolve())
+        print(report.text())
+        return 0 if report.ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

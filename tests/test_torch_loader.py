@@ -1,0 +1,231 @@
+"""The PyTorch fallback loader (spec section 1) on a tiny real shard built from short clips."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+import torchvision.transforms.v2.functional as F
+
+from xkd.config import config_from_dict
+from xkd.data.format import SAMPLE_INFO_FIELDS
+from xkd.data.logmel import LogMel
+from xkd.data.sampler import EpochPlan
+from xkd.data.shard_index import index_split
+from xkd.data.torch_loader import ClipDataset, TorchClipLoader, collate_clips, decode_frames
+from xkd.data.torch_views import IMAGENET_MEAN, IMAGENET_STD, crop_spectrogram, global_video_view, local_video_views
+from xkd.data.view_params import ColorJitter, draw_view_params, sample_seed
+
+from media import CLIPS, TINY_VIEWS, full_decode, views_config, write_shard, ffmpeg, VP9, RAMP  # noqa: F401
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is needed to build the test shard")
+
+def by_key(split, key: str) -> int:
+    return next(i for i, ref in enumerate(split) if ref.key == key)
+
+
+def test_shapes_and_dtypes(split):
+    views = views_config(**TINY_VIEWS)
+    dataset = ClipDataset(split, views, seed=0, epoch=0, indices=np.arange(len(split)))
+    item = dataset[0]
+    assert item["video_global"].shape == (3, 8, 32, 32)
+    assert item["video_local"].shape == (2, 3, 4, 16, 16)
+    assert item["audio_global"].shape == (1, 80, 224)
+    assert item["audio_local"].shape == (2, 1, 80, 112)
+    batch = collate_clips([dataset[0], dataset[4]])
+    assert batch["corrupt"] == 0 and batch["key"] == [split[0].key, split[4].key]
+    assert batch["index"].tolist() == [0, 4] and batch["index"].dtype == torch.int64
+    expected = {"video_global": (2, 3, 8, 32, 32), "video_local": (2, 2, 3, 4, 16, 16),
+                "audio_global": (2, 1, 80, 224), "audio_local": (2, 2, 1, 80, 112)}
+    for name, shape in expected.items():
+        assert batch[name].shape == shape and batch[name].dtype == torch.float32
+        assert torch.isfinite(batch[name]).all()
+
+
+def test_paper_geometry(split):
+    views = views_config()
+    loader = TorchClipLoader(split, views, batch_size=2, num_workers=0, plan=EpochPlan(len(split)), seed=0)
+    batch = next(iter(loader))
+    assert batch["video_global"].shape == (2, 3, 32, 112, 112)
+    assert batch["video_local"].shape == (2, 1, 3, 8, 96, 96)
+    assert batch["audio_global"].shape == (2, 1, 80, 448)
+    assert batch["audio_local"].shape == (2, 1, 1, 80, 112)
+    # Normalised video: roughly zero-mean, unit-scale values.
+    assert batch["video_global"].abs().max() < 3 and -1.5 < batch["video_global"].mean() < 1.5
+
+
+@pytest.mark.parametrize("key", ["ramp", "world", "ramp_offset"])
+def test_decode_frames_matches_full_decode(clips, key, tmp_path):
+    """Frame index = decode order, also when the stream's timestamps start after 0."""
+    if key == "ramp_offset":
+        ffmpeg(*RAMP[:4], *VP9, "-output_ts_offset", "0.125", str(tmp_path / "offset.webm"))
+        data = (tmp_path / "offset.webm").read_bytes()
+        with av.open(io.BytesIO(data)) as container:
+            assert container.streams.video[0].start_time == 125
+    else:
+        data = clips[key]["webm"]
+    full = full_decode(data)
+    n = len(full)
+    if key != "world":  # frame i is identifiable: brightness strictly increases with i
+        assert (full.float().mean((1, 2, 3)).diff() > 2).all()
+    for start in (0, 3, 8, 13, n - 8, n - 3):
+        got = decode_frames(data, start, 8, fps=8)
+        expected = full[start:start + 8]
+        expected = torch.cat([expected, expected[-1:].expand(8 - len(expected), -1, -1, -1)])  # edge padding
+        assert torch.equal(got, expected), start
+
+
+def test_global_window_synchronised(clips, split):
+    """Views are computed from frames video_start.. and samples video_start * 2000.. of the clip."""
+    views = views_config(**TINY_VIEWS)
+    logmel = LogMel(views)
+    full = full_decode(clips["ramp"]["webm"])
+    audio, _ = soundfile.read(io.BytesIO(clips["ramp"]["flac"]), dtype="float32")
+    index, starts = by_key(split, "ramp"), set()
+    for epoch in range(4):
+        dataset = ClipDataset(split, views, seed=3, epoch=epoch, indices=np.arange(len(split)))
+        p, item = dataset.params(index), dataset[index]
+        start = p.video_start
+        starts.add(start)
+        assert p.audio_start == start * 2000
+        frames = full[start:start + 8]
+        assert torch.equal(item["video_global"], global_video_view(frames, p, views))
+        assert torch.equal(item["video_local"], local_video_views(frames, p, views))
+        window = torch.from_numpy(audio[start * 2000:start * 2000 + 32000])
+        assert torch.equal(item["audio_global"], logmel((window * p.audio_gain)[None]))
+        for a in range(2):
+            offset = int(p.audio_local_offsets[a])
+            segment = torch.from_numpy(audio[start * 2000 + offset:start * 2000 + offset + 16000])
+            spec = logmel((segment * float(p.audio_local_gains[a]))[None])[0]
+            assert torch.equal(item["audio_local"][a], crop_spectrogram(spec, p.audio_local_boxes[a]))
+    assert any(start > 0 for start in starts)  # the seek path ran
+
+
+def test_global_logmel_exact_with_padding(clips, split):
+    """Paper geometry on a clip shorter than 4 s: the window is the FLAC read directly, zero padded."""
+    views = views_config()
+    index = by_key(split, "single_face")
+    dataset = ClipDataset(split, views, seed=0, epoch=0, indices=[index])
+    p, item = dataset.params(index), dataset[0]
+    audio, _ = soundfile.read(io.BytesIO(clips["single_face"]["flac"]), dtype="float32")
+    assert p.video_start == 0 and len(audio) < 64000
+    window = torch.zeros(64000)
+    window[:len(audio)] = torch.from_numpy(audio)
+    assert torch.equal(item["audio_global"], LogMel(views)((window * p.audio_gain)[None]))
+    # The video is shorter than 32 frames: padded by repeating its last frame.
+    assert torch.equal(item["video_global"][:, -1], item["video_global"][:, -2])
+
+
+def test_logmel_matches_spec_formula():
+    views = views_config()
+    waveform = 0.1 * torch.randn(2, 64000, generator=torch.Generator().manual_seed(0))
+    spec = torch.stft(waveform, n_fft=1024, hop_length=143, win_length=1024, window=torch.hann_window(1024),
+                      center=True, pad_mode="reflect", return_complex=True).abs() ** 2
+    bank = torchaudio.functional.melscale_fbanks(513, 0.0, 8000.0, 80, 16000, norm="slaney", mel_scale="slaney")
+    mel = torch.einsum("bft,fm->bmt", spec, bank)
+    expected = (torch.log(mel + 1.1920929e-07) - (-5.3688107)) / 4.410007
+    got = LogMel(views)(waveform)
+    assert got.shape == (2, 80, 448)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_two_ranks_read_disjoint_halves(split):
+    views = views_config(**TINY_VIEWS)
+    seen = []
+    for rank in range(2):
+        plan = EpochPlan(len(split), world_size=2, rank=rank, seed=5)
+        loader = TorchClipLoader(split, views, batch_size=1, num_workers=0, plan=plan, seed=5)
+        seen.append([i for batch in loader for i in batch["index"].tolist()])
+        assert loader.state() == {"epoch": 1, "position": 0}
+    assert len(seen[0]) == len(seen[1]) == len(split) // 2
+    assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(len(split)))
+
+
+def test_resume_mid_epoch_reproduces_batches(split):
+    views = views_config(**TINY_VIEWS)
+    plan = EpochPlan(len(split), seed=1)
+    full = TorchClipLoader(split, views, batch_size=2, num_workers=2, plan=plan, seed=1)
+    assert full.batches_per_epoch == len(full) == 3
+    uninterrupted, states = [], []
+    for batch in full:
+        uninterrupted.append(batch)
+        states.append(full.state())
+    assert states == [{"epoch": 0, "position": 2}, {"epoch": 0, "position": 4}, {"epoch": 0, "position": 6}]
+    assert full.state() == {"epoch": 1, "position": 0}
+    resumed = TorchClipLoader(split, views, batch_size=2, num_workers=0, plan=plan, seed=1)
+    resumed.load_state({"epoch": 0, "position": 2})
+    batches = list(resumed)
+    assert len(batches) == 2
+    for got, expected in zip(batches, uninterrupted[1:]):
+        assert got["key"] == expected["key"]
+        for name in ("video_global", "video_local", "audio_global", "audio_local", "index"):
+            assert torch.equal(got[name], expected[name]), name
+    # The next epoch follows: a different order and different views of the same samples.
+    assert resumed.state() == {"epoch": 1, "position": 0}
+    next_epoch = next(iter(resumed))
+    assert resumed.state() == {"epoch": 1, "position": 2}
+    assert not torch.equal(next_epoch["video_global"], uninterrupted[0]["video_global"])
+
+
+def test_views_depend_only_on_seed_epoch_index(split):
+    views = views_config(**TINY_VIEWS)
+    a = ClipDataset(split, views, seed=7, epoch=2, indices=[3, 1])
+    b = ClipDataset(split, views, seed=7, epoch=2, indices=[1])
+    c = ClipDataset(split, views, seed=7, epoch=3, indices=[1])
+    first, again, other = a[1], b[0], c[0]
+    for name in ("video_global", "video_local", "audio_global", "audio_local"):
+        assert torch.equal(first[name], again[name])
+        assert not torch.equal(first[name], other[name])
+
+
+def test_corrupt_samples_are_skipped_and_counted(clips, tmp_path, caplog):
+    samples = {"good_a": clips["ramp"], "garbage": {**clips["world"], "webm": b"not a webm" * 100},
+               "good_b": clips["default"],
+               "no_audio_member": {ext: data for ext, data in clips["jwpIntro"].items() if ext != "flac"}}
+    split = write_shard(tmp_path / "bad-000000.tar", samples)
+    views = views_config(**TINY_VIEWS)
+    dataset = ClipDataset(split, views, seed=0, epoch=0, indices=np.arange(4))
+    with caplog.at_level(logging.WARNING, logger="xkd.data.torch_loader"):
+        assert dataset[by_key(split, "garbage")] is None
+    assert len(caplog.records) == 1 and "'garbage'" in caplog.text and "bad-000000.tar" in caplog.text
+
+    loader = TorchClipLoader(split, views, batch_size=2, num_workers=2, plan=EpochPlan(4), seed=0)
+    keys = [key for batch in loader for key in batch["key"]]
+    assert sorted(keys) == ["good_a", "good_b"] and loader.corrupt_samples == 2
+    assert loader.state() == {"epoch": 1, "position": 0}
+
+
+def test_view_ops_semantics(clips):
+    """Identity jitter + full box = plain resize and normalisation; flip, grayscale, spectrogram crop."""
+    views = views_config(**TINY_VIEWS)
+    frames = full_decode(clips["world"]["webm"])[:8]
+    p = draw_view_params(sample_seed(0, 0, 0), views, 48, 96000, frames.shape[2], frames.shape[3])
+    plain = replace(p, global_box=np.array([0, 0, 1, 1], np.float32), global_flip=False,
+                    global_color=ColorJitter(1.0, 1.0, 1.0, 0.0))
+    resized = F.resize(frames, [32, 32], antialias=True).float() / 255
+    expected = F.normalize(resized, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
+    torch.testing.assert_close(global_video_view(frames, plain, views), expected, atol=1e-5, rtol=0)
+    flipped = global_video_view(frames, replace(plain, global_flip=True), views)
+    assert torch.equal(flipped, global_video_view(frames, plain, views).flip(-1))
+    gray = global_video_view(frames, replace(plain, global_color=ColorJitter(1.2, 0.8, 0.0, 0.1)), views)
+    std, mean = (torch.tensor(stat)[:, None, None, None] for stat in (IMAGENET_STD, IMAGENET_MEAN))
+    unnormalised = gray * std + mean
+    torch.testing.assert_close(unnormalised[0], unnormalised[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(unnormalised[0], unnormalised[2], atol=1e-5, rtol=0)
+
+    spec = torch.randn(80, 112)
+    torch.testing.assert_close(crop_spectrogram(spec, np.array([0, 0, 80, 112]))[0], spec)
+    padded = crop_spectrogram(spec, np.array([0, -112, 80, 112]))[0]  # left half of the crop is padding
+    assert padded[:, :50].abs().max() < 1e-6 and padded[:, 60:].abs().mean() > 0.5
