@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from xkd.data.inputs import scan_folder  # noqa: E402
+from xkd.data.manifest import ffmpeg_version  # noqa: E402
 from xkd.data.probe import probe_source  # noqa: E402
 from xkd.data.transcode import CPU_DECODABLE_CODECS, TranscodeSettings, clip_command, silence_command  # noqa: E402
 
@@ -101,7 +102,8 @@ def mean_psnr(out: Path, clips_dir: Path) -> float:
                 ref = f"[1:v:0]fps={meta['fps']},scale={meta['width']}:{meta['height']}:flags=bicubic,setsar=1[ref]"
                 proc = subprocess.run(
                     ["ffmpeg", "-nostdin", "-hide_banner", "-i", str(video), "-i", str(clips_dir / meta["source"]),
-                     "-lavfi", f"{ref};[0:v:0][ref]psnr", "-f", "null", "-"], capture_output=True, text=True, check=True)
+                     "-lavfi", f"{ref};[0:v:0][ref]psnr", "-f", "null", "-"],
+                    capture_output=True, text=True, check=True)
                 line = [ln for ln in proc.stderr.splitlines() if "PSNR" in ln and "average:" in ln][-1]
                 values.append(float(line.split("average:")[1].split()[0]))
     return sum(values) / len(values)
@@ -173,7 +175,8 @@ def main() -> None:
             wall, cpu = timed(lambda: make_shards(args.clips, out, workers=1, codec=codec))
             blobs = video_members(out)
             av_s, frames = pyav_decode(blobs)
-            row = {"encode_wall_s": wall, "encode_cpu_s": cpu, "video_bytes_per_clip": sum(map(len, blobs)) / len(blobs),
+            row = {"encode_wall_s": wall, "encode_cpu_s": cpu,
+                   "video_bytes_per_clip": sum(map(len, blobs)) / len(blobs),
                    "psnr_db": mean_psnr(out, args.clips),
                    "frames": frames, "pyav_clips_per_s": len(blobs) / av_s, "pyav_frames_per_s": frames / av_s}
             if codec in CPU_DECODABLE_CODECS:
@@ -182,9 +185,14 @@ def main() -> None:
             results["codecs"][codec] = row
 
     o = results["overhead"]
+    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                .stdout.splitlines() if ln.startswith("Model name")), "?")
+    print(f"machine: {cpu}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"ffmpeg {ffmpeg_version()}\n")
     print(f"## make_shards vs bare ffmpeg ({len(clips)} clips from {args.clips}, best of {args.repeats})\n")
     print("| run | wall s | CPU s | clips/s |\n|---|---|---|---|")
-    print(f"| bare ffmpeg, serial | {o['bare_wall_s']:.2f} | {o['bare_cpu_s']:.2f} | {len(clips) / o['bare_wall_s']:.2f} |")
+    print(f"| bare ffmpeg, serial | {o['bare_wall_s']:.2f} | {o['bare_cpu_s']:.2f} | "
+          f"{len(clips) / o['bare_wall_s']:.2f} |")
     print(f"| make_shards --workers 1 | {o['make_shards_w1_wall_s']:.2f} | {o['make_shards_w1_cpu_s']:.2f} | "
           f"{o['clips_per_s_per_core']:.2f} |")
     print(f"| make_shards --workers 2 | {o['make_shards_w2_wall_s']:.2f} | - | {o['clips_per_s_2_workers']:.2f} |")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def _load_inputs(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    missing_tools = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
+    if missing_tools and (args.input is not None or args.list is not None):
+        print(f"make_shards: error: {' and '.join(missing_tools)} not found on PATH "
+              "(apt-get install ffmpeg, or run scripts/setup_env.sh)", file=sys.stderr)
+        return 2
     if args.input is not None or args.list is not None:
         try:
             settings = TranscodeSettings(args.fps, args.short_side, args.audio_rate, args.video_codec)

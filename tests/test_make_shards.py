@@ -61,7 +61,8 @@ def ffmpeg(*args: str | Path) -> None:
     subprocess.run([*FFMPEG, *map(str, args)], check=True)
 
 
-def synth(out: Path, seconds: float, *, size: str = "320x240", audio: str | None = "sine=frequency=440:sample_rate=44100",
+def synth(out: Path, seconds: float, *, size: str = "320x240",
+          audio: str | None = "sine=frequency=440:sample_rate=44100",
           vcodec: tuple[str, ...] = ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast"),
           acodec: tuple[str, ...] = ("-c:a", "aac"), extra: tuple[str, ...] = ()) -> None:
     """A generated test-pattern clip (plus a generated audio source)."""
@@ -272,7 +273,8 @@ def test_sigkill_then_resume_is_byte_identical(built, inputs_dir, tmp_path):
 
     refused = run_make_shards("--input", inputs_dir, "--output", out, "--no-progress", "--shard-size", "2",
                               "--fps", "10", check=False)
-    assert refused.returncode == 2 and "refusing to resume" in refused.stderr and "--fps: 8 then, 10 now" in refused.stderr
+    assert refused.returncode == 2 and "refusing to resume" in refused.stderr
+    assert "--fps: 8 then, 10 now" in refused.stderr
 
     resumed = run_make_shards("--input", inputs_dir, "--output", out, "--no-progress", "--shard-size", "2",
                               "--workers", "1", "--verify")

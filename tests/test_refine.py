@@ -179,7 +179,7 @@ def test_teacher_attention_is_cls_attention_of_last_block(tiny_config, random_ba
         out = encoder(batch["audio_global"], return_attention=True)
         # rebuild the input of the last block by hand
         x = encoder.patch_embed(batch["audio_global"]) + encoder.position.table[:, 1:]
-        cls = encoder.cls_token + encoder.position.table[:, :1]
+        cls = encoder.cls_token() + encoder.position()[:, :1]
         h = torch.cat([cls.expand(2, -1, -1), x], dim=1)
         for block in encoder.blocks[:-1]:
             h = block(h)

@@ -144,3 +144,76 @@ def test_csv_inputs_end_to_end(tmp_path):
         meta = json.loads(next(tar.extractfile(m) for m in tar if m.name.endswith(".json")).read())
     assert meta["source"] == "--PJHxphWEs_30.000.mp4" and meta["labels"] == ["/m/09x0r", "/t/dd00088"]
     assert meta["label_indices"] == [manifest["label_map"]["/m/09x0r"], manifest["label_map"]["/t/dd00088"]]
+
+
+def test_parse_size():
+    sys.path.insert(0, str(MAKE_SHARDS.parent))
+    from make_shards import parse_size
+
+    assert parse_size("1GB") == 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("1234") == 1234
+    assert parse_size("1.5 gb") == 1_500_000_000
+    with pytest.raises(Exception, match="expected a size"):
+        parse_size("lots")
+
+
+def _fake_samples(tmp_path: Path, sizes: list[int]):
+    """PreparedSamples with random media bytes (the packer never looks inside them)."""
+    import random
+
+    from xkd.data.prepare_clip import PreparedSample
+
+    rng = random.Random(0)
+    for n, size in enumerate(sizes):
+        work = tmp_path / "work" / str(n)
+        video, audio = touch(work / "v.webm", rng.randbytes(size)), touch(work / "a.flac", rng.randbytes(size // 7))
+        yield PreparedSample(fmt.sample_key(f"clip{n}.mp4"), f"clip{n}.mp4", video, audio, b'{"k":1}',
+                             b"\x93NUMPY" + bytes(n), work)
+
+
+def test_shard_size_prediction_is_exact(tmp_path):
+    from xkd.data.shard_writer import ShardWriter
+
+    writer = ShardWriter(tmp_path, "x-000000.tar")
+    for sample in _fake_samples(tmp_path, [5_000, 12_345, 511, 30_000]):
+        predicted = writer.size_with(sample)
+        writer.add(sample)
+    record = writer.finish()
+    assert record.bytes == predicted == (tmp_path / "x-000000.tar").stat().st_size
+    assert not (tmp_path / "x-000000.tar.tmp").exists() and (tmp_path / "x-000000.idx").is_file()
+
+
+def test_shard_bytes_limit(tmp_path):
+    """--shard-bytes: a shard closes before it would pass the limit (a bigger sample stands alone)."""
+    import random
+
+    from xkd.data.build_shards import ShardJob, ShardPacker
+    from xkd.data.journal import Journal
+
+    rng = random.Random(1)
+    sizes = [rng.randrange(3_000, 40_000) for _ in range(9)] + [150_000]
+    out = tmp_path / "out"
+    out.mkdir()
+    job = ShardJob(output=out, inputs=[], input_kind="folder", input_root=str(tmp_path), shard_size=100,
+                   shard_bytes=100_000)
+    journal = Journal(out)
+    packer = ShardPacker(job, journal, journal.start({"test": True}))
+    keys = []
+    for n, sample in enumerate(_fake_samples(tmp_path, sizes)):
+        keys.append(sample.key)
+        packer.add(n, sample)
+        assert not sample.workdir.exists()
+    packer.finish(len(sizes))
+    state = journal.load()
+    shards = [entry["shard"] for entry in state.shards]
+    assert len(shards) > 2 and sum(s["samples"] for s in shards) == len(sizes)
+    assert state.end["next_input"] == len(sizes)
+    for shard in shards:
+        assert (out / shard["name"]).stat().st_size == shard["bytes"]
+        assert shard["bytes"] <= 100_000 or shard["samples"] == 1
+        assert (out / shard["index_file"]).read_text().startswith(f"v1.2 {shard['samples']}\n")
+    assert shards[-1]["samples"] == 1 and shards[-1]["bytes"] > 100_000
+    packed = []
+    for shard in shards:
+        with tarfile.open(out / shard["name"]) as tar:
+            packed += list(dict.fromkeys(m.name.split(".")[0] for m in tar))
+    assert packed == keys

@@ -73,9 +73,8 @@ def test_position_table_unchanged_for_the_global_grid():
     torch.manual_seed(0)
     position = PositionEmbedding((8, 7, 7), 16)
     assert position.table.shape == (1, 393, 16)
-    patches = position.patches((8, 7, 7))
-    assert torch.equal(patches, position.table[:, 1:])
-    assert torch.equal(position.cls, position.table[:, :1])
+    assert position((8, 7, 7)) is position.table
+    assert position() is position.table
 
 
 def test_video_trilinear_interpolation_hand_values():
@@ -84,7 +83,7 @@ def test_video_trilinear_interpolation_hand_values():
         t, h, w = torch.meshgrid(torch.arange(8.0), torch.arange(7.0), torch.arange(7.0), indexing="ij")
         position.table[0, 1:, 0] = (100 * t + 10 * h + w).flatten()
         position.table[0, 1:, 1] = 1.0
-    local = position.patches((2, 6, 6))
+    local = position((2, 6, 6))[:, 1:]
     assert local.shape == (1, 72, 2)
     # half-pixel sampling (align_corners=False): t 8 -> 2 samples source 4i + 1.5; 7 -> 6 samples
     # (j + 0.5) * 7 / 6 - 0.5; all inside the grid, so a linear table gives the linear function there
@@ -93,7 +92,7 @@ def test_video_trilinear_interpolation_hand_values():
         assert local[0, index, 0].item() == pytest.approx(expected, rel=1e-5)
     assert torch.allclose(local[0, :, 1], torch.ones(72))
     with pytest.raises(ValueError, match="rank"):
-        position.patches((6, 6))
+        position((6, 6))
 
 
 def test_audio_interpolation_is_along_time_only():
@@ -102,7 +101,7 @@ def test_audio_interpolation_is_along_time_only():
     with torch.no_grad():
         position.table.copy_(torch.randn(1, 561, 3, generator=g))
     table = position.table[0, 1:].reshape(20, 28, 3)
-    local = position.patches((20, 7)).reshape(20, 7, 3)
+    local = position((20, 7))[:, 1:].reshape(20, 7, 3)
     # 28 -> 7 frames: output frame j samples source 4j + 1.5, the mean of frames 4j+1 and 4j+2,
     # within the same frequency row
     for f in range(20):
@@ -114,7 +113,7 @@ def test_audio_interpolation_is_along_time_only():
         rows = torch.randn(20, 1, 3, generator=g)
         position.table[0, 1:] = rows.expand(20, 28, 3).reshape(560, 3)
     for frames in (7, 14, 56):
-        out = position.patches((20, frames)).reshape(20, frames, 3)
+        out = position((20, frames))[:, 1:].reshape(20, frames, 3)
         assert torch.allclose(out, rows.expand(20, frames, 3), atol=1e-6)
     # time size unchanged -> frequency axis values unchanged (the table itself)
-    assert torch.equal(position.patches((20, 28)), position.table[:, 1:])
+    assert torch.equal(position((20, 28)), position.table)

@@ -32,7 +32,7 @@ from xkd.data.inputs import InputItem, label_map
 from xkd.data.journal import Journal, JournalState
 from xkd.data.manifest import ffmpeg_version, read_manifest, tool_versions, write_manifest
 from xkd.data.prepare_clip import ClipPolicy, PreparedSample, prepare_clip
-from xkd.data.shard_writer import TMP_SUFFIX, ShardWriter, atomic_write_bytes
+from xkd.data.shard_writer import TMP_SUFFIX, ShardWriter, atomic_write_bytes, write_dali_index
 from xkd.data.transcode import CONTAINERS, TranscodeSettings
 
 WORK_DIR_NAME = ".work"  # per-clip transcode folders, inside the output (same file system)
@@ -179,6 +179,8 @@ def _prepare_output(job: ShardJob, journal: Journal, fingerprint: dict) -> Journ
             shard = output / entry["shard"]["name"]
             if not shard.is_file() or shard.stat().st_size != entry["shard"]["bytes"]:
                 break
+            if not (output / entry["shard"]["index_file"]).is_file():
+                write_dali_index(shard, output / entry["shard"]["index_file"])
             kept.append(entry)
         if len(kept) < len(state.shards):
             state.end = None
@@ -200,7 +202,7 @@ def _prepare_output(job: ShardJob, journal: Journal, fingerprint: dict) -> Journ
     return state
 
 
-class _Packer:
+class ShardPacker:
     """Packs results in input order into shards and journals each finished shard."""
 
     def __init__(self, job: ShardJob, journal: Journal, state: JournalState):
@@ -337,7 +339,7 @@ def build_shards(job: ShardJob) -> BuildSummary:
     resumed = len(state.shards)
     start = state.next_input
     if state.end is None:
-        packer = _Packer(job, journal, state)
+        packer = ShardPacker(job, journal, state)
         bar = tqdm(total=len(ordered), initial=start, unit="clip", desc=f"{job.split} shards",
                    disable=not job.progress, dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
         skipped_count = sum(len(entry["skipped"]) for entry in state.shards)

@@ -67,7 +67,7 @@ def index_name(shard: str) -> str:
 
 def sample_key(source: str) -> str:
     """Stable tar key of a source path (relative, ``/``-separated): a readable slug plus a
-    hash of the exact path, e.g. ``music/pianist.avi`` -> ``music_pianist_avi-3f1c2a9b0d``.
+    hash of the exact path, e.g. ``music/pianist.avi`` -> ``music_pianist_avi-0c854ae9fc``.
     Only ``[A-Za-z0-9_-]`` (no dots), at most 80 characters."""
     slug = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in source)
     slug = slug.strip("_")[-64:] or "clip"

@@ -87,12 +87,16 @@ def _check_duration(duration: float | None, policy: ClipPolicy, source: Path) ->
 
 
 def _check_truncation(stderr: str, info: SourceInfo, seconds: float, source: Path) -> None:
+    """The demuxer hit the end of the file early, or the video decodes much shorter than its
+    stream header says (compared with the video stream's own duration, not the container's,
+    which may include a longer audio track)."""
+    announced = info.video.duration
     if "partial file" in stderr:
         raise sr.ClipSkipped(sr.TRUNCATED, f"{source}: the demuxer reports a partial file "
-                             f"(decoded {seconds:.2f} s of {info.duration or 0:.2f} s)")
-    if info.duration and seconds < TRUNCATED_SHARE * info.duration - TRUNCATED_SLACK_S:
+                             f"(decoded {seconds:.2f} s of {announced or info.duration or 0:.2f} s)")
+    if announced and seconds < TRUNCATED_SHARE * announced - TRUNCATED_SLACK_S:
         raise sr.ClipSkipped(sr.TRUNCATED, f"{source}: decoded only {seconds:.2f} s of the "
-                             f"{info.duration:.2f} s the container announces")
+                             f"{announced:.2f} s its video stream announces")
 
 
 def prepare_clip(item: InputItem, label_index: dict[str, int], settings: TranscodeSettings,

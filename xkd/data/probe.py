@@ -116,6 +116,19 @@ def _float(text: object) -> float | None:
     return value if value > 0 else None
 
 
+def _stream_duration(stream: dict) -> float | None:
+    """Seconds from the stream header, else from Matroska's ``DURATION`` tag (HH:MM:SS.nnnnnnnnn)."""
+    seconds = _float(stream.get("duration"))
+    tag = (stream.get("tags") or {}).get("DURATION") or (stream.get("tags") or {}).get("duration")
+    if seconds is None and tag:
+        try:
+            hours, minutes, secs = tag.split(":")
+            seconds = _float(int(hours) * 3600 + int(minutes) * 60 + float(secs))
+        except ValueError:
+            return None
+    return seconds
+
+
 def _rotation(stream: dict) -> int:
     for side in stream.get("side_data_list", []) or []:
         if "rotation" in side:
@@ -133,7 +146,7 @@ def _video_stream(stream: dict) -> VideoStream:
         index=int(stream["index"]), codec=str(stream.get("codec_name", "unknown")),
         width=width, height=height, display_width=display_w, display_height=display_h,
         fps=_rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate")),
-        duration=_float(stream.get("duration")),
+        duration=_stream_duration(stream),
     )
 
 
@@ -141,7 +154,7 @@ def _audio_stream(stream: dict) -> AudioStream:
     return AudioStream(
         index=int(stream["index"]), codec=str(stream.get("codec_name", "unknown")),
         sample_rate=int(stream.get("sample_rate") or 0), channels=int(stream.get("channels") or 0),
-        duration=_float(stream.get("duration")),
+        duration=_stream_duration(stream),
     )
 
 
@@ -160,7 +173,8 @@ def probe_source(path: Path) -> SourceInfo:
         if "moov atom not found" in stderr and head[4:8] == b"ftyp":
             raise sr.ClipSkipped(sr.TRUNCATED, f"{path}: MP4 without its index (moov atom), the file ends early")
         reason = sr.CORRUPT if path.suffix.lower() in MEDIA_EXTENSIONS else sr.NOT_MEDIA
-        raise sr.ClipSkipped(reason, f"{path}: ffprobe cannot read it: {_last_line(stderr) or 'exit code ' + str(code)}")
+        why = _last_line(stderr) or f"exit code {code}"
+        raise sr.ClipSkipped(reason, f"{path}: ffprobe cannot read it: {why}")
 
     container = str(data["format"].get("format_name", "unknown"))
     streams = data.get("streams", []) or []
@@ -196,5 +210,9 @@ def probe_video_output(path: Path) -> VideoOutputInfo:
 
 def count_audio_samples(path: Path) -> tuple[int, int, int, bool]:
     """Decode a transcoded audio file: (samples per channel, sample rate, channels, all zero)."""
-    data, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
-    return int(data.shape[0]), int(rate), int(data.shape[1]), bool(not np.any(data))
+    with soundfile.SoundFile(str(path)) as audio:
+        rate, channels = int(audio.samplerate), int(audio.channels)
+        if audio.frames == 0:  # libsndfile cannot seek in an empty FLAC; nothing to read anyway
+            return 0, rate, channels, True
+        data = audio.read(dtype="int16", always_2d=True)
+    return int(data.shape[0]), rate, channels, bool(not np.any(data))

@@ -6,7 +6,7 @@ from torch import nn
 
 from xkd.config import DecoderConfig
 from xkd.models.encoder import build_blocks
-from xkd.models.position import PositionEmbedding
+from xkd.models.position import LearnedToken, PositionEmbedding
 from xkd.models.sizes import EncoderSize
 
 
@@ -17,21 +17,20 @@ class MaskedDecoder(nn.Module):
     def __init__(self, encoder_dim: int, grid: tuple[int, ...], patch_dim: int, config: DecoderConfig):
         super().__init__()
         self.embed = nn.Linear(encoder_dim, config.embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
+        self.mask_token = LearnedToken(config.embed_dim)
         self.position = PositionEmbedding(grid, config.embed_dim)
         self.blocks = build_blocks(EncoderSize(config.embed_dim, config.depth, config.num_heads))
         self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
         self.predict = nn.Linear(config.embed_dim, patch_dim)
-        nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, encoded: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """encoded (B, 1+N_visible, D_enc) with CLS first -> predictions (B, N, patch_dim)."""
         x = self.embed(encoded)
         batch, num_tokens = ids_restore.shape
         num_masked = num_tokens - (x.shape[1] - 1)
-        patches = torch.cat([x[:, 1:], self.mask_token.expand(batch, num_masked, -1)], dim=1)
+        patches = torch.cat([x[:, 1:], self.mask_token().expand(batch, num_masked, -1)], dim=1)
         patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        x = torch.cat([x[:, :1] + self.position.cls, patches + self.position.table[:, 1:]], dim=1)
+        x = torch.cat([x[:, :1], patches], dim=1) + self.position()
         for block in self.blocks:
             x = block(x)
         return self.predict(self.norm(x))[:, 1:]

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from xkd.models.masking import random_masking
-from xkd.models.position import PositionEmbedding
+from xkd.models.position import LearnedToken, PositionEmbedding
 from xkd.models.sizes import EncoderSize
 
 
@@ -82,11 +82,10 @@ class ModalityEncoder(nn.Module):
         self.patch_embed = patch_embed
         self.embed_dim = size.embed_dim
         self.num_heads = size.num_heads
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, size.embed_dim))
+        self.cls_token = LearnedToken(size.embed_dim)
         self.position = PositionEmbedding(grid, size.embed_dim)
         self.blocks = blocks
         self.norm = nn.LayerNorm(size.embed_dim, eps=1e-6)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(
         self,
@@ -95,11 +94,12 @@ class ModalityEncoder(nn.Module):
         return_attention: bool = False,
     ) -> EncoderOutput:
         grid = self.patch_embed.grid(x.shape)
-        tokens = self.patch_embed(x) + self.position.patches(grid)
+        position = self.position(grid)
+        tokens = self.patch_embed(x) + position[:, 1:]
         mask = ids_restore = None
         if mask_ratio > 0:
             tokens, mask, ids_restore = random_masking(tokens, mask_ratio)
-        cls = (self.cls_token + self.position.cls).expand(tokens.shape[0], -1, -1)
+        cls = (self.cls_token() + position[:, :1]).expand(tokens.shape[0], -1, -1)
         h = torch.cat([cls, tokens], dim=1)
         for block in self.blocks[:-1]:
             h = block(h)
