@@ -109,9 +109,9 @@ def mean_psnr(out: Path, clips_dir: Path) -> float:
     return sum(values) / len(values)
 
 
-def pyav_decode(blobs: list[bytes]) -> tuple[float, int]:
-    """Seconds to decode every frame to RGB with PyAV (one decoder thread), and the frame count."""
-    frames, start = 0, time.perf_counter()
+def pyav_decode(blobs: list[bytes]) -> tuple[float, float, int]:
+    """(wall s, CPU s, frames) to decode every frame to RGB with PyAV (one decoder thread)."""
+    frames, start, cpu0 = 0, time.perf_counter(), time.process_time()
     for blob in blobs:
         with av.open(io.BytesIO(blob)) as container:
             stream = container.streams.video[0]
@@ -119,11 +119,12 @@ def pyav_decode(blobs: list[bytes]) -> tuple[float, int]:
             for frame in container.decode(stream):
                 frame.to_ndarray(format="rgb24")
                 frames += 1
-    return time.perf_counter() - start, frames
+    return time.perf_counter() - start, time.process_time() - cpu0, frames
 
 
-def dali_decode(out: Path, num_samples: int) -> float:
-    """Seconds for DALI's CPU pipeline (webdataset reader + video decoder) over every sample."""
+def dali_decode(out: Path, num_samples: int) -> tuple[float, float]:
+    """(wall s, CPU s of this process, all threads) of DALI's CPU pipeline (webdataset reader +
+    video decoder, one thread) over every sample."""
     from nvidia.dali import fn, pipeline_def
 
     shards = sorted(out.glob("train-*.tar"))
@@ -136,10 +137,10 @@ def dali_decode(out: Path, num_samples: int) -> float:
 
     pipe = pipeline()
     pipe.build()
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(num_samples):
         pipe.run()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu0
 
 
 def main() -> None:
@@ -174,14 +175,16 @@ def main() -> None:
             out = tmp / f"codec_{codec}"
             wall, cpu = timed(lambda: make_shards(args.clips, out, workers=1, codec=codec))
             blobs = video_members(out)
-            av_s, frames = pyav_decode(blobs)
+            av_s, av_cpu, frames = pyav_decode(blobs)
             row = {"encode_wall_s": wall, "encode_cpu_s": cpu,
                    "video_bytes_per_clip": sum(map(len, blobs)) / len(blobs),
                    "psnr_db": mean_psnr(out, args.clips),
-                   "frames": frames, "pyav_clips_per_s": len(blobs) / av_s, "pyav_frames_per_s": frames / av_s}
+                   "frames": frames, "pyav_clips_per_s": len(blobs) / av_s, "pyav_frames_per_s": frames / av_s,
+                   "pyav_frames_per_cpu_s": frames / av_cpu}
             if codec in CPU_DECODABLE_CODECS:
-                dali_s = min(dali_decode(out, len(blobs)) for _ in range(2))
-                row |= {"dali_cpu_clips_per_s": len(blobs) / dali_s, "dali_cpu_frames_per_s": frames / dali_s}
+                dali_s, dali_cpu = min(dali_decode(out, len(blobs)) for _ in range(2))
+                row |= {"dali_cpu_clips_per_s": len(blobs) / dali_s, "dali_cpu_frames_per_s": frames / dali_s,
+                        "dali_cpu_frames_per_cpu_s": frames / dali_cpu}
             results["codecs"][codec] = row
 
     o = results["overhead"]
@@ -198,13 +201,15 @@ def main() -> None:
     print(f"| make_shards --workers 2 | {o['make_shards_w2_wall_s']:.2f} | - | {o['clips_per_s_2_workers']:.2f} |")
     print(f"\nratio make_shards/bare: wall {o['wall_ratio']:.2f}x, CPU {o['cpu_ratio']:.2f}x (goal <= 1.5x)\n")
     print("## codecs\n")
-    print("| codec | encode wall s (1 worker) | video KB/clip | PSNR dB | PyAV decode clips/s (frames/s) | "
-          "DALI CPU decode clips/s (frames/s) |\n|---|---|---|---|---|---|")
+    print("| codec | encode wall s / CPU s (1 worker) | video KB/clip | PSNR dB | PyAV decode clips/s (frames/s; "
+          "frames per CPU s) | DALI CPU decode clips/s (frames/s; frames per CPU s) |\n|---|---|---|---|---|---|")
     for codec, r in results["codecs"].items():
-        dali = (f"{r['dali_cpu_clips_per_s']:.1f} ({r['dali_cpu_frames_per_s']:.0f})" if "dali_cpu_clips_per_s" in r
-                else "GPU only (NVDEC)")
-        print(f"| {codec} | {r['encode_wall_s']:.2f} | {r['video_bytes_per_clip'] / 1024:.1f} | {r['psnr_db']:.1f} | "
-              f"{r['pyav_clips_per_s']:.1f} ({r['pyav_frames_per_s']:.0f}) | {dali} |")
+        dali = (f"{r['dali_cpu_clips_per_s']:.1f} ({r['dali_cpu_frames_per_s']:.0f}; "
+                f"{r['dali_cpu_frames_per_cpu_s']:.0f})" if "dali_cpu_clips_per_s" in r else "GPU only (NVDEC)")
+        print(f"| {codec} | {r['encode_wall_s']:.2f} / {r['encode_cpu_s']:.2f} | "
+              f"{r['video_bytes_per_clip'] / 1024:.1f} | "
+              f"{r['psnr_db']:.1f} | {r['pyav_clips_per_s']:.1f} ({r['pyav_frames_per_s']:.0f}; "
+              f"{r['pyav_frames_per_cpu_s']:.0f}) | {dali} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -210,9 +210,14 @@ def probe_video_output(path: Path) -> VideoOutputInfo:
 
 def count_audio_samples(path: Path) -> tuple[int, int, int, bool]:
     """Decode a transcoded audio file: (samples per channel, sample rate, channels, all zero)."""
+    count, all_zero = 0, True
     with soundfile.SoundFile(str(path)) as audio:
         rate, channels = int(audio.samplerate), int(audio.channels)
-        if audio.frames == 0:  # libsndfile cannot seek in an empty FLAC; nothing to read anyway
-            return 0, rate, channels, True
-        data = audio.read(dtype="int16", always_2d=True)
-    return int(data.shape[0]), rate, channels, bool(not np.any(data))
+        try:  # in blocks: a FLAC header may announce no length (or a wrong one)
+            for block in audio.blocks(blocksize=1 << 16, dtype="int16", always_2d=True):
+                count += block.shape[0]
+                all_zero = all_zero and not np.any(block)
+        except soundfile.LibsndfileError:
+            if count:
+                raise
+    return count, rate, channels, all_zero
