@@ -16,7 +16,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV=.venv
 STAMP=$VENV/.xkd-env-complete
 # The stamp records what the environment was built from; any change rebuilds it.
-WANT=$(cat requirements.txt pyproject.toml scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+WANT=$( (cat requirements.txt pyproject.toml scripts/setup_env.sh; echo "cuda=${XKD_CUDA:-13}") | sha256sum | cut -d' ' -f1)
 
 if [[ -f $STAMP && "$(cat "$STAMP")" == "$WANT" ]]; then
   echo "[setup_env] reusing complete environment $VENV"
@@ -26,7 +26,18 @@ fi
 echo "[setup_env] building $VENV with $($PYTHON --version)"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip wheel setuptools ninja
+if [[ ${XKD_CUDA:-13} == 12 ]]; then
+  # V100 / CUDA 12 drivers: the torch set from PyTorch's cu126 index (CUDA 13 dropped Volta)
+  # and DALI for CUDA 12. The cu126 wheels satisfy requirements.txt's "torch==X" pins.
+  pins=$(grep -E '^(torch|torchvision|torchaudio)==' requirements.txt | tr '\n' ' ')
+  "$VENV/bin/python" -m pip install --quiet --index-url https://download.pytorch.org/whl/cu126 $pins
+fi
 "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+if [[ ${XKD_CUDA:-13} == 12 ]]; then
+  dali=$(grep -E '^nvidia-dali-cuda130==' requirements.txt | cut -d= -f3)
+  "$VENV/bin/python" -m pip uninstall --quiet -y nvidia-dali-cuda130
+  "$VENV/bin/python" -m pip install --quiet "nvidia-dali-cuda120==$dali"
+fi
 "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
 
 shm_op=$("$VENV/bin/python" -c "import glob, os, deepspeed; print(bool(glob.glob(os.path.join(os.path.dirname(deepspeed.__file__), 'ops/comm/deepspeed_shm_comm_op*.so'))))" 2>/dev/null || echo False)
