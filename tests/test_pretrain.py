@@ -100,6 +100,23 @@ def test_bare_deepspeed_command(sample_shards, tmp_path):
                  "grad_norm", "clips_per_second", "data_wait_seconds", "peak_memory_bytes", "loss_scale"):
         assert name in mlflow_run.data.metrics, name
 
+    # Export for eval/: fp32 safetensors of the four encoders, equal to the checkpoint's weights.
+    export = tmp_path / "export"
+    check(subprocess.run([sys.executable, "launch/export_encoders.py", str(run), "--output", str(export)], cwd=ROOT,
+                         env=run_env(), capture_output=True, text=True, timeout=600))
+    import torch
+
+    from xkd.engine.export import ENCODER_NAMES, load_encoder
+
+    state = torch.load(run / "checkpoints" / tag / "xkd_state.pt", weights_only=False)
+    for name in ENCODER_NAMES:
+        encoder = load_encoder(export, name)
+        assert all(p.dtype == torch.float32 for p in encoder.parameters())
+        if name == "video_teacher_encoder":
+            assert torch.equal(encoder.blocks[0].attn.qkv.weight, state["teacher"]["video_encoder.blocks.0.attn.qkv.weight"])
+    features = load_encoder(export, "audio_teacher_encoder")(torch.randn(2, 1, 80, 224)).pooled()
+    assert features.shape == (2, 64) and torch.isfinite(features).all()
+
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stages_train(sample_shards, tmp_path, stage):
@@ -170,6 +187,22 @@ def test_sigterm_checkpoints_and_exits(sample_shards, tmp_path):
     tag = (run / "checkpoints" / "latest").read_text()
     assert int(tag.removeprefix("step")) == max(r["step"] for r in metrics(run))
     assert "stop requested by signal" in output
+
+
+def test_nonfinite_losses_stop_with_last_good_checkpoint(sample_shards, tmp_path):
+    """An absurd learning rate makes every loss after the first update non-finite: each such step
+    is skipped on all ranks, and after train.max_consecutive_nonfinite in a row the run stops
+    with a clear message and a checkpoint of the last good state."""
+    run = tmp_path / "run"
+    result = subprocess.run(torchrun("--data", str(sample_shards), "--output", str(run), "--max-steps", "50",
+                                     "optim.base_lr=1e30", "train.max_consecutive_nonfinite=3"),
+                            cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "3 non-finite losses in a row" in result.stdout + result.stderr
+    good = [r for r in metrics(run)]
+    assert good and all(r["loss"] == r["loss"] for r in good)  # only finite steps were taken and logged
+    tag = (run / "checkpoints" / "latest").read_text()
+    assert int(tag.removeprefix("step")) == good[-1]["step"]
 
 
 def test_ds_config_is_merged_from_the_yaml_and_mismatches_fail(tmp_path):
