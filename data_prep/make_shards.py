@@ -21,6 +21,11 @@ a '*' in the file name matches any rest, the first match in sorted order is used
                 per-class folders)
   AudioSet CSV  placeholders {ytid} {start} {end} (float seconds) {start_int} {end_int};
                 default "{ytid}_{start:.3f}.*" (e.g. --PJHxphWEs_30.000.mkv, any extension)
+
+skipped.jsonl reasons: missing_file, duplicate, empty_file, not_media, unsupported_container,
+  corrupt, truncated, no_video_stream, no_audio_stream (--no-audio-policy skip), too_short
+  (--short-policy skip), transcode_failed, no_frames. A silent (all-zero) audio track is audio.
+exit status: 0 ok, 1 --verify found problems, 2 bad arguments or a refused resume.
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--input", type=Path, help="folder of clips, recursive; label = parent folder name")
     src.add_argument("--list", type=Path, help="Kinetics or AudioSet CSV (kind detected from the header)")
     src.add_argument("--media-root", type=Path, help="folder the CSV's files are in (default: the CSV's folder)")
-    src.add_argument("--filename-pattern", help="CSV row -> file name under --media-root (see below)")
+    src.add_argument("--filename-pattern", help="CSV row -> file name under --media-root (see the patterns above)")
     out = parser.add_argument_group("output")
     out.add_argument("--output", type=Path, required=True, help="folder for the shards, index files and manifest")
     out.add_argument("--split", default="train", help="shard name prefix: <split>-000000.tar (default: train)")

@@ -51,6 +51,8 @@ EXPECTED = {
     "broken/truncated.mp4": sr.TRUNCATED,  # bytes cut: no moov atom
     "broken/truncated_faststart.mp4": sr.TRUNCATED,  # index intact, data cut
     "broken/text_renamed.mp4": sr.NOT_MEDIA,
+    "broken/random_bytes.mp4": sr.CORRUPT,  # binary garbage under a video extension
+    "broken/random_bytes.bin": sr.NOT_MEDIA,  # binary garbage, no media extension
     "broken/empty.mp4": sr.EMPTY_FILE,
     "broken/audio_only.flac": sr.NO_VIDEO,
     "broken/still.png": sr.UNSUPPORTED_CONTAINER,
@@ -113,6 +115,9 @@ def make_inputs(root: Path) -> Path:
     whole.unlink()
     (broken / "text_renamed.mp4").write_text("this is a text file that pretends to be a video\n" * 20)
     (broken / "empty.mp4").write_bytes(b"")
+    garbage = bytes((n * 7919 + 13) % 251 for n in range(20_000))
+    (broken / "random_bytes.mp4").write_bytes(garbage)
+    (broken / "random_bytes.bin").write_bytes(garbage)
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=500:sample_rate=16000", "-t", "5", broken / "audio_only.flac")
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x64", "-frames:v", "1", broken / "still.png")
     return root

@@ -217,3 +217,11 @@ def test_shard_bytes_limit(tmp_path):
         with tarfile.open(out / shard["name"]) as tar:
             packed += list(dict.fromkeys(m.name.split(".")[0] for m in tar))
     assert packed == keys
+
+
+def test_help_lists_every_skip_reason():
+    from xkd.data.skip_reasons import ALL_REASONS
+
+    text = subprocess.run([sys.executable, str(MAKE_SHARDS), "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    assert all(reason in text for reason in ALL_REASONS)

@@ -18,6 +18,11 @@ Each sample is four tar members sharing the key ``<key>`` (a stable id of the so
     <key>.npy    int64 vector ``SAMPLE_INFO_FIELDS`` (numbers DALI needs at decode time, since
                  DALI cannot parse JSON inside its graph)
 
+Audio-only samples (``make_shards.py --no-video-policy audio-only``, for audio datasets such as
+ESC-50 or FSD50K) have no ``.webm`` member: three members in ``AUDIO_ONLY_EXTS`` order, json
+``"has_video": false`` (absent means true), and ``num_frames``, ``width``, ``height`` 0 in the
+npy. Pretraining needs both streams; such shards are for evaluation (xkd/evaluation).
+
 Members are written in ``SAMPLE_EXTS`` order. With ``--video-codec mjpeg|h264`` the
 ``.webm`` member is a Matroska file (WebM is a subset of Matroska and both are read by
 the same demuxer); the codec and container are recorded in the json and the manifest.
@@ -43,6 +48,7 @@ NUM_FRAMES, NUM_AUDIO_SAMPLES, LABEL_INDEX, HAS_AUDIO, WIDTH, HEIGHT = range(len
 NO_LABEL = -1
 
 SAMPLE_EXTS = (VIDEO_EXT, AUDIO_EXT, META_EXT, INFO_EXT)  # member order inside a sample
+AUDIO_ONLY_EXTS = (AUDIO_EXT, META_EXT, INFO_EXT)  # member order of an audio-only sample
 
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.jsonl"

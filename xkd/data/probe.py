@@ -1,8 +1,9 @@
 """ffprobe a media file into typed stream info, or a clear reason to skip it.
 
-``probe_source`` reads an input clip (what to transcode, and from which streams);
-``probe_video_output`` / ``count_audio_samples`` measure the transcoded outputs, so the
-frame and sample counts stored in a sample are measured, never computed.
+``probe_source`` reads an input clip with ffprobe (what to transcode, and from which
+streams); ``probe_video_output`` (demuxed packets) and ``count_audio_samples`` (decoded
+samples) measure the transcoded outputs, so the frame and sample counts stored in a sample
+are measured, never computed.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import soundfile
 
@@ -196,16 +198,20 @@ def probe_source(path: Path) -> SourceInfo:
 
 
 def probe_video_output(path: Path) -> VideoOutputInfo:
-    """Codec, size and frame count (demuxed packets) of a transcoded video file."""
-    code, data, stderr = run_ffprobe(
-        ["-count_packets", "-select_streams", "v:0", "-show_entries", "stream=codec_name,width,height,nb_read_packets"],
-        path)
-    streams = data.get("streams") or []
-    if code != 0 or not streams:
-        raise sr.ClipSkipped(sr.NO_FRAMES, f"{path}: transcoded video unreadable: {_last_line(stderr)}")
-    stream = streams[0]
-    return VideoOutputInfo(codec=str(stream.get("codec_name")), width=int(stream.get("width") or 0),
-                           height=int(stream.get("height") or 0), num_frames=int(stream.get("nb_read_packets") or 0))
+    """Codec, size and frame count of a transcoded video file: its demuxed packets are counted
+    (what ``ffprobe -count_packets`` does, in-process with PyAV: ~1 ms instead of an ffprobe
+    process per clip). One packet is one frame for the codecs written here (VP9 superframes
+    carry their hidden alt-ref frames inside)."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise sr.ClipSkipped(sr.NO_FRAMES, f"{path}: transcoded file has no video stream")
+            stream = container.streams.video[0]
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+            context = stream.codec_context
+            return VideoOutputInfo(codec=context.name, width=context.width, height=context.height, num_frames=frames)
+    except av.error.FFmpegError as err:
+        raise sr.ClipSkipped(sr.NO_FRAMES, f"{path}: transcoded video unreadable: {err}") from None
 
 
 def count_audio_samples(path: Path) -> tuple[int, int, int, bool]:
