@@ -40,7 +40,8 @@ if [[ ${XKD_CUDA:-13} == 12 ]]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
 
-shm_op=$("$VENV/bin/python" -c "import glob, os, deepspeed; print(bool(glob.glob(os.path.join(os.path.dirname(deepspeed.__file__), 'ops/comm/deepspeed_shm_comm_op*.so'))))" 2>/dev/null || echo False)
+# (DeepSpeed prints its accelerator warning on stdout on import: look at the last line only.)
+shm_op=$("$VENV/bin/python" -c "import glob, os, deepspeed; print(bool(glob.glob(os.path.join(os.path.dirname(deepspeed.__file__), 'ops/comm/deepspeed_shm_comm_op*.so'))))" 2>/dev/null | tail -n 1 || echo False)
 if ! command -v nvidia-smi >/dev/null 2>&1 && [[ $shm_op != True ]]; then
   # DeepSpeed on the CPU accelerator JIT-compiles its shared-memory collective op at
   # every fresh start (100-200 s). Build it once into the installed package instead.
