@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xkd.data.build_shards import ResumeRefused, ShardJob, build_shards  # noqa: E402
 from xkd.data.inputs import InputError, read_csv_inputs, scan_folder  # noqa: E402
-from xkd.data.prepare_clip import NO_AUDIO_POLICIES, SHORT_POLICIES, ClipPolicy  # noqa: E402
+from xkd.data.prepare_clip import NO_AUDIO_POLICIES, NO_VIDEO_POLICIES, SHORT_POLICIES, ClipPolicy  # noqa: E402
 from xkd.data.transcode import CPU_DECODABLE_CODECS, VIDEO_CODECS, TranscodeSettings  # noqa: E402
 from xkd.data.verify_shards import verify_output  # noqa: E402
 
@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="shorter than --min-duration: skip, or pad (keep; json padded=true, loaders loop/pad)")
     policy.add_argument("--no-audio-policy", choices=NO_AUDIO_POLICIES, default="skip",
                         help="no audio stream: skip (default, pretraining), or silence (keep; json has_audio=false)")
+    policy.add_argument("--no-video-policy", choices=NO_VIDEO_POLICIES, default="skip",
+                        help="no video stream: skip (default, pretraining), or audio-only (keep as a sample without "
+                             ".webm; json has_video=false; for audio evaluation sets such as ESC-50)")
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                      help="transcoding processes (default: all cores); does not change the output")
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.input is not None or args.list is not None:
         try:
             settings = TranscodeSettings(args.fps, args.short_side, args.audio_rate, args.video_codec)
-            policy = ClipPolicy(args.min_duration, args.short_policy, args.no_audio_policy)
+            policy = ClipPolicy(args.min_duration, args.short_policy, args.no_audio_policy, args.no_video_policy)
             kind, root, items = _load_inputs(args)
             job = ShardJob(
                 output=args.output.resolve(), inputs=items, input_kind=kind, input_root=root,

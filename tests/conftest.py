@@ -91,6 +91,10 @@ def random_batch():
 
 
 # ----------------------------------------------------------------------------- real media
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 from media import CLIPS, encode_sample, write_shard  # noqa: E402
 
 
@@ -103,3 +107,33 @@ def clips(tmp_path_factory) -> dict[str, dict[str, bytes]]:
 @pytest.fixture(scope="session")
 def split(clips, tmp_path_factory):
     return write_shard(tmp_path_factory.mktemp("shards") / "train-000000.tar", clips)
+
+
+# ----------------------------------------------------------------------------- evaluation media
+import eval_media  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sound_shards(tmp_path_factory):
+    """The bundled labelled sound effects as audio-only shards (real make_shards run)."""
+    return eval_media.build_sound_shards(tmp_path_factory.mktemp("sound_shards") / "shards")
+
+
+@pytest.fixture(scope="session")
+def sample_av_shards():
+    """The bundled sample clips (video + audio, 5 labels) as shards, via scripts/make_sample_shards.sh."""
+    return eval_media.build_sample_shards()
+
+
+@pytest.fixture(scope="session")
+def random_tiny_export(tmp_path_factory):
+    """Step-0 (random init) encoders of configs/tiny.yaml in the export format."""
+    return eval_media.write_random_init_export(tmp_path_factory.mktemp("random_init") / "export")
+
+
+@pytest.fixture(scope="session")
+def sample_shards() -> Path:
+    """The built-in sample shards, made by the real make_shards (idempotent)."""
+    subprocess.run(["bash", str(REPO / "scripts" / "make_sample_shards.sh"), "--no-progress"], check=True,
+                   cwd=REPO, capture_output=True)
+    return REPO / "sample_shards"

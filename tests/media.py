@@ -93,3 +93,16 @@ def write_shard(path: Path, samples: dict[str, dict[str, bytes]]) -> list:
     subprocess.run([str(Path(sys.executable).parent / "wds2idx"), str(path), str(path.with_suffix(".idx"))],
                    check=True, capture_output=True)
     return index_split(str(path))
+
+
+def child_pids(parent: int) -> list[int]:
+    """Direct children of ``parent`` (from /proc: field 4 of /proc/<pid>/stat is the parent pid)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from media import child_pids
 from xkd.config import ConfigError, load_config
 from xkd.engine.ds_config import resolve_ds_config
 
@@ -45,29 +46,8 @@ def losses_by_step(run_dir: Path) -> dict[int, list[float]]:
     return found
 
 
-def child_pids(parent: int) -> list[int]:
-    """Direct children of ``parent`` (from /proc: field 4 of /proc/<pid>/stat is the parent pid)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def check(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-
-
-@pytest.fixture(scope="session")
-def sample_shards() -> Path:
-    """The built-in sample shards, made by the real make_shards (idempotent)."""
-    subprocess.run(["bash", str(ROOT / "scripts" / "make_sample_shards.sh"), "--no-progress"], check=True,
-                   cwd=ROOT, capture_output=True)
-    return ROOT / "sample_shards"
 
 
 def test_bare_deepspeed_command(sample_shards, tmp_path):

@@ -182,6 +182,8 @@ class TrainConfig:
     max_steps: int = 0  # 0: epochs * steps_per_epoch
     log_every_steps: int = 10
     checkpoint_every_steps: int = 1000
+    # Reconstruction grids and the refine attention heat-map as MLflow artifacts; 0: never.
+    visualize_every_steps: int = 500
     max_consecutive_nonfinite: int = 20  # then stop with a checkpoint of the last good state
 
 
@@ -399,6 +401,8 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
     _check(t.log_every_steps > 0, source, "train.log_every_steps", "a positive integer", t.log_every_steps)
     _check(t.checkpoint_every_steps > 0, source, "train.checkpoint_every_steps", "a positive integer",
            t.checkpoint_every_steps)
+    _check(t.visualize_every_steps >= 0, source, "train.visualize_every_steps", "a non-negative integer (0: off)",
+           t.visualize_every_steps)
     _check(t.max_consecutive_nonfinite > 0, source, "train.max_consecutive_nonfinite", "a positive integer",
            t.max_consecutive_nonfinite)
     _check(d.num_workers >= 0, source, "data.num_workers", "a non-negative integer", d.num_workers)

@@ -52,7 +52,8 @@ def discover(local_rank_arg: int | None = None) -> DistributedEnv:
     """Rank, world size and rendezvous from the environment; exported for env:// initialisation."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        launcher = "torchrun/deepspeed"
+        # submitit tasks (xkd/slurm.py) export these from the SLURM / local job environment.
+        launcher = f"submitit-{env['SUBMITIT_EXECUTOR']}" if env.get("SUBMITIT_EXECUTOR") else "torchrun/deepspeed"
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         local = int(env.get("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0))
         addr, port = env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500))

@@ -43,7 +43,7 @@ FINGERPRINT_OPTIONS = {
     "split": "--split", "shard_size": "--shard-size", "shard_bytes": "--shard-bytes", "fps": "--fps",
     "short_side": "--short-side", "audio_rate": "--audio-rate", "video_codec": "--video-codec",
     "seed": "--seed", "min_duration": "--min-duration", "short_policy": "--short-policy",
-    "no_audio_policy": "--no-audio-policy", "input_kind": "--input/--list",
+    "no_audio_policy": "--no-audio-policy", "no_video_policy": "--no-video-policy", "input_kind": "--input/--list",
     "filename_pattern": "--filename-pattern", "ffmpeg": "the ffmpeg version", "format_version": "the format version",
 }
 
@@ -120,6 +120,8 @@ def job_fingerprint(job: ShardJob, ordered: list[InputItem]) -> dict:
         "video_codec": job.settings.video_codec, "min_duration": job.policy.min_duration,
         "short_policy": job.policy.short_policy, "no_audio_policy": job.policy.no_audio_policy,
         "ffmpeg": ffmpeg_version(),
+        # Only when set: splits built before --no-video-policy existed (always "skip") stay resumable.
+        **({"no_video_policy": job.policy.no_video_policy} if job.policy.no_video_policy != "skip" else {}),
     }
 
 

@@ -56,11 +56,13 @@ class AudioStream:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What a source clip holds; ``duration`` is the video stream's (else the container's)."""
+    """What a source clip holds; ``duration`` is the video stream's (else the container's).
+    ``video`` is None only for an audio-only source probed with ``allow_audio_only`` (its
+    duration is then the audio stream's, else the container's)."""
 
     container: str
     duration: float | None
-    video: VideoStream
+    video: VideoStream | None
     audio: AudioStream | None
 
 
@@ -160,8 +162,10 @@ def _audio_stream(stream: dict) -> AudioStream:
     )
 
 
-def probe_source(path: Path) -> SourceInfo:
-    """Probe an input clip; raise :class:`ClipSkipped` with the reason it cannot be used."""
+def probe_source(path: Path, allow_audio_only: bool = False) -> SourceInfo:
+    """Probe an input clip; raise :class:`ClipSkipped` with the reason it cannot be used.
+    ``allow_audio_only``: a source with an audio stream and no video stream is usable
+    (``--no-video-policy audio-only``) instead of ``no_video_stream``."""
     if not path.is_file():
         raise sr.ClipSkipped(sr.MISSING_FILE, f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -186,6 +190,10 @@ def probe_source(path: Path) -> SourceInfo:
               and not (s.get("disposition") or {}).get("attached_pic")]
     audios = [s for s in streams if s.get("codec_type") == "audio"
               and int(s.get("channels") or 0) > 0 and int(s.get("sample_rate") or 0) > 0]
+    if not videos and allow_audio_only and audios:
+        audio = _audio_stream(audios[0])
+        return SourceInfo(container=container, duration=audio.duration or _float(data["format"].get("duration")),
+                          video=None, audio=audio)
     if not videos:
         kinds = sorted({str(s.get("codec_type")) for s in streams}) or ["none"]
         raise sr.ClipSkipped(sr.NO_VIDEO, f"{path}: no video stream (streams: {', '.join(kinds)})")

@@ -76,12 +76,14 @@ def audio_output_args(stream_spec: str, settings: TranscodeSettings, audio_out: 
             "-f", "flac", "-y", str(audio_out)]
 
 
-def clip_command(source: Path, info: SourceInfo, settings: TranscodeSettings, video_out: Path,
+def clip_command(source: Path, info: SourceInfo, settings: TranscodeSettings, video_out: Path | None,
                  audio_out: Path | None) -> list[str]:
-    """The ffmpeg argument list for one clip: the video output, plus the audio output from the
-    source's audio stream unless ``audio_out`` is None (no audio: see ``silence_command``)."""
+    """The ffmpeg argument list for one clip: the video output (none when ``video_out`` is None:
+    an audio-only sample), plus the audio output from the source's audio stream unless
+    ``audio_out`` is None (no audio: see ``silence_command``)."""
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-i", str(source)]
-    cmd += video_output_args(info, settings, video_out)
+    if video_out is not None:
+        cmd += video_output_args(info, settings, video_out)
     if audio_out is not None:
         if info.audio is None:
             raise ValueError(f"{source}: has no audio stream to write to {audio_out}")

@@ -2,7 +2,7 @@
 
 Checks per shard: the file exists with the manifest's size and sha256; every tar member is
 a regular file ``<key>.<ext>`` with a known extension; every key has exactly the four
-members, in ``SAMPLE_EXTS`` order; the key count and key digest match; each json / npy
+members, in ``SAMPLE_EXTS`` order (audio-only samples: the three of ``AUDIO_ONLY_EXTS``); the key count and key digest match; each json / npy
 member parses and agrees on the frame count; the media members start with the WebM/Matroska
 and FLAC signatures; the DALI index exists and counts the same samples. Split-wide: no
 unlisted shard files, and ``num_samples + lines of skipped.jsonl == num_inputs``.
@@ -47,8 +47,10 @@ class VerifyReport:
 
 def _check_sample(shard: str, key: str, members: dict[str, bytes], order: list[str], problems: list[str]) -> None:
     where = f"{shard}: sample {key}"
-    if order != list(fmt.SAMPLE_EXTS):
-        problems.append(f"{where}: members {order}, expected {list(fmt.SAMPLE_EXTS)}")
+    audio_only = order == list(fmt.AUDIO_ONLY_EXTS)
+    if order != list(fmt.SAMPLE_EXTS) and not audio_only:
+        problems.append(f"{where}: members {order}, expected {list(fmt.SAMPLE_EXTS)} "
+                        f"(or {list(fmt.AUDIO_ONLY_EXTS)} for an audio-only sample)")
         return
     try:
         meta = json.loads(members[fmt.META_EXT])
@@ -61,12 +63,14 @@ def _check_sample(shard: str, key: str, members: dict[str, bytes], order: list[s
         return
     if meta.get("key") != key:
         problems.append(f"{where}: json key {meta.get('key')!r} differs from the member name")
-    if int(info[fmt.NUM_FRAMES]) != meta.get("num_frames") or int(info[fmt.NUM_FRAMES]) <= 0:
+    if audio_only and (meta.get("has_video", True) or int(info[fmt.NUM_FRAMES]) != 0):
+        problems.append(f"{where}: no .{fmt.VIDEO_EXT} member, but the json/npy describe a video")
+    if int(info[fmt.NUM_FRAMES]) != meta.get("num_frames") or (int(info[fmt.NUM_FRAMES]) <= 0 and not audio_only):
         problems.append(f"{where}: frame count npy {int(info[fmt.NUM_FRAMES])} vs json {meta.get('num_frames')}")
     if int(info[fmt.NUM_AUDIO_SAMPLES]) != meta.get("num_audio_samples"):
         problems.append(f"{where}: audio sample count npy {int(info[fmt.NUM_AUDIO_SAMPLES])} "
                         f"vs json {meta.get('num_audio_samples')}")
-    if not members[fmt.VIDEO_EXT].startswith(EBML_MAGIC):
+    if not audio_only and not members[fmt.VIDEO_EXT].startswith(EBML_MAGIC):
         problems.append(f"{where}: .{fmt.VIDEO_EXT} member is not a WebM/Matroska file")
     if not members[fmt.AUDIO_EXT].startswith(FLAC_MAGIC):
         problems.append(f"{where}: .{fmt.AUDIO_EXT} member is not a FLAC file")

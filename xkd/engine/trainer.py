@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import yaml
 from tqdm import tqdm
 
 from xkd.config import XKDConfig
@@ -28,9 +28,10 @@ from xkd.engine import checkpoint
 from xkd.engine.ema_gather import ema_update_gathered
 from xkd.engine.params import decay_groups
 from xkd.engine.schedule_state import schedule_at
+from xkd.engine.stop import StopRequest
 from xkd.models import XKD, teacher_views
 from xkd.models.xkd import BATCH_KEYS
-from xkd.tracking import Tracker
+from xkd.tracking import resolved_config, training_tracker
 
 log = logging.getLogger("xkd.train")
 
@@ -43,18 +44,7 @@ class RunOptions:
     resume: str = "auto"  # auto | none | <checkpoint tag directory>
     max_steps: int = 0  # 0: the whole schedule (optim.epochs)
     extra_params: dict[str, Any] = field(default_factory=dict)
-
-
-class StopRequest:
-    """SIGTERM / SIGUSR1 (SLURM's warning before a time limit): checkpoint at the next step and exit."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum, frame) -> None:
-        self.requested = True
+    stop: StopRequest | None = None  # signal handling installed by the caller (SLURM task); default SIGTERM/USR1
 
 
 def _agree(nonfinite: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
@@ -114,13 +104,13 @@ class Trainer:
         self.max_steps = min(options.max_steps or self.total_steps, self.total_steps)
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = self.start_state.get("nonfinite_total", 0)
-        self.stop = StopRequest()
-        self.tracker = Tracker(self.output, config.tracking.experiment or config.name, self.output.name,
-                               enabled=env.is_main, tracking_uri=config.tracking.tracking_uri,
-                               tags={"variant": config.model.variant, "video_encoder": config.model.video_encoder,
-                                     "audio_encoder": config.model.audio_encoder,
-                                     "world_size": str(env.world_size)})
+        self.stop = options.stop or StopRequest()
+        data = str(options.extra_params.get("data", config.data.shards))
+        self.tracker = training_tracker(config, self.output, data, env.world_size, enabled=env.is_main)
         if not self.start_state:
+            self.tracker.log_text(yaml.safe_dump(resolved_config(config, data), sort_keys=False),
+                                  "config/resolved_config.yaml")
+            self.tracker.log_text(json.dumps(options.ds_config, indent=2), "config/ds_config.json")
             self.tracker.log_params({"config": config.to_dict(), "deepspeed": options.ds_config,
                                      "run": {"world_size": env.world_size, "ds_config_path": options.ds_config_path,
                                              "steps_per_epoch": self.steps_per_epoch,
@@ -163,6 +153,35 @@ class Trainer:
         tag = checkpoint.save(self.engine, self.checkpoints, step, state, self.env.rank)
         if self.env.is_main:
             log.info("saved checkpoint %s", self.checkpoints / tag)
+
+    # ------------------------------------------------------------------ pictures
+    def visualize(self, step: int, batch: dict[str, torch.Tensor], targets) -> None:
+        """Reconstruction grids and the teacher's refine heat-map of this batch as MLflow artifacts.
+
+        Every rank runs the no-grad reconstruction forward (under ZeRO-3 it gathers parameters
+        collectively); rank 0 draws and logs. The RNG is forked, so pictures never change training.
+        """
+        forked = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=forked), torch.no_grad():
+            recon = self.engine.module.reconstruct({k: v.to(self.dtype) for k, v in batch.items()})
+        if not self.env.is_main:
+            return
+        from xkd import visualize
+
+        try:
+            video_view, _ = teacher_views(batch, self.config.model.teacher_view)
+            grid = self.teacher.video_encoder.patch_embed.grid(video_view.shape)
+            title = f"step {step}: "
+            figures = {
+                "video_reconstruction": visualize.video_reconstruction_figure(recon["video"], title=title),
+                "audio_reconstruction": visualize.audio_reconstruction_figure(recon["audio"], title=title),
+                "refine_attention": visualize.refine_attention_figure(video_view, targets.video_weights, grid,
+                                                                      title=title),
+            }
+            for name, figure in figures.items():
+                self.tracker.log_figure(figure, f"visuals/step{step:08d}/{name}.png")
+        except Exception as error:  # pictures must never stop training
+            log.warning("visualisation at step %d failed: %s: %s", step, type(error).__name__, error)
 
     # ------------------------------------------------------------------ one step
     def _batches(self):
@@ -239,6 +258,8 @@ class Trainer:
                     progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                     self.tracker.log_metrics(record, step)
                 step_started, data_wait = time.perf_counter(), 0.0
+            if config.train.visualize_every_steps and step % config.train.visualize_every_steps == 0:
+                self.visualize(step, batch, targets)
 
             if stop:
                 self.save(step)

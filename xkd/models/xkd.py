@@ -84,6 +84,16 @@ class TeacherTargets:
     audio_weights: torch.Tensor  # (B, N_a)
 
 
+@dataclass
+class Reconstruction:
+    """A masked autoencoder's view of one global view, in the input's space (for pictures)."""
+
+    original: torch.Tensor  # (B, C, ...) the input view
+    mask: torch.Tensor  # (B, C, ...) 1 where the input was masked (hidden from the encoder)
+    prediction: torch.Tensor  # (B, C, ...) the decoder's output for every patch, un-normalised
+    grid: tuple[int, ...]  # token grid of the view
+
+
 class XKDStudent(nn.Module):
     """Students and masked autoencoders of both modalities: every trainable parameter."""
 
@@ -114,6 +124,30 @@ class XKDStudent(nn.Module):
         local = encoder(flatten_views(local_views))
         pooled = torch.cat([encoded.pooled(), local.pooled()], dim=0)
         return recon, head(pooled), encoded, prediction
+
+    @torch.no_grad()
+    def reconstruct(self, batch: dict[str, torch.Tensor]) -> dict[str, Reconstruction]:
+        """Mask, encode and decode the global views as in training ("video", "audio"); no loss.
+
+        With ``loss.norm_pix_loss`` the decoder predicts per-patch normalised pixels; they are
+        mapped back with each original patch's mean and standard deviation (as MAE's figures do).
+        """
+        m = self.config.model
+        out = {}
+        for name, encoder, decoder, ratio in (("video", self.video_encoder, self.video_decoder, m.video_mask_ratio),
+                                              ("audio", self.audio_encoder, self.audio_decoder, m.audio_mask_ratio)):
+            view = batch[f"{name}_global"]
+            embed = encoder.patch_embed
+            encoded = encoder(view, mask_ratio=ratio)
+            prediction = decoder(encoded.tokens, encoded.ids_restore)
+            if self.config.loss.norm_pix_loss:
+                patches = embed.patchify(view)
+                std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+                prediction = prediction * std + patches.mean(dim=-1, keepdim=True)
+            token_mask = encoded.mask.unsqueeze(-1).expand(-1, -1, embed.patch_dim)
+            out[name] = Reconstruction(original=view, mask=embed.unpatchify(token_mask, encoded.grid),
+                                       prediction=embed.unpatchify(prediction, encoded.grid), grid=encoded.grid)
+        return out
 
     def forward(self, batch: dict[str, torch.Tensor], targets: TeacherTargets) -> dict[str, torch.Tensor]:
         m, loss_config = self.config.model, self.config.loss

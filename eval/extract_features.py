@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Extract (and cache) frozen features of an exported encoder on a labelled shard set (spec section 6).
+
+    python eval/extract_features.py --checkpoint runs/k400/export/step00100000 --modality video \\
+        --data /shards/ucf101 --mode both
+    python eval/extract_features.py --checkpoint ... --modality audio --encoder student --data /shards/esc50
+
+Feature = mean of the last-layer patch tokens of the teacher encoder (--encoder student for the
+student). Test features: --test-clips uniformly spaced clips per item, no augmentation; train
+features: --train-clips random clips with the linear-eval augmentation. Written to
+<checkpoint>/features/ (or --cache-dir) under a hash of the checkpoint, data and settings; the
+protocols (linear_svm.py, fc_tune.py, late_fusion.py) reuse them without another forward pass.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from xkd.evaluation import cli
+    from xkd.evaluation.datasets import load_dataset
+    from xkd.evaluation.features import extract_features
+    from xkd.evaluation.protocol import DEFAULT_TRAIN_CLIPS, encoder_name
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_checkpoint_args(parser)
+    parser.add_argument("--data", nargs="+", required=True, help="shard directories (make_shards.py)")
+    parser.add_argument("--labels", nargs="+", default=None, help="label CSVs overriding the json labels")
+    parser.add_argument("--dataset-name", default=None)
+    parser.add_argument("--mode", choices=("test", "train", "both"), default="both")
+    cli.add_clip_args(parser)
+    group = parser.add_argument_group("run")
+    group.add_argument("--device", default="auto")
+    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    group.add_argument("--workers", type=int, default=2)
+    group.add_argument("--cache-dir", default=None)
+    group.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+
+    def run() -> int:
+        dataset = load_dataset(args.data, labels=args.labels, name=args.dataset_name)
+        spec = cli.clip_spec(args, args.modality)
+        modes = ("test", "train") if args.mode == "both" else (args.mode,)
+        for mode in modes:
+            clips = args.test_clips if mode == "test" else (args.train_clips or DEFAULT_TRAIN_CLIPS[args.modality])
+            features = extract_features(args.checkpoint, encoder_name(args.modality, args.encoder), dataset, spec,
+                                        mode=mode, n_clips=clips, seed=args.seed, batch_size=args.batch_size,
+                                        device=args.device, precision=args.precision, num_workers=args.workers,
+                                        cache_dir=args.cache_dir, progress=not args.no_progress)
+            state = "cached" if features.from_cache else f"computed ({features.forward_batches} batches)"
+            print(f"{mode}: {features.features.shape} {state}: {features.path}")
+        return 0
+
+    return cli.main_guard(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

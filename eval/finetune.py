@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Full fine-tuning of an exported video or audio encoder with a linear head (spec section 6; paper A.6).
+
+    torchrun --nproc_per_node 8 eval/finetune.py --checkpoint runs/k400/export/step00100000 \\
+        --modality video --preset ucf101 --data /shards/ucf101 --splits ucf101:/data/ucfTrainTestlist
+    deepspeed --num_gpus 4 eval/finetune.py --engine deepspeed --ds-config ds_configs/zero2.json \\
+        --checkpoint ... --modality audio --preset esc50 --data /shards/esc50 \\
+        --labels /data/ESC-50/meta/esc50.csv --splits esc50:/data/ESC-50/meta/esc50.csv
+    python eval/finetune.py ...            # one process (CPU or one GPU)
+
+Presets (paper Tables S6/S7): ucf101, hmdb51, k400 (video, 224px, layer decay 0.45/0.55,
+RandAug, mixup/cutmix, label smoothing 0.1, dropout 0.5) and esc50, fsd50k (audio, layer
+decay 0.65, SpecAugment masks, time warp, volume jitter). Every hyper-parameter can be
+overridden. One fine-tuning per split; test = mean over --test-clips uniformly spaced clips.
+Results: JSON + MLflow child runs of the pretraining run; weights in --weights-dir.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
+    from xkd.engine.export import load_encoder
+    from xkd.evaluation import cli
+    from xkd.evaluation.finetune import ENGINES, PRESETS, finetune
+    from xkd.evaluation.protocol import encoder_name
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_checkpoint_args(parser)
+    cli.add_data_args(parser)
+    ft = parser.add_argument_group("fine-tuning")
+    ft.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("min-lr", float),
+                       ("warmup-epochs", float), ("weight-decay", float), ("layer-decay", float),
+                       ("dropout", float), ("drop-path", float), ("label-smoothing", float), ("mixup", float),
+                       ("cutmix", float), ("randaug", str), ("size", int), ("frames", int), ("seconds", float),
+                       ("test-clips", int), ("grad-clip", float), ("seed", int), ("workers", int)):
+        ft.add_argument(f"--{name}", type=kind, default=None)
+    ft.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    ft.add_argument("--engine", choices=ENGINES, default="auto",
+                    help="auto: DDP when launched with several ranks, else one process; deepspeed: needs --ds-config")
+    ft.add_argument("--ds-config", default=None, help="DeepSpeed JSON (ZeRO stage, bf16/fp16)")
+    ft.add_argument("--weights-dir", type=Path, default=None, help="save the fine-tuned weights per split here")
+    ft.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    cli.add_run_args(parser, features=False)
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+
+    def run() -> int:
+        import torch.distributed as dist
+
+        dataset, splits = cli.load_data(args)
+        config = PRESETS[args.preset].replace(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+            warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
+            dropout=args.dropout, drop_path=args.drop_path, label_smoothing=args.label_smoothing, mixup=args.mixup,
+            cutmix=args.cutmix, randaug=args.randaug, size=args.size, frames=args.frames, seconds=args.seconds,
+            test_clips=args.test_clips, grad_clip=args.grad_clip, seed=args.seed, num_workers=args.workers,
+            precision=args.precision)
+        views = cli.pretrain_views(args)
+        entries = []
+        for split in splits:
+            encoder = load_encoder(args.checkpoint, encoder_name(args.modality, args.encoder))
+            weights = args.weights_dir / split.name if args.weights_dir else None
+            result = finetune(encoder, dataset, split, args.modality, views, config, engine=args.engine,
+                              ds_config=args.ds_config, output=weights, progress=not args.no_progress)
+            entries.append({"split": split.name, "metrics": result.metrics,
+                            "params": {"epochs": config.epochs, "lr": config.lr, "engine": result.engine,
+                                       "world_size": result.world_size, **split.describe()},
+                            "epoch_losses": result.epoch_losses, "weights": result.weights})
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return 0
+        mean = {k: float(np.mean([e["metrics"][k] for e in entries])) for k in entries[0]["metrics"]}
+        params = {"preset": args.preset, **result.config}
+        return cli.finish(args, cli.record(args, "finetune", dataset, args.modality, entries, mean, params))
+
+    return cli.main_guard(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

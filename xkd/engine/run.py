@@ -1,0 +1,105 @@
+"""One pretraining run from command-line arguments: ``launch/pretrain.py`` and the SLURM task
+(:mod:`xkd.slurm`) both call :func:`pretrain`, so a job behaves the same however it is started.
+
+Ranks come from the launcher's environment (see :mod:`xkd.distributed`).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from xkd.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = ROOT / "configs" / "tiny.yaml"
+DEFAULT_DS_CONFIG = ROOT / "ds_configs" / "zero2.json"
+
+
+@dataclass
+class PretrainOutcome:
+    """What a rank reached: ``exit_code`` 0 and ``step == max_steps`` when the schedule is done;
+    ``step < max_steps`` after a stop signal (a checkpoint at ``step`` was saved)."""
+
+    exit_code: int
+    step: int = 0
+    max_steps: int = 0
+    rank: int = 0
+    world_size: int = 1
+    launcher: str = ""
+    output: str = ""
+    mlflow_run_id: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.exit_code == 0 and self.step >= self.max_steps
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description or __doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML (default: tiny sample config)")
+    parser.add_argument("--ds_config", "--ds-config", default=str(DEFAULT_DS_CONFIG), help="DeepSpeed JSON")
+    parser.add_argument("--data", default=None, help="shard directory or brace pattern (default: data.shards)")
+    parser.add_argument("--output", default=None, help="run directory (default: runs/<config name>)")
+    parser.add_argument("--resume", default="auto", help="auto (latest complete checkpoint), none, or a tag dir")
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this global step (0: full schedule)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    return parser
+
+
+def resolve_shards(shards: str) -> str:
+    """A relative shard path that does not exist from the working directory is read from the repo root."""
+    if not Path(shards).is_absolute() and not Path(shards).exists() and (ROOT / shards).exists():
+        return str(ROOT / shards)
+    return shards
+
+
+def pretrain(argv: list[str] | None = None, stop=None, description: str | None = None) -> PretrainOutcome:
+    """Parse ``argv`` (launch/pretrain.py's options), start the process group and train.
+
+    ``stop`` is an :class:`xkd.engine.stop.StopRequest` installed by the caller (default: the
+    trainer installs one for SIGTERM / SIGUSR1). Configuration errors print ``error: ...`` and
+    give exit code 2 before anything starts.
+    """
+    args = build_parser(description).parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return PretrainOutcome(exit_code=2)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    from xkd.data.loader import build_train_loader
+    from xkd.distributed import accelerator_device, discover, init_process_group
+    from xkd.engine.ds_config import resolve_ds_config
+    from xkd.engine.trainer import RunOptions, Trainer
+
+    env = discover(args.local_rank)
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
+                        format=f"%(asctime)s [rank {env.rank}] %(name)s %(levelname)s: %(message)s")
+    try:
+        ds_config = resolve_ds_config(args.ds_config, config, env.world_size, config_source=args.config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return PretrainOutcome(exit_code=2, rank=env.rank, world_size=env.world_size, launcher=env.launcher)
+    init_process_group(env)
+    device = accelerator_device(env.local_rank)
+    shards = resolve_shards(args.data or config.data.shards)
+    output = Path(args.output or ROOT / "runs" / config.name)
+    output.mkdir(parents=True, exist_ok=True)
+    options = RunOptions(output=output, ds_config=ds_config, ds_config_path=args.ds_config, resume=args.resume,
+                         max_steps=args.max_steps or config.train.max_steps,
+                         extra_params={"data": shards, "launcher": env.launcher}, stop=stop)
+    trainer = Trainer(config, env, device,
+                      lambda state: build_train_loader(config, shards, env.rank, env.world_size, state), options)
+    step = trainer.train()
+    if env.is_main:
+        logging.getLogger("xkd.train").info("finished at step %d; run directory %s", step, output)
+    return PretrainOutcome(exit_code=0, step=step, max_steps=trainer.max_steps, rank=env.rank,
+                           world_size=env.world_size, launcher=env.launcher, output=str(output),
+                           mlflow_run_id=trainer.tracker.run_id)

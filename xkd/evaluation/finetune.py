@@ -1,0 +1,524 @@
+"""Full fine-tuning of an exported video or audio encoder with a linear head (spec section 6; paper A.6,
+Tables S6 and S7).
+
+Model: the exported encoder (teacher by default) -> mean of the last-layer patch tokens -> dropout
+-> Linear. Video runs at 224x224 (the learned 7x7 position grid of the 112px pretraining is
+interpolated to 14x14 by the encoder, spec section 2).
+
+Optimisation: AdamW (0.9, 0.999), weight decay on weights only (not on biases, norms, the
+position table or the CLS token), layer-wise learning-rate decay (BEiT): the patch embedding,
+CLS token and positions are layer 0, block i is layer i + 1, the final norm and the head are layer
+depth + 1, and layer l gets ``lr * decay ** (depth + 1 - l)``; per-step linear warm-up then cosine
+to ``min_lr`` (or a fixed lr, FSD50K).
+
+Training clips: one random clip per item and epoch, drawn from (seed, item, epoch).
+* video: multi-scale crop (0.08, 1) resized to 224, horizontal flip, RandAugment (timm's
+  ``rand_augment_transform``; the same operations and magnitudes on every frame of a clip),
+  ImageNet normalisation; then mixup / cutmix with label smoothing on the batch (timm's ``Mixup``;
+  cutmix boxes cover all frames).
+* audio: volume jitter, log-mel, time warp, SpecAugment-style frequency and time masks (filled
+  with 0, the mean of the normalised log-mel); optional mixup.
+Test: ``k`` uniformly spaced clips per item (3; 8 for FSD50K), centre crop, mean of the clips'
+softmax (single-label: top-1/top-5) or sigmoid (multi-label: mAP) outputs.
+
+Engines: a single process, plain DDP (any launcher that sets RANK/WORLD_SIZE: torchrun, srun,
+deepspeed), or DeepSpeed (``engine="deepspeed"`` with a ds_config: ZeRO, bf16/fp16).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from xkd.config import ViewsConfig
+from xkd.data.logmel import LogMel
+from xkd.data.torch_views import crop_resize, finish
+from xkd.data.view_params import random_resized_box
+from xkd.evaluation.clips import audio_windows, clip_rng, uniform_starts, random_start, video_test_view, video_windows
+from xkd.evaluation.datasets import LabeledDataset, Split
+from xkd.evaluation.metrics import average_clips, classification_metrics
+from xkd.evaluation.protocol import ClipSpec
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "ddp", "deepspeed")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters; defaults = UCF101 video (Table S6). See ``PRESETS``."""
+
+    epochs: int = 100
+    batch_size: int = 96  # global; each rank takes batch_size / world_size
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: float = 5.0
+    schedule: str = "cosine"  # cosine | fixed
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = 0.45
+    dropout: float = 0.5
+    drop_path: float = 0.0
+    label_smoothing: float = 0.1
+    mixup: float = 0.6
+    cutmix: float = 0.5
+    randaug: str = "rand-m9-mstd0.5-inc1"  # timm config string; "" disables (paper: RandAug (9, 0.5))
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    size: int = 224  # video
+    frames: int = 32  # video
+    seconds: float = 4.0  # clip window
+    test_clips: int = 3
+    volume_jitter: float = 0.2  # audio
+    freq_masks: int = 2
+    freq_mask_max: int = 10  # mel bins
+    time_masks: int = 2
+    time_mask_max: int = 20  # spectrogram frames
+    time_warp: int = 20  # spectrogram frames; 0 disables
+    grad_clip: float = 0.0
+    seed: int = 0
+    num_workers: int = 2
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
+
+    def replace(self, **changes) -> FinetuneConfig:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def clip_spec(self, modality: str, fps: int = 8) -> ClipSpec:
+        if modality == "video":
+            return ClipSpec("video", frames=self.frames, size=self.size, fps=fps, seconds=self.frames / fps)
+        return ClipSpec("audio", seconds=self.seconds)
+
+
+VIDEO = FinetuneConfig()
+PRESETS = {  # paper Table S6 (video) and Table S7 (audio)
+    "ucf101": VIDEO,
+    "hmdb51": VIDEO.replace(lr=1e-4, warmup_epochs=20.0, mixup=1.0, cutmix=1.0, layer_decay=0.55),
+    "k400": VIDEO.replace(warmup_epochs=30.0),  # Table S6: as UCF101 but 30 warm-up epochs
+    "esc50": FinetuneConfig(epochs=100, batch_size=64, lr=1e-4, min_lr=0.0, warmup_epochs=10.0, schedule="cosine",
+                            weight_decay=0.005, layer_decay=0.65, dropout=0.5, label_smoothing=0.0, mixup=0.0,
+                            cutmix=0.0, randaug="", test_clips=3),
+    "fsd50k": FinetuneConfig(epochs=30, batch_size=64, lr=1e-4, min_lr=1e-4, warmup_epochs=0.0, schedule="fixed",
+                             weight_decay=1e-5, layer_decay=0.65, dropout=0.3, label_smoothing=0.0, mixup=0.0,
+                             cutmix=0.0, randaug="", test_clips=8),
+}
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class Classifier(nn.Module):
+    """Encoder -> mean of last-layer patch tokens -> dropout -> Linear."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.encoder(x).pooled()))
+
+
+def set_drop_path(encoder: nn.Module, rate: float) -> None:
+    """Stochastic depth, linearly increasing over the blocks up to ``rate`` (0: none)."""
+    from timm.layers import DropPath
+
+    depth = len(encoder.blocks)
+    for i, block in enumerate(encoder.blocks):
+        r = rate * i / max(1, depth - 1)
+        block.drop_path1 = DropPath(r) if r > 0 else nn.Identity()
+        block.drop_path2 = DropPath(r) if r > 0 else nn.Identity()
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Layer of a parameter for layer-wise lr decay (see the module docstring)."""
+    if name.startswith("encoder.blocks."):
+        return int(name.split(".")[2]) + 1
+    if name.startswith(("encoder.patch_embed", "encoder.cls_token", "encoder.position")):
+        return 0
+    return depth + 1
+
+
+def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups per (layer, decay/no-decay) with ``lr_scale = layer_decay ** (depth + 1 - layer)``."""
+    depth = len(model.encoder.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or ".position." in name or ".cls_token." in name
+        layer = layer_id(name, depth)
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr_scale": layer_decay ** (depth + 1 - layer), "layer": layer})
+        group["params"].append(param)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_at(step: int, total: int, warmup: int, config: FinetuneConfig) -> float:
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "fixed":
+        return config.lr
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _consistent(transform, frames: list[Image.Image], seed: int) -> list[Image.Image]:
+    """Apply a randomised PIL transform with the same random draws to every frame (timm draws from the
+    global ``random`` and ``numpy.random`` generators; their states are restored afterwards)."""
+    saved = random.getstate(), np.random.get_state()
+    try:
+        out = []
+        for frame in frames:
+            random.seed(seed)
+            np.random.seed(seed)
+            out.append(transform(frame))
+        return out
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
+def time_warp(spec: torch.Tensor, rng: np.random.Generator, window: int) -> torch.Tensor:
+    """SpecAugment time warp of a (1, F, T) log-mel: the point w0 moves to w0 + w (|w| <= window),
+    both sides stretched linearly (linear interpolation along time)."""
+    frames = spec.shape[-1]
+    if window <= 0 or frames <= 2 * window + 2:
+        return spec
+    w0 = int(rng.integers(window, frames - window))
+    w = int(rng.integers(-window + 1, window))
+    if w == 0:
+        return spec
+    t = torch.arange(frames, dtype=torch.float32)
+    left = t < w0 + w
+    source = torch.where(left, t * w0 / (w0 + w), w0 + (t - w0 - w) * (frames - 1 - w0) / (frames - 1 - w0 - w))
+    low = source.floor().long().clamp(0, frames - 1)
+    high = (low + 1).clamp(max=frames - 1)
+    frac = source - low
+    return spec[..., low] * (1 - frac) + spec[..., high] * frac
+
+
+def spec_masks(spec: torch.Tensor, rng: np.random.Generator, config: FinetuneConfig) -> torch.Tensor:
+    """SpecAugment masks: ``freq_masks`` bands of [0, freq_mask_max] bins and ``time_masks`` spans of
+    [0, time_mask_max] frames, set to 0 (the mean of the normalised log-mel)."""
+    spec = spec.clone()
+    bins, frames = spec.shape[-2:]
+    for _ in range(config.freq_masks):
+        width = int(rng.integers(0, config.freq_mask_max + 1))
+        start = int(rng.integers(0, max(1, bins - width + 1)))
+        spec[..., start:start + width, :] = 0
+    for _ in range(config.time_masks):
+        width = int(rng.integers(0, config.time_mask_max + 1))
+        start = int(rng.integers(0, max(1, frames - width + 1)))
+        spec[..., start:start + width] = 0
+    return spec
+
+
+class FinetuneClips(Dataset):
+    """Train: item i -> (one augmented clip, target); test: item i -> (k test clips, target)."""
+
+    def __init__(self, dataset: LabeledDataset, indices: np.ndarray, modality: str, spec: ClipSpec,
+                 views: ViewsConfig, config: FinetuneConfig, train: bool, epoch: int = 0):
+        self.dataset, self.indices, self.modality, self.spec, self.views = dataset, indices, modality, spec, views
+        self.config, self.train, self.epoch = config, train, epoch
+        self.targets = dataset.targets(indices)
+        self.logmel = LogMel(views) if modality == "audio" else None
+        self.randaug = None
+        if train and modality == "video" and config.randaug:
+            from timm.data.auto_augment import rand_augment_transform
+
+            mean = tuple(round(255 * m) for m in (0.485, 0.456, 0.406))
+            self.randaug = rand_augment_transform(config.randaug, {"translate_const": int(config.size * 0.45),
+                                                                   "img_mean": mean})
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        item = self.dataset.items[int(self.indices[i])]
+        target = torch.as_tensor(self.targets[i])
+        with torch.no_grad():
+            if not self.train:
+                starts = uniform_starts(item.duration, self.spec.seconds, self.config.test_clips)
+                if self.modality == "video":
+                    clips = [video_test_view(f, self.spec.size) for f in video_windows(item, starts, self.spec)]
+                else:
+                    clips = [self.logmel(w[None]) for w in audio_windows(item, starts, self.spec,
+                                                                          self.views.audio_sample_rate)]
+                return torch.stack(clips), target
+            rng = clip_rng(self.config.seed, item.key, 0, self.epoch)
+            start = np.array([random_start(rng, item.duration, self.spec.seconds)])
+            if self.modality == "video":
+                return self._video(video_windows(item, start, self.spec)[0], rng), target
+            return self._audio(audio_windows(item, start, self.spec, self.views.audio_sample_rate)[0], rng), target
+
+    def _video(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        box = random_resized_box(rng, frames.shape[-2], frames.shape[-1], scale=self.config.crop_scale)
+        flip = bool(rng.random() < 0.5)
+        x = crop_resize(frames, box, self.spec.size)  # (T, 3, S, S) in [0, 1]
+        if self.randaug is not None:
+            pil = [Image.fromarray(f) for f in (x * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+            pil = _consistent(self.randaug, pil, int(rng.integers(2**31)))
+            x = torch.from_numpy(np.stack([np.asarray(p) for p in pil])).permute(0, 3, 1, 2).float() / 255
+        return finish(x, flip)
+
+    def _audio(self, wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        c = self.config
+        gain = float(rng.uniform(1 - c.volume_jitter, 1 + c.volume_jitter))
+        spec = self.logmel((wave * gain)[None])
+        spec = time_warp(spec, rng, c.time_warp)
+        return spec_masks(spec, rng, c)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class FinetuneResult:
+    metrics: dict[str, float]
+    epoch_losses: list[float]
+    steps: int
+    config: dict
+    world_size: int
+    engine: str
+    weights: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), starting the process group when a launcher set WORLD_SIZE > 1."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        from xkd.distributed import discover
+
+        env = discover()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(env.local_rank)
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _device(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count()))))
+    return torch.device("cpu")
+
+
+def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_batch: int, world: int,
+                      precision: str):
+    """DeepSpeed engine around the classifier with the client AdamW (layer-decay groups). The batch
+    sizes are set here; ``precision`` bf16 turns on the ds_config's bf16, fp32 leaves fp16/bf16 as the
+    ds_config says (fp16 with dynamic loss scaling on V100s when it enables it)."""
+    import json
+
+    import deepspeed
+
+    config = json.loads(Path(ds_config).read_text()) if isinstance(ds_config, (str, Path)) else dict(ds_config)
+    config["train_micro_batch_size_per_gpu"] = micro_batch
+    config["gradient_accumulation_steps"] = 1
+    config["train_batch_size"] = micro_batch * world
+    config.pop("optimizer", None)  # the client AdamW with the layer-decay groups is used
+    config.pop("scheduler", None)  # the lr is set per step here
+    if precision == "bf16":
+        config["bf16"] = {**config.get("bf16", {}), "enabled": True}
+        config["fp16"] = {**config.get("fp16", {}), "enabled": False}
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine, optimizer
+
+
+def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality: str, views: ViewsConfig,
+             config: FinetuneConfig, engine: str = "auto", ds_config: dict | str | None = None,
+             output: str | Path | None = None, progress: bool = True, on_epoch=None) -> FinetuneResult:
+    """Fine-tune ``encoder`` on ``split.train`` and evaluate on ``split.test`` (see the module docstring).
+
+    ``on_epoch(epoch, mean_loss)`` is called on rank 0 after each epoch (for tracking).
+    Returns the metrics on rank 0 (other ranks get the same object).
+    """
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: expected one of {ENGINES}")
+    rank, world = _distributed()
+    device = _device(rank)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed + rank)
+    spec = config.clip_spec(modality, views.video_fps)
+    clip_views = spec.views(views)
+    multi_label = dataset.multi_label
+    num_classes = dataset.num_classes
+    if config.batch_size % world:
+        raise ValueError(f"batch size {config.batch_size} is not divisible by {world} ranks")
+    micro = config.batch_size // world
+    mixing = (config.mixup > 0 or config.cutmix > 0)
+    if mixing and micro % 2:
+        raise ValueError(f"mixup/cutmix need an even batch per rank; got {micro}")
+    if config.drop_path > 0:
+        set_drop_path(encoder, config.drop_path)
+    model = Classifier(encoder, num_classes, config.dropout).to(device)
+    groups = param_groups(model, config.weight_decay, config.layer_decay)
+    scales = [g.pop("lr_scale") for g in groups]
+    for g in groups:
+        g.pop("layer")
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    use_deepspeed = engine == "deepspeed"
+    if use_deepspeed:
+        if ds_config is None:
+            raise ValueError("engine deepspeed needs a ds_config (e.g. ds_configs/zero2.json)")
+        module, optimizer = _deepspeed_engine(model, optimizer, ds_config, micro, world, config.precision)
+    elif world > 1:
+        module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        module = model
+    mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.label_smoothing,
+                  num_classes=num_classes, multi_label=multi_label) if mixing else None
+    if multi_label:
+        criterion = nn.BCEWithLogitsLoss()
+    elif mixup is not None:
+        criterion = SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.precision == "bf16" and device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+
+    input_dtype = next(module.parameters()).dtype if use_deepspeed else torch.float32
+    train_set = FinetuneClips(dataset, split.train, modality, spec, clip_views, config, train=True)
+    sampler_items = len(split.train) // world
+    steps_per_epoch = sampler_items // micro
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(split.train)} training items cannot fill a batch of {config.batch_size}")
+    total, warmup = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
+    step, losses = 0, []
+    for epoch in range(config.epochs):
+        module.train()
+        train_set.epoch = epoch
+        order = np.random.default_rng(np.random.SeedSequence([config.seed, epoch, 0xF7])).permutation(len(split.train))
+        mine = order[rank::world][:sampler_items]
+        loader = DataLoader(torch.utils.data.Subset(train_set, mine.tolist()), batch_size=micro, shuffle=False,
+                            drop_last=True, num_workers=config.num_workers, pin_memory=device.type == "cuda")
+        epoch_loss, seen = torch.zeros((), dtype=torch.float64), 0
+        bar = tqdm(loader, desc=f"finetune epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0,
+                   dynamic_ncols=True)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if mixup is not None:
+                shape = x.shape
+                x, y = mixup(x.flatten(1, -3) if x.ndim == 5 else x, y)  # video: cutmix box over all frames
+                x = x.reshape(shape)
+            lr = lr_at(step, total, warmup, config)
+            for group, scale in zip(optimizer.param_groups, scales):
+                group["lr"] = lr * scale
+            with autocast:
+                logits = module(x.to(input_dtype) if use_deepspeed else x)
+                loss = criterion(logits.float(), y.float() if multi_label else y)
+            if use_deepspeed:
+                module.backward(loss)
+                module.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+            value = float(loss.detach())
+            epoch_loss += value * len(x)
+            seen += len(x)
+            step += 1
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+        mean = _mean_over_ranks(epoch_loss / max(1, seen), world)
+        losses.append(mean)
+        if rank == 0:
+            log.info("epoch %d: mean training loss %.4f", epoch + 1, mean)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, mean)
+
+    metrics = evaluate(module, dataset, split, modality, clip_views, spec, config, rank, world, device, progress,
+                       input_dtype)
+    weights = _save_weights(model, output, dataset, modality, rank, use_deepspeed) if output is not None else None
+    return FinetuneResult(metrics=metrics, epoch_losses=losses, steps=step, config=dataclasses.asdict(config),
+                          world_size=world, engine="deepspeed" if use_deepspeed else ("ddp" if world > 1 else "single"),
+                          weights=weights)
+
+
+def _save_weights(model: nn.Module, output: str | Path, dataset: LabeledDataset, modality: str, rank: int,
+                  use_deepspeed: bool) -> str:
+    """Encoder + head in fp32 safetensors (rank 0); ZeRO-3 partitions are gathered on every rank first."""
+    from contextlib import nullcontext
+
+    from safetensors.torch import save_file
+
+    path = Path(output) / "finetuned.safetensors"
+    gather = nullcontext()
+    if use_deepspeed and any(hasattr(p, "ds_id") for p in model.parameters()):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    with gather:
+        if rank == 0:
+            Path(output).mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(path),
+                      metadata={"classes": "\n".join(dataset.classes), "modality": modality})
+    return str(path)
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
+    if world > 1:
+        value = value.clone().float()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: LabeledDataset, split: Split, modality: str, views: ViewsConfig,
+             spec: ClipSpec, config: FinetuneConfig, rank: int = 0, world: int = 1,
+             device: torch.device = torch.device("cpu"), progress: bool = False,
+             input_dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Multi-clip test: mean of the clips' softmax (sigmoid for multi-label) per item. Items are spread
+    over the ranks (every rank runs the same number of batches, padding with a repeated item, as
+    ZeRO-3 gathers parameters collectively) and the scores are gathered on every rank."""
+    model.eval()
+    test_set = FinetuneClips(dataset, split.test, modality, spec, views, config, train=False)
+    mine = list(range(rank, len(test_set), world))
+    per_rank = -(-len(test_set) // world)
+    padded = mine + [mine[-1] if mine else 0] * (per_rank - len(mine))
+    loader = DataLoader(torch.utils.data.Subset(test_set, padded), batch_size=max(1, 32 // config.test_clips),
+                        shuffle=False, num_workers=config.num_workers)
+    scores = []
+    for x, _ in tqdm(loader, desc="test", disable=not progress or rank != 0, dynamic_ncols=True):
+        b, k = x.shape[:2]
+        logits = model(x.flatten(0, 1).to(device, input_dtype)).float().cpu()
+        probs = torch.sigmoid(logits) if dataset.multi_label else logits.softmax(-1)
+        scores.append(probs.reshape(b, k, -1).numpy())
+    local = dict(zip(mine, average_clips(np.concatenate(scores))[:len(mine)])) if mine else {}
+    if world > 1:
+        gathered: list[dict] = [None] * world  # type: ignore[list-item]
+        dist.all_gather_object(gathered, local)
+        local = {k: v for part in gathered for k, v in part.items()}
+    item_scores = np.stack([local[i] for i in range(len(test_set))])
+    return classification_metrics(item_scores, test_set.targets, dataset.multi_label)

@@ -1,0 +1,410 @@
+"""Pretraining as a SLURM job through submitit (or on this machine with submitit's LocalExecutor).
+
+One SLURM task per GPU (``--ntasks-per-node`` = GPUs per node; CPU mode: any number of tasks,
+gloo). Each task runs :class:`PretrainTask`, which takes rank, local rank, world size and the
+rendezvous (first node of the allocation) from the job environment
+(``submitit.helpers.TorchDistributedEnvironment``) and calls :func:`xkd.engine.run.pretrain`
+in-process, the same function as ``launch/pretrain.py``. No ssh/pdsh and no deepspeed launcher.
+
+Requeue and signals, in each task:
+
+- SLURM's time-limit warning (``#SBATCH --signal=USR2@<signal_delay_s>``, submitit's preemption
+  signal, or USR1): the trainer saves a checkpoint at the next step on every rank, then rank 0
+  requeues the job (``scontrol requeue``; submitit's LocalExecutor restarts the tasks) and the
+  tasks exit without a result. The requeued job runs the same task with ``--resume auto``: it
+  continues from that checkpoint, and the MLflow run continues (``<run>/mlflow_run_id``).
+- SIGTERM (preemption, ``scontrol requeue``, ``scancel``): checkpoint at the next step and exit;
+  the scheduler decides what comes next (requeued jobs resume the same way, cancelled ones can be
+  submitted again with the same ``--output``).
+
+submitit's own USR2 handler (which requeues from inside the signal handler, before our trainer
+could checkpoint) is replaced by ours once the task starts.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import submitit
+from submitit.helpers import Checkpointable
+
+ROOT = Path(__file__).resolve().parents[1]
+WARNING_SIGNALS = ("SIGUSR1", "SIGUSR2")  # time-limit warnings: requeue yourself
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED", "REVOKED")
+
+
+class SubmitError(Exception):
+    """Something is wrong with the request; raised before anything is submitted."""
+
+
+# ----------------------------------------------------------------------------- the task (runs on the nodes)
+
+
+def rendezvous_port(job_id: str, restart: int) -> int:
+    """The same port on every task of a job without talking first; another one after a requeue,
+    so a restarted job never meets the previous run's sockets."""
+    return random.Random(f"{job_id}:{restart}").randint(20000, 59999)
+
+
+class PretrainTask(Checkpointable):
+    """The submitit callable: one pretraining rank. ``argv`` are launch/pretrain.py's arguments
+    (with ``--resume auto``), so running it again continues the run."""
+
+    def __init__(self, argv: list[str], max_requeues: int = 10):
+        self.argv = list(argv)
+        self.max_requeues = max_requeues
+
+    def __call__(self) -> dict[str, Any]:
+        from xkd.engine.stop import StopRequest
+
+        # Replaces submitit's SIGTERM/USR2 handlers: every signal becomes "checkpoint at the next step".
+        stop = StopRequest(signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2))
+        job_env = submitit.JobEnvironment()
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        os.environ["MASTER_PORT"] = str(rendezvous_port(job_env.job_id, restart))
+        # Rank, local rank, world size and the first node as rendezvous host, for env:// (and DeepSpeed).
+        # All GPUs of the node stay visible; xkd.distributed picks cuda:<local rank>.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        print(f"[xkd.slurm] {job_env} restart {restart}: launch/pretrain.py {shlex.join(self.argv)}", flush=True)
+
+        from xkd.engine.run import pretrain
+
+        outcome = pretrain(self.argv, stop=stop)
+        if outcome.exit_code != 0:
+            raise RuntimeError(f"pretraining refused to start (exit code {outcome.exit_code}); see the task's stderr")
+        if outcome.completed:
+            return {**asdict(outcome), "hostname": socket.gethostname(), "restart": restart}
+        self._stopped(outcome, stop.received, job_env, restart)
+        raise AssertionError("unreachable")
+
+    def _stopped(self, outcome, received: list[str], job_env, restart: int) -> None:
+        """Stopped by a signal with a checkpoint at ``outcome.step``: requeue on a time-limit warning
+        (rank 0), then exit without a result so that the job is not reported as done."""
+        where = f"stopped by {'/'.join(received) or 'a signal on another rank'} at step {outcome.step}" \
+                f"/{outcome.max_steps}, checkpoint saved in {outcome.output}"
+        warned = any(name in WARNING_SIGNALS for name in received)
+        if not warned:
+            raise SystemExit(f"[xkd.slurm] {where}; exiting (the scheduler requeues or cancels the job)")
+        if job_env.global_rank != 0:
+            raise SystemExit(f"[xkd.slurm] {where}; rank 0 requeues the job")
+        if restart >= self.max_requeues:
+            raise SystemExit(f"[xkd.slurm] {where}; NOT requeued: already restarted {restart} times "
+                             f"(max_requeues={self.max_requeues}). Submit the same command again to resume.")
+        print(f"[xkd.slurm] {where}; requeueing job {job_env.job_id}", flush=True)
+        try:
+            job_env._requeue(self.max_requeues - restart - 1)  # SLURM: scontrol requeue; local: exits for a restart
+        except (OSError, subprocess.SubprocessError) as error:
+            raise SystemExit(f"[xkd.slurm] {where}; requeue failed ({error}). Submit the same command again "
+                             "to resume.") from error
+        raise SystemExit(f"[xkd.slurm] job {job_env.job_id} requeued; it resumes from step {outcome.step}")
+
+
+# ----------------------------------------------------------------------------- the request (login node)
+
+
+@dataclass
+class JobSpec:
+    """Resources and scheduling of a pretraining job (the CLI's options)."""
+
+    nodes: int = 1
+    gpus_per_node: int = 8
+    tasks_per_node: int | None = None  # default: gpus_per_node (one task per GPU), 1 without GPUs
+    cpus_per_task: int | None = None  # default: 10 with GPUs, 1 without
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 72 * 60
+    mem: str | None = None
+    constraint: str | None = None
+    job_name: str = "xkd"
+    signal_delay_s: int = 120
+    max_requeues: int = 10
+    sbatch_extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or self.gpus_per_node or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ntasks_per_node
+
+    @property
+    def cpus(self) -> int:
+        return self.cpus_per_task or (10 if self.gpus_per_node else 1)
+
+
+def parse_time(text: str) -> int:
+    """SLURM time formats (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) -> whole minutes."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not match:
+        raise SubmitError(f"--time {text!r}: expected minutes or [D-]HH:MM[:SS] (e.g. 90, 2:00:00, 3-00:00:00)")
+    days, a, b, c = match.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        seconds = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
+    elif c is not None:  # HH:MM:SS
+        seconds = int(a) * 3600 + int(b) * 60 + int(c)
+    elif b is not None:  # MM:SS
+        seconds = int(a) * 60 + int(b)
+    else:
+        seconds = int(a) * 60
+    if seconds <= 0:
+        raise SubmitError(f"--time {text!r}: must be positive")
+    return max(1, math.ceil(seconds / 60))
+
+
+def check_spec(spec: JobSpec) -> None:
+    if spec.nodes < 1:
+        raise SubmitError(f"--nodes {spec.nodes}: expected at least 1")
+    if spec.gpus_per_node < 0:
+        raise SubmitError(f"--gpus-per-node {spec.gpus_per_node}: expected 0 (CPU) or more")
+    if spec.gpus_per_node and spec.tasks_per_node not in (None, spec.gpus_per_node):
+        raise SubmitError(f"--tasks-per-node {spec.tasks_per_node} with --gpus-per-node {spec.gpus_per_node}: "
+                          "the job runs one task per GPU; leave --tasks-per-node out (or use --gpus-per-node 0 "
+                          "for a CPU job)")
+    if spec.ntasks_per_node < 1 or spec.cpus < 1:
+        raise SubmitError("--tasks-per-node and --cpus-per-task must be at least 1")
+
+
+def task_argv(config: str, ds_config: str, output: str, data: str | None = None, max_steps: int = 0,
+              overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """launch/pretrain.py arguments of every task; ``--resume auto`` makes a requeued job continue."""
+    argv = ["--config", config, "--ds_config", ds_config, "--output", output, "--resume", "auto"]
+    if data:
+        argv += ["--data", data]
+    if max_steps:
+        argv += ["--max-steps", str(max_steps)]
+    return argv + list(overrides)
+
+
+def check_inputs(config: str, ds_config: str, overrides: list[str], world_size: int):
+    """Fail before submitting: the files exist, the config and its overrides validate, and the
+    DeepSpeed batch sizes fit ``world_size`` ranks. Returns the loaded config."""
+    from xkd.config import ConfigError, load_config
+    from xkd.engine.ds_config import resolve_ds_config
+
+    for option, path, what in (("--config", config, "an experiment YAML, e.g. configs/tiny.yaml"),
+                               ("--ds_config", ds_config, "a DeepSpeed JSON, e.g. ds_configs/zero2.json")):
+        if not Path(path).is_file():
+            raise SubmitError(f"{option} {path}: no such file (expected {what}); nothing was submitted")
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise SubmitError(f"overrides must look like key.sub=value, got {bad}; nothing was submitted")
+    try:
+        loaded = load_config(config, overrides)
+        resolve_ds_config(ds_config, loaded, world_size, config_source=config)
+    except ConfigError as error:
+        raise SubmitError(f"{error}; nothing was submitted") from error
+    return loaded
+
+
+def sbatch_parameters(spec: JobSpec) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters (the ``#SBATCH`` lines and the setup before ``srun``)."""
+    params: dict[str, Any] = {
+        "job_name": spec.job_name, "nodes": spec.nodes, "ntasks_per_node": spec.ntasks_per_node,
+        "cpus_per_task": spec.cpus, "time": spec.time_min, "signal_delay_s": spec.signal_delay_s,
+        "additional_parameters": {"requeue": True, **spec.sbatch_extra},
+        "setup": [f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{spec.cpus}}}",
+                  f"export PYTHONPATH={shlex.quote(str(ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    }
+    if spec.gpus_per_node:
+        params["gpus_per_node"] = spec.gpus_per_node
+    for name in ("partition", "account", "qos", "mem", "constraint"):
+        if getattr(spec, name):
+            params[name] = getattr(spec, name)
+    return params
+
+
+def submitit_command(folder: Path, python: str = sys.executable) -> str:
+    return " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+
+
+def render_sbatch(spec: JobSpec, folder: Path) -> str:
+    """The sbatch script submitit writes for ``spec`` (identical text; %j is the job id)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(command=submitit_command(folder), folder=folder, **sbatch_parameters(spec))
+
+
+def describe_task(spec: JobSpec, argv: list[str]) -> str:
+    """The per-task command of a dry run."""
+    return "\n".join([
+        f"# per task: srun starts {spec.nodes} node(s) x {spec.ntasks_per_node} task(s) = world size "
+        f"{spec.world_size}; each task runs xkd.slurm.PretrainTask (unpickled by submitit), i.e.",
+        "#   RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
+        "MASTER_ADDR=<first node of $SLURM_JOB_NODELIST> MASTER_PORT=<from job id and restart count>",
+        f"#   {shlex.quote(sys.executable)} launch/pretrain.py {shlex.join(argv)}",
+        "# (in-process; backend "
+        + ("NCCL, one GPU per task: cuda:$SLURM_LOCALID)" if spec.gpus_per_node else "gloo on CPU)"),
+    ])
+
+
+def _sinfo_partitions() -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Partitions of the cluster (nodes and generic resources) and the default one, from ``sinfo``."""
+    if shutil.which("sinfo") is None:
+        raise SubmitError("sinfo not found: this machine is not a SLURM login node (start the test cluster with "
+                          "scripts/slurm_local_cluster.sh start, run here with --executor local, or use --dry-run)")
+    result = subprocess.run(["sinfo", "-h", "-o", "%P|%D|%G"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise SubmitError(f"sinfo failed (exit {result.returncode}): {result.stderr.strip()}; is slurmctld reachable?")
+    partitions: dict[str, dict[str, Any]] = {}
+    default = None
+    for line in result.stdout.splitlines():
+        name, nodes, gres = line.split("|")
+        if name.endswith("*"):  # sinfo marks the default partition
+            name = default = name[:-1]
+        entry = partitions.setdefault(name, {"nodes": 0, "gres": set()})
+        entry["nodes"] += int(nodes)
+        entry["gres"].add(gres)
+    return partitions, default
+
+
+def check_cluster(spec: JobSpec) -> None:
+    """The partition exists and can hold the job (nodes, GPUs): clear messages instead of sbatch's."""
+    partitions, default = _sinfo_partitions()
+    if not partitions:
+        raise SubmitError("sinfo lists no partitions on this cluster")
+    if spec.partition is not None and spec.partition not in partitions:
+        raise SubmitError(f"--partition {spec.partition!r} does not exist on this cluster (sinfo lists: "
+                          f"{', '.join(sorted(partitions))}); nothing was submitted")
+    name = spec.partition or default
+    if name is None:
+        return  # no default partition: sbatch will ask for one
+    entry = partitions[name]
+    if spec.nodes > entry["nodes"]:
+        raise SubmitError(f"--nodes {spec.nodes}: partition {name!r} has only {entry['nodes']} node(s); "
+                          "nothing was submitted")
+    if spec.gpus_per_node and not any("gpu" in gres for gres in entry["gres"]):
+        raise SubmitError(f"--gpus-per-node {spec.gpus_per_node}: partition {name!r} has no GPUs "
+                          f"(sinfo gres: {', '.join(sorted(entry['gres']))}); for a CPU job use --gpus-per-node 0 "
+                          "--tasks-per-node N; nothing was submitted")
+
+
+def submit(spec: JobSpec, argv: list[str], folder: Path, executor: str = "slurm"):
+    """Submit ``PretrainTask(argv)``; returns the submitit job."""
+    task = PretrainTask(argv, max_requeues=spec.max_requeues)
+    if executor == "local":
+        if spec.nodes != 1:
+            raise SubmitError(f"--executor local runs on this machine only: --nodes must be 1, not {spec.nodes}")
+        local = submitit.LocalExecutor(folder)
+        local.update_parameters(tasks_per_node=spec.ntasks_per_node, gpus_per_node=spec.gpus_per_node,
+                                timeout_min=spec.time_min, signal_delay_s=spec.signal_delay_s,
+                                setup=sbatch_parameters(spec)["setup"])
+        return local.submit(task)
+    if executor != "slurm":
+        raise SubmitError(f"--executor {executor!r}: expected slurm or local")
+    try:
+        slurm = submitit.SlurmExecutor(folder, max_num_timeout=spec.max_requeues)
+    except RuntimeError as error:
+        raise SubmitError(f"{error} (use --executor local to run on this machine, or --dry-run)") from error
+    slurm.update_parameters(**sbatch_parameters(spec))
+    try:
+        return slurm.submit(task)
+    except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as error:
+        raise SubmitError(f"sbatch refused the job: {error}") from error
+
+
+# ----------------------------------------------------------------------------- after submission
+
+
+def tracking_uri(config, output: Path) -> str:
+    from xkd.tracking import default_tracking_uri
+
+    return config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output)
+
+
+def mlflow_link(uri: str, run_id: str) -> str:
+    """Where to look at the run: a URL for a tracking server, the ``mlflow ui`` command for a local store."""
+    experiment = "0"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
+    except Exception:  # the link is a convenience; never fail a submission over it
+        pass
+    fragment = f"#/experiments/{experiment}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{fragment}"
+    return f"run {run_id} in {uri} (open with: mlflow ui --backend-store-uri {uri}, then {fragment})"
+
+
+def slurm_state(job_id: str) -> str:
+    """PENDING / RUNNING / ... while the job is queued (squeue), then its final state (sacct)."""
+    queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    state = queued.stdout.strip().splitlines()
+    if queued.returncode == 0 and state:
+        return state[0]
+    done = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True)
+    lines = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+    return lines[-1] if lines else "UNKNOWN"
+
+
+def job_state(job) -> str:
+    if isinstance(job, submitit.LocalJob):
+        return job.state
+    return slurm_state(job.job_id)
+
+
+def job_finished(job, state: str) -> bool:
+    if isinstance(job, submitit.LocalJob):
+        return state != "RUNNING"
+    return state.split()[0] in FINAL_STATES
+
+
+class LogTail:
+    """Prints what was appended to a file since the last call."""
+
+    def __init__(self, path: Path, out: TextIO, prefix: str = ""):
+        self.path, self.out, self.prefix, self.position = path, out, prefix, 0
+
+    def poll(self) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.position)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        if data:
+            self.position += len(data)
+            text = data.decode(errors="replace")
+            if self.prefix:
+                text = "".join(self.prefix + line for line in text.splitlines(keepends=True))
+            self.out.write(text)
+            self.out.flush()
+
+
+def follow(job, run_dir: Path, uri: str, out: TextIO = sys.stdout, poll_s: float = 2.0) -> str:
+    """Tail rank 0's stdout and stderr until the job ends (requeues included); returns the final state."""
+    tails = [LogTail(job.paths.stdout, out), LogTail(job.paths.stderr, out, prefix="[stderr] ")]
+    run_id_file, announced = run_dir / "mlflow_run_id", False
+    last_state = ""
+    while True:
+        state = job_state(job)
+        for tail in tails:
+            tail.poll()
+        if state != last_state:
+            out.write(f"[slurm_submit] job {job.job_id}: {state}\n")
+            out.flush()
+            last_state = state
+        if not announced and run_id_file.is_file() and run_id_file.read_text().strip():
+            out.write(f"[slurm_submit] MLflow: {mlflow_link(uri, run_id_file.read_text().strip())}\n")
+            announced = True
+        if job_finished(job, state):
+            time.sleep(poll_s)  # the last lines reach the log files after the state changes
+            for tail in tails:
+                tail.poll()
+            return state
+        time.sleep(poll_s)
