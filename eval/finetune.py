@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             encoder = load_encoder(args.checkpoint, encoder_name(args.modality, args.encoder))
             weights = args.weights_dir / split.name if args.weights_dir else None
             result = finetune(encoder, dataset, split, args.modality, views, config, engine=args.engine,
-                              ds_config=args.ds_config, output=weights, progress=not args.no_progress)
+                              ds_config=args.ds_config, output=weights, progress=not args.no_progress,
+                              device=args.device)
             entries.append({"split": split.name, "metrics": result.metrics,
                             "params": {"epochs": config.epochs, "lr": config.lr, "engine": result.engine,
                                        "world_size": result.world_size, **split.describe()},

@@ -120,12 +120,6 @@ def sound_shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def sample_av_shards():
-    """The bundled sample clips (video + audio, 5 labels) as shards, via scripts/make_sample_shards.sh."""
-    return eval_media.build_sample_shards()
-
-
-@pytest.fixture(scope="session")
 def random_tiny_export(tmp_path_factory):
     """Step-0 (random init) encoders of configs/tiny.yaml in the export format."""
     return eval_media.write_random_init_export(tmp_path_factory.mktemp("random_init") / "export")

@@ -2,7 +2,6 @@
 
 * ``build_sound_shards``: data/sounds/clips (22 classes x 8 real clips, 0 A.D., CC-BY-SA-3.0)
   through the real ``data_prep/make_shards.py --no-video-policy audio-only``.
-* ``build_sample_shards``: data/sample/av through scripts/make_sample_shards.sh (idempotent).
 * ``write_random_init_export``: the step-0 encoders of configs/tiny.yaml in the export format.
 """
 from __future__ import annotations
@@ -26,12 +25,6 @@ def build_sound_shards(output: Path) -> Path:
                     "--shard-size", "64", "--workers", "2", "--verify", "--no-progress"],
                    check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     return output
-
-
-def build_sample_shards() -> Path:
-    subprocess.run(["bash", str(ROOT / "scripts" / "make_sample_shards.sh"), "--no-progress"], check=True, cwd=ROOT,
-                   capture_output=True, timeout=600)
-    return ROOT / "sample_shards"
 
 
 def write_random_init_export(output: Path) -> Path:

@@ -2,6 +2,7 @@
 
 Library code behind the thin command-line tools in ``eval/``:
 
+* :mod:`~xkd.evaluation.protocol`  clip geometry and linear-eval augmentation of the protocols
 * :mod:`~xkd.evaluation.datasets`  labelled shard splits, label files, official split lists
 * :mod:`~xkd.evaluation.clips`     evaluation clips (uniform test clips, augmented train clips)
 * :mod:`~xkd.evaluation.features`  frozen features of an exported encoder, cached by checkpoint hash
@@ -12,4 +13,5 @@ Library code behind the thin command-line tools in ``eval/``:
 * :mod:`~xkd.evaluation.metrics`   top-k, multi-clip averaging, average precision / mAP
 * :mod:`~xkd.evaluation.results`   JSON results and MLflow child runs of the pretraining run
 * :mod:`~xkd.evaluation.report`    the table of spec section 7 with our numbers beside the paper's
+* :mod:`~xkd.evaluation.cli`       options and steps shared by the command-line tools
 """

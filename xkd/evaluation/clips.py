@@ -166,7 +166,8 @@ class EvalClips(Dataset):
                     raw = audio_windows(item, starts, self.spec, self.views.audio_sample_rate)
                     gains = [1.0 if r is None else float(r.uniform(1 - self.augment.volume_jitter,
                                                                      1 + self.augment.volume_jitter)) for r in rngs]
-                    clips = [self.logmel((w * g)[None]) for w, g in zip(raw, gains)]
+                    waves = torch.stack(raw) * torch.tensor(gains, dtype=torch.float32)[:, None]
+                    clips = list(self.logmel(waves)[:, None])  # one STFT call for all clips of the item
         except DatasetError:
             raise
         except Exception as error:  # name the item: evaluation sets are curated, a bad item is a bug to fix

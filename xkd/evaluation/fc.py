@@ -115,7 +115,7 @@ def train_fc(train: np.ndarray, train_targets: np.ndarray, test: np.ndarray, tes
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            epoch_loss += float(loss) * len(index)
+            epoch_loss += float(loss.detach()) * len(index)
             step += 1
         losses.append(epoch_loss / len(x))
     head.eval()

@@ -91,7 +91,7 @@ class FeatureSet:
 def feature_identity(export_dir: str | Path, name: str, dataset: LabeledDataset, spec: ClipSpec, mode: str,
                      n_clips: int, augment: LinearAugment | None, seed: int, keys: list[str]) -> dict:
     config = export_config(export_dir)
-    return {
+    identity = {
         "cache_format": CACHE_FORMAT, "feature": FEATURE_KIND, "encoder": name,
         "checkpoint_sha256": checkpoint_hash(export_dir, name),
         "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "items": len(keys),
@@ -102,6 +102,7 @@ def feature_identity(export_dir: str | Path, name: str, dataset: LabeledDataset,
         "logmel": {k: getattr(config.views, k) for k in ("audio_sample_rate", "n_fft", "hop_length", "mel_bins",
                                                        "mel_fmin", "mel_fmax", "mel_mean", "mel_std", "mel_log_eps")},
     }
+    return json.loads(json.dumps(identity, sort_keys=True))  # tuples -> lists: comparable with the stored copy
 
 
 def cache_path(cache_dir: str | Path, identity: dict) -> Path:

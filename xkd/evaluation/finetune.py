@@ -321,7 +321,9 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _device(rank: int) -> torch.device:
+def _device(rank: int, requested: str = "auto") -> torch.device:
+    if requested not in ("auto", "cuda"):
+        return torch.device(requested)
     if torch.cuda.is_available():
         import os
 
@@ -330,7 +332,7 @@ def _device(rank: int) -> torch.device:
 
 
 def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_batch: int, world: int,
-                      precision: str):
+                      precision: str, grad_clip: float = 0.0):
     """DeepSpeed engine around the classifier with the client AdamW (layer-decay groups). The batch
     sizes are set here; ``precision`` bf16 turns on the ds_config's bf16, fp32 leaves fp16/bf16 as the
     ds_config says (fp16 with dynamic loss scaling on V100s when it enables it)."""
@@ -344,6 +346,8 @@ def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_
     config["train_batch_size"] = micro_batch * world
     config.pop("optimizer", None)  # the client AdamW with the layer-decay groups is used
     config.pop("scheduler", None)  # the lr is set per step here
+    if grad_clip > 0:
+        config["gradient_clipping"] = grad_clip
     if precision == "bf16":
         config["bf16"] = {**config.get("bf16", {}), "enabled": True}
         config["fp16"] = {**config.get("fp16", {}), "enabled": False}
@@ -353,7 +357,8 @@ def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_
 
 def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality: str, views: ViewsConfig,
              config: FinetuneConfig, engine: str = "auto", ds_config: dict | str | None = None,
-             output: str | Path | None = None, progress: bool = True, on_epoch=None) -> FinetuneResult:
+             output: str | Path | None = None, progress: bool = True, on_epoch=None,
+             device: str = "auto") -> FinetuneResult:
     """Fine-tune ``encoder`` on ``split.train`` and evaluate on ``split.test`` (see the module docstring).
 
     ``on_epoch(epoch, mean_loss)`` is called on rank 0 after each epoch (for tracking).
@@ -365,7 +370,7 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {ENGINES}")
     rank, world = _distributed()
-    device = _device(rank)
+    device = _device(rank, device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed + rank)
     spec = config.clip_spec(modality, views.video_fps)
@@ -390,7 +395,8 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
     if use_deepspeed:
         if ds_config is None:
             raise ValueError("engine deepspeed needs a ds_config (e.g. ds_configs/zero2.json)")
-        module, optimizer = _deepspeed_engine(model, optimizer, ds_config, micro, world, config.precision)
+        module, optimizer = _deepspeed_engine(model, optimizer, ds_config, micro, world, config.precision,
+                                              config.grad_clip)
     elif world > 1:
         module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
