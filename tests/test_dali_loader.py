@@ -108,3 +108,12 @@ def test_corrupt_sample_skipped_and_counted(clips, tmp_path):
     assert loader.corrupt_samples == 1
     assert sum(sizes) == len(split) - 1  # every other sample delivered exactly once
     assert np.isfinite(sum(sizes))
+
+
+def test_pretraining_refuses_audio_only_shards(sound_shards):
+    from xkd.config import load_config
+    from xkd.data.loader import build_train_loader
+
+    config = load_config("configs/tiny.yaml")
+    with pytest.raises(ValueError, match="have no video member"):
+        build_train_loader(config, str(sound_shards), 0, 1, {"epoch": 0, "position": 0})

@@ -6,6 +6,7 @@ import logging
 import torch
 
 from xkd.config import XKDConfig
+from xkd.data.format import VIDEO_EXT
 from xkd.data.sampler import EpochPlan
 from xkd.data.shard_index import index_split
 
@@ -27,6 +28,11 @@ def dali_device(requested: str) -> str:
 def build_train_loader(config: XKDConfig, shards: str, rank: int, world_size: int, state: dict[str, int]):
     """The loader of this rank, positioned at ``state`` = {"epoch", "position"}."""
     samples = index_split(shards)
+    audio_only = [ref for ref in samples if not any(ext == VIDEO_EXT for ext, _, _ in ref.members)]
+    if audio_only:
+        raise ValueError(f"{shards}: {len(audio_only)} of {len(samples)} samples have no video member (first: "
+                         f"{audio_only[0].key} in {audio_only[0].shard}); pretraining needs audio-visual clips. "
+                         "Audio-only shards (make_shards --no-video-policy audio-only) are for eval/.")
     plan = EpochPlan(len(samples), world_size, rank, config.train.seed)
     batch = config.train.micro_batch_size
     if plan.samples_per_rank < batch:
