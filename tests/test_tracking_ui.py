@@ -29,7 +29,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from media import child_pids
-from xkd.tracking import git_commit, log_eval_run
+from xkd.tracking import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -155,7 +155,7 @@ def test_tracker_outage_defers_and_buffers(tmp_path, caplog):
     assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
-def test_runs_eval_and_ui(mlflow_server, sample_shards, node_modules, tmp_path):
+def test_runs_eval_and_ui(mlflow_server, sample_shards, sound_shards, node_modules, tmp_path):
     url, _, _ = mlflow_server
     client = MlflowClient(url)
     runs = {}
@@ -193,27 +193,38 @@ def test_runs_eval_and_ui(mlflow_server, sample_shards, node_modules, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         shutil.copy(png, pictures / f"ms_step6_{name}.png")
 
-    # One evaluation, logged as a child run through the helper the evaluation suite calls.
-    results = {"ucf101/linear_top1": 0.312, "hmdb51/linear_top1": 0.174, "esc50/linear_top1": 0.425}
-    table = tmp_path / "eval_results.json"
-    table.write_text(json.dumps(results))
-    child_id = log_eval_run(tmp_path / "ms", "eval-linear", results, params={"protocol": "linear"},
-                            artifacts=[table], tracking_uri=url)
-    child = client.get_run(child_id)
-    assert child.data.tags["mlflow.parentRunId"] == runs["ms"].info.run_id
-    assert child.data.metrics == results
+    # One real evaluation against the server: export the ms run's encoders and run eval/'s linear
+    # SVM on the bundled labelled sound set; the results arrive as child runs of the ms run.
+    export_result = subprocess.run([sys.executable, str(ROOT / "launch" / "export_encoders.py"), str(tmp_path / "ms")],
+                                   cwd=ROOT, env=train_env(url), capture_output=True, text=True, timeout=600)
+    assert export_result.returncode == 0, export_result.stderr[-3000:]
+    eval_json = tmp_path / "eval_linear_svm.json"
+    result = subprocess.run([sys.executable, str(ROOT / "eval" / "linear_svm.py"), "--checkpoint",
+                             str(tmp_path / "ms" / "export" / "step00000006"), "--modality", "audio", "--data",
+                             str(sound_shards), "--splits", f"esc50:{ROOT / 'data' / 'sounds' / 'folds.csv'}",
+                             "--dataset-name", "sounds", "--workers", "0", "--jobs", "2", "--no-progress",
+                             "--output", str(eval_json)],
+                            cwd=ROOT, env=train_env(url), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads(eval_json.read_text())
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{runs['ms'].info.run_id}'")
+    (child,) = [c for c in children if c.info.run_name.endswith("/mean")]
+    results = child.data.metrics
+    assert results == pytest.approx(record["mean"]) and set(results) >= {"top1", "top5"}
+    assert len(children) == len(record["splits"]) + 1  # one child per fold, one for the mean
+    child_id = child.info.run_id
 
     # The terminal comparison (and its CSV).
     csv_path = tmp_path / "compare.csv"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), "--tracking-uri", url,
                              "--experiment", "tiny", "--csv", str(csv_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert runs["ms"].info.run_name in result.stdout and "eval:ucf101/linear_top1" in result.stdout
+    assert runs["ms"].info.run_name in result.stdout and "eval:top1" in result.stdout
     rows = {row["run"]: row for row in csv.DictReader(csv_path.open())}
     assert set(rows) == {run.info.run_name for run in runs.values()}
     ms_row, mas_row = rows[runs["ms"].info.run_name], rows[runs["mas"].info.run_name]
     assert float(ms_row["loss"]) == runs["ms"].data.metrics["loss"] and ms_row["step"] == "6"
-    assert float(ms_row["eval:ucf101/linear_top1"]) == 0.312 and mas_row["eval:ucf101/linear_top1"] == ""
+    assert float(ms_row["eval:top1"]) == pytest.approx(record["mean"]["top1"]) and mas_row["eval:top1"] == ""
     shutil.copy(csv_path, ARTIFACTS / "compare_runs.csv")
 
     # The UI in headless chromium.
@@ -221,7 +232,7 @@ def test_runs_eval_and_ui(mlflow_server, sample_shards, node_modules, tmp_path):
     spec = {"base": url, "experimentId": experiment_id, "runNames": names, "out": str(ARTIFACTS),
             "artifactRun": {"id": runs["ms"].info.run_id, "path": "visuals/step00000006/video_reconstruction.png"},
             "evalRun": {"id": child_id, "name": child.info.run_name, "parentId": runs["ms"].info.run_id,
-                        "metric": "ucf101/linear_top1"}}
+                        "metric": "top1"}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     result = subprocess.run(["node", str(ROOT / "tests" / "ui" / "mlflow_ui.js"), str(tmp_path / "spec.json")],
                             env=dict(os.environ, NODE_PATH=str(node_modules)), capture_output=True, text=True,
