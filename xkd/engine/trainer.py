@@ -26,7 +26,7 @@ from xkd.distributed import DistributedEnv
 from xkd.ema import teacher_student_pairs
 from xkd.engine import checkpoint
 from xkd.engine.ema_gather import ema_update_gathered
-from xkd.engine.params import decay_groups
+from xkd.engine.params import student_optimizer
 from xkd.engine.schedule_state import schedule_at
 from xkd.engine.stop import StopRequest
 from xkd.models import XKD, teacher_views
@@ -89,8 +89,7 @@ class Trainer:
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank
         self.model = XKD(config)
         self.teacher = self.model.teacher.to(device)
-        optimizer = torch.optim.AdamW(decay_groups(self.model.student, config.optim.weight_decay),
-                                      lr=0.0, betas=tuple(config.optim.betas), eps=config.optim.eps)
+        optimizer = student_optimizer(self.model.student, config.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.model.student, optimizer=optimizer,
                                                                  config=options.ds_config)
         self.zero_stage = self.engine.zero_optimization_stage()
