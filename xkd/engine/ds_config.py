@@ -1,5 +1,6 @@
 """Merge a DeepSpeed JSON config with the experiment YAML (the one source of truth for batch,
-clipping and precision); disagreements are errors, never silent overrides."""
+clipping and precision); disagreements are errors, never silent overrides. ZeRO settings whose
+right value depends on the device may be written ``"auto"`` and are resolved here."""
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,22 @@ from xkd.config import ConfigError, XKDConfig
 
 OWNED_SECTIONS = ("optimizer", "scheduler")
 
+# zero_optimization keys that may say "auto", with their value per device type.
+# contiguous_gradients copies each gradient into the bucket as it is produced: on GPUs that keeps
+# the CUDA caching allocator from fragmenting; on the CPU it is only a copy (BENCHMARKS.md).
+ZERO_AUTO = {"contiguous_gradients": {"cuda": True, "cpu": False}}
 
-def resolve_ds_config(path: str | Path, config: XKDConfig, world_size: int, config_source: str = "the YAML config") -> dict[str, Any]:
+
+def default_device_type() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_ds_config(path: str | Path, config: XKDConfig, world_size: int, config_source: str = "the YAML config",
+                      device_type: str | None = None) -> dict[str, Any]:
+    """The DeepSpeed config for this run: ``path`` + the YAML's batch, clipping and precision,
+    ``"auto"`` ZeRO settings resolved for ``device_type`` (default: CUDA if present, else CPU)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: DeepSpeed config not found")
@@ -42,6 +57,11 @@ def resolve_ds_config(path: str | Path, config: XKDConfig, world_size: int, conf
                               "remove it from the DeepSpeed config or make them agree")
     merged = copy.deepcopy(ds)
     merged.update(expected)
+    device_type = device_type or default_device_type()
+    zero = merged.get("zero_optimization", {})
+    for key, by_device in ZERO_AUTO.items():
+        if zero.get(key) == "auto":
+            zero[key] = by_device[device_type]
     for precision in ("fp16", "bf16"):
         block = merged.setdefault(precision, {})
         wanted = train.precision == precision
