@@ -148,6 +148,38 @@ def test_exact_resume_after_sigkill(sample_shards, tmp_path):
         assert all(value == reference[step][0] for value in values), (step, values, reference[step])
 
 
+def test_plain_python_single_process_with_gradient_accumulation(sample_shards, tmp_path):
+    """`python launch/pretrain.py` with no launcher: one rank, so the tiny config's global batch
+    of 8 at micro-batch 4 accumulates 2 micro-batches per step. A run stopped after 2 steps and
+    resumed to 4 logs the same losses as a straight 4-step run."""
+    def pretrain(output: Path, steps: int) -> subprocess.CompletedProcess:
+        env = run_env()
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
+            env.pop(name, None)
+        return subprocess.run([sys.executable, "launch/pretrain.py", "--data", str(sample_shards), "--output",
+                               str(output), "--max-steps", str(steps)], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    check(pretrain(straight, 4))
+    check(pretrain(resumed, 2))
+    result = pretrain(resumed, 4)
+    check(result)
+    assert "resumed from" in result.stdout + result.stderr
+    records = metrics(straight)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["samples_seen"] for r in records] == [8, 16, 24, 32]  # 2 micro-batches of 4 per step
+    assert losses_by_step(resumed) == {step: [loss] for step, (loss,) in losses_by_step(straight).items()}
+    assert (straight / "checkpoints" / "step00000004" / "COMPLETE").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    run_id = (straight / "mlflow_run_id").read_text()
+    run = client.get_run(run_id)
+    assert run.data.tags["world_size"] == "1"
+    assert run.data.params["deepspeed.gradient_accumulation_steps"] == "2"
+
+
 def test_sigterm_checkpoints_and_exits(sample_shards, tmp_path):
     """SLURM's warning signal: checkpoint at the next step boundary, exit 0, resume later."""
     run = tmp_path / "run"
@@ -191,6 +223,10 @@ def test_ds_config_is_merged_from_the_yaml_and_mismatches_fail(tmp_path):
     assert merged["train_batch_size"] == 8 and merged["train_micro_batch_size_per_gpu"] == 4
     assert merged["gradient_accumulation_steps"] == 1 and merged["gradient_clipping"] == 0.3
     assert merged["fp16"]["enabled"] is False and merged["bf16"]["enabled"] is False
+    # "auto" ZeRO settings follow the device: bucket copies against CUDA fragmentation only on GPUs.
+    assert merged["zero_optimization"]["contiguous_gradients"] is False  # this machine: no CUDA
+    on_gpu = resolve_ds_config(ROOT / "ds_configs" / "zero3.json", config, world_size=2, device_type="cuda")
+    assert on_gpu["zero_optimization"]["contiguous_gradients"] is True
     accumulate = resolve_ds_config(ROOT / "ds_configs" / "zero2.json",
                                    load_config(TINY, ["train.micro_batch_size=2"]), world_size=2)
     assert accumulate["gradient_accumulation_steps"] == 2
