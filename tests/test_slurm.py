@@ -110,6 +110,28 @@ def test_dry_run_prints_a_multi_node_gpu_script_and_submits_nothing(tmp_path):
     assert not run.exists()  # nothing written, nothing submitted
 
 
+def test_rendezvous_ports_are_agreed_and_stay_out_of_the_ephemeral_range(monkeypatch):
+    """Every task derives the same port from the job id (a requeue gets another one), and never one
+    that an outgoing connection of the node may hold (a CI run once failed with EADDRINUSE on 40882)."""
+    from xkd.distributed import discover, rendezvous_port
+
+    ephemeral_low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [rendezvous_port(str(job), restart) for job in range(1, 3000) for restart in range(3)]
+    assert max(ports) < ephemeral_low and min(ports) >= 1024
+    assert rendezvous_port("4", 0) == rendezvous_port("4", 0) != rendezvous_port("4", 1)
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "4")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # no scontrol call for the first node
+    env = discover()  # srun without submitit
+    assert (env.rank, env.world_size, env.launcher) == (1, 2, "slurm")
+    assert env.master_port == rendezvous_port("4", 1) and os.environ["MASTER_PORT"] == str(env.master_port)
+
+
 def test_bad_partition_or_missing_config_fails_before_submitting(slurm_cluster, tmp_path):
     before = job_ids()
     run = tmp_path / "run"

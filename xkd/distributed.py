@@ -11,6 +11,7 @@ Everything is exported as the torch.distributed env:// variables before DeepSpee
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -28,6 +29,18 @@ class DistributedEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+# Rendezvous ports are derived from the job id, so every task agrees without talking first.
+# They stay below Linux's default ephemeral range (32768-60999): a port in that range may be
+# held at any moment by some outgoing connection on the node (EADDRINUSE at start-up).
+RENDEZVOUS_PORTS = (15000, 32767)
+
+
+def rendezvous_port(job_id: str, restart: int = 0) -> int:
+    """The same port on every task of a job; another one after a requeue, so a restarted job
+    never meets the previous run's sockets."""
+    return random.Random(f"{job_id}:{restart}").randint(*RENDEZVOUS_PORTS)
 
 
 def _free_port() -> int:
@@ -61,8 +74,8 @@ def discover(local_rank_arg: int | None = None) -> DistributedEnv:
         launcher = "slurm"
         rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
         addr = env.get("MASTER_ADDR") or _slurm_master_addr()
-        # A port derived from the job id, so that all tasks agree without talking first.
-        port = int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+        restart = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+        port = int(env.get("MASTER_PORT") or rendezvous_port(env.get("SLURM_JOB_ID", "0"), restart))
     else:
         launcher = "single"
         rank, world, local = 0, 1, 0

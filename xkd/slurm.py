@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import re
 import shlex
 import shutil
@@ -53,12 +52,6 @@ class SubmitError(Exception):
 # ----------------------------------------------------------------------------- the task (runs on the nodes)
 
 
-def rendezvous_port(job_id: str, restart: int) -> int:
-    """The same port on every task of a job without talking first; another one after a requeue,
-    so a restarted job never meets the previous run's sockets."""
-    return random.Random(f"{job_id}:{restart}").randint(20000, 59999)
-
-
 class PretrainTask(Checkpointable):
     """The submitit callable: one pretraining rank. ``argv`` are launch/pretrain.py's arguments
     (with ``--resume auto``), so running it again continues the run."""
@@ -68,6 +61,7 @@ class PretrainTask(Checkpointable):
         self.max_requeues = max_requeues
 
     def __call__(self) -> dict[str, Any]:
+        from xkd.distributed import rendezvous_port
         from xkd.engine.stop import StopRequest
 
         # Replaces submitit's SIGTERM/USR2 handlers: every signal becomes "checkpoint at the next step".
