@@ -43,13 +43,20 @@ from xkd.engine.synthetic import synthetic_batch  # noqa: E402
 from xkd.models import XKD  # noqa: E402
 
 
+def fixed_lr_optimizer(student, config):
+    """The trainer's AdamW at lr 1e-4 (the trainer sets the lr every step from the schedule)."""
+    optimizer = student_optimizer(student, config.optim)
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-4
+    return optimizer
+
+
 def plain_loop(config, batch):
     """One training step of DDP + torch AdamW, as a closure."""
     torch.manual_seed(config.train.seed)
     model = XKD(config)
     ddp = torch.nn.parallel.DistributedDataParallel(model.student)
-    optimizer = student_optimizer(model.student, config.optim)
-    optimizer.param_groups[0]["lr"] = optimizer.param_groups[1]["lr"] = 1e-4  # the trainer sets it per step
+    optimizer = fixed_lr_optimizer(model.student, config)
     pairs = teacher_student_pairs(model.teacher, model.student)
 
     def step():
@@ -73,8 +80,7 @@ def engine_loop(config, batch, world_size: int, zero_overrides: dict):
     model = XKD(config)
     ds = resolve_ds_config(Path(__file__).resolve().parents[1] / "ds_configs/zero2.json", config, world_size)
     ds["zero_optimization"].update(zero_overrides)
-    optimizer = student_optimizer(model.student, config.optim)
-    optimizer.param_groups[0]["lr"] = optimizer.param_groups[1]["lr"] = 1e-4  # the trainer sets it per step
+    optimizer = fixed_lr_optimizer(model.student, config)
     engine, _, _, _ = deepspeed.initialize(model=model.student, config=ds, optimizer=optimizer)
     pairs = teacher_student_pairs(model.teacher, engine.module)
 
