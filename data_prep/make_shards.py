@@ -22,10 +22,16 @@ a '*' in the file name matches any rest, the first match in sorted order is used
   AudioSet CSV  placeholders {ytid} {start} {end} (float seconds) {start_int} {end_int};
                 default "{ytid}_{start:.3f}.*" (e.g. --PJHxphWEs_30.000.mkv, any extension)
 
-skipped.jsonl reasons: missing_file, duplicate, empty_file, not_media, unsupported_container,
-  corrupt, truncated, no_video_stream, no_audio_stream (--no-audio-policy skip), too_short
-  (--short-policy skip), transcode_failed, no_frames. A silent (all-zero) audio track is audio.
-exit status: 0 ok, 1 --verify found problems, 2 bad arguments or a refused resume.
+output folder: new or empty, or one this tool wrote (a rerun resumes or confirms it; only the
+  tool's own temporaries there are deleted). A folder with other files is refused, and so are
+  --output equal to, inside or around --input.
+
+skipped.jsonl reasons: missing_file (also a dangling symlink), outside_media_root (a CSV row
+  whose path is absolute or has a '..' part), symlink_loop, duplicate, empty_file, not_media
+  (also a fifo or socket), unsupported_container, corrupt, truncated, no_video_stream,
+  no_audio_stream (--no-audio-policy skip), too_short (--short-policy skip), transcode_failed,
+  no_frames. A silent (all-zero) audio track is audio.
+exit status: 0 ok, 1 --verify found problems, 2 bad arguments, an unusable --output or a refused resume.
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xkd.data.build_shards import ResumeRefused, ShardJob, build_shards  # noqa: E402
+from xkd.data.build_shards import OutputRefused, ShardJob, build_shards  # noqa: E402
 from xkd.data.inputs import InputError, read_csv_inputs, scan_folder  # noqa: E402
 from xkd.data.prepare_clip import NO_AUDIO_POLICIES, NO_VIDEO_POLICIES, SHORT_POLICIES, ClipPolicy  # noqa: E402
 from xkd.data.transcode import CPU_DECODABLE_CODECS, VIDEO_CODECS, TranscodeSettings  # noqa: E402
@@ -99,12 +105,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _check_folders_apart(args: argparse.Namespace) -> None:
+    """--output and --input must not contain each other: shards inside the input folder would be
+    read back as clips (and the new output would be a folder of clips), and an input folder inside
+    the output would sit among the tool's files."""
+    root, output = args.input.resolve(), args.output.resolve()
+    if output == root or root in output.parents:
+        where = "the same folder as" if output == root else "inside"
+        raise InputError(f"--output {args.output} is {where} --input {args.input}: the shards would be "
+                         "scanned as clips; expected an output folder outside the input folder")
+    if output in root.parents:
+        raise InputError(f"--input {args.input} is inside --output {args.output}: expected an output folder "
+                         "of its own, outside the input folder")
+
+
 def _load_inputs(args: argparse.Namespace):
     if args.input is not None:
-        root, output = args.input.resolve(), args.output.resolve()
-        # An --output inside --input must not feed its own shards back in as inputs.
-        items = [item for item in scan_folder(root) if output not in item.path.resolve().parents]
-        return "folder", str(root), items
+        _check_folders_apart(args)
+        root = args.input.resolve()
+        return "folder", str(root), scan_folder(root)
     media_root = (args.media_root or args.list.parent).resolve()
     kind, items = read_csv_inputs(args.list.resolve(), media_root, args.filename_pattern)
     return kind, str(media_root), items
@@ -112,6 +131,10 @@ def _load_inputs(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.output.exists() and not args.output.is_dir():
+        print(f"make_shards: error: --output {args.output}: exists and is not a folder; expected a folder "
+              "for the shards", file=sys.stderr)
+        return 2
     missing_tools = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing_tools and (args.input is not None or args.list is not None):
         print(f"make_shards: error: {' and '.join(missing_tools)} not found on PATH "
@@ -136,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_shards: {len(items)} inputs ({kind}) -> {job.output}", file=sys.stderr)
         try:
             summary = build_shards(job)
-        except ResumeRefused as err:
+        except OutputRefused as err:
             print(f"make_shards: error: {err}", file=sys.stderr)
             return 2
         state = "already complete" if summary.already_complete else (

@@ -6,6 +6,12 @@
 #   bash scripts/mlflow_server.sh status    # "running <url> (pid N)" or "stopped"; exit 1 when stopped
 #   bash scripts/mlflow_server.sh stop      # stop the server and every process it started
 #
+# The state directory, database, artifacts and log are private to the user (umask 077). The
+# backend store URI (maybe with a database password) reaches the server through its environment
+# (MLFLOW_BACKEND_STORE_URI), never its command line, which every user can read in `ps`.
+# `stop` only ends a process that is this state directory's `mlflow server`: a pid file left
+# by a server that died names, after pid reuse, some other process, which is left alone.
+#
 # Settings (environment variables):
 #   XKD_MLFLOW_DIR     state directory: mlflow.db, artifacts/, server.log, server.pid
 #                      (default: runs/mlflow-server in the repository)
@@ -30,6 +36,8 @@ MLFLOW=${MLFLOW_BIN:-$ROOT/.venv/bin/mlflow}
 PYTHON=$ROOT/.venv/bin/python
 [[ -x $PYTHON ]] || PYTHON=python3
 
+mkdir -p "$(dirname "$DIR")"   # the parents with the caller's umask (e.g. runs/, shared with training runs)
+umask 077                       # the store itself, and all the server writes, private to the user
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 BACKEND=${XKD_MLFLOW_BACKEND:-sqlite:///$DIR/mlflow.db}
@@ -48,11 +56,28 @@ healthy() {
   fi
 }
 
-# The pid of the server's process group leader, if it is alive.
+# The backend URI with a password blanked out, for messages.
+backend_shown() {
+  sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#' <<<"$BACKEND"
+}
+
+# True when pid $1 runs this state directory's `mlflow server` (its command line names our
+# artifact folder): a recycled pid from a stale pid file must never be signalled.
+is_our_server() {
+  local args
+  if [[ -r /proc/$1/cmdline ]]; then
+    args=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  else
+    args="$(ps -ww -o args= -p "$1" 2>/dev/null) " || return 1
+  fi
+  [[ $args == *mlflow*" server "* && $args == *" --artifacts-destination $DIR/artifacts "* ]]
+}
+
+# The pid of the server's process group leader, if it is alive and really our server.
 server_pid() {
   local pid
   pid=$(cat "$PID_FILE" 2>/dev/null || true)
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && is_our_server "$pid" && echo "$pid"
 }
 
 start() {
@@ -71,8 +96,8 @@ start() {
   [[ -n ${XKD_MLFLOW_ALLOWED_HOSTS:-} ]] && allowed+=",$XKD_MLFLOW_ALLOWED_HOSTS"
   # setsid: the server and its workers form one process group, which `stop` ends as a whole.
   # The job runner (MLflow's background jobs for GenAI features) is not needed for training runs.
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$MLFLOW" server \
-    --backend-store-uri "$BACKEND" \
+  # The backend URI goes in the environment (mlflow's --backend-store-uri envvar), not in argv.
+  MLFLOW_BACKEND_STORE_URI=$BACKEND MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$MLFLOW" server \
     --artifacts-destination "$DIR/artifacts" \
     --host "$HOST" --port "$PORT" --workers "$WORKERS" \
     --allowed-hosts "$allowed" \
@@ -97,9 +122,14 @@ start() {
 }
 
 stop() {
-  local pid
+  local pid stale
   pid=$(server_pid || true)
   if [[ -z $pid ]]; then
+    stale=$(cat "$PID_FILE" 2>/dev/null || true)
+    if [[ -n $stale ]]; then
+      echo "$PID_FILE named pid $stale, which is not this store's mlflow server (it exited earlier):" \
+        "removed the stale pid file, signalled nothing" >&2
+    fi
     rm -f "$PID_FILE"
     echo "stopped"
     return 0
@@ -118,7 +148,7 @@ status() {
   local pid
   pid=$(server_pid || true)
   if [[ -n $pid ]] && healthy; then
-    echo "running $URL (pid $pid, store $BACKEND)"
+    echo "running $URL (pid $pid, store $(backend_shown))"
   elif [[ -n $pid ]]; then
     echo "starting or unhealthy $URL (pid $pid); see $LOG"
     return 1

@@ -25,6 +25,7 @@ import soundfile
 
 from xkd.data import format as fmt
 from xkd.data import skip_reasons as sr
+from xkd.data.build_shards import WORK_DIR_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_AV = REPO / "data" / "sample" / "av"
@@ -166,7 +167,8 @@ def test_counts_and_skip_reasons(built):
     assert set(manifest["label_map"]) == {"broken", "face", "graphics", "music", "scene", "speech", "synthetic"}
     assert manifest["versions"]["ffmpeg"] and manifest["versions"]["python"] and manifest["versions"]["xkd"]
     assert manifest["args"]["fps"] == FPS and manifest["args"]["video_codec"] == "vp9"
-    assert not (built / ".work").exists() and not list(built.glob("*.tmp"))
+    assert not (built / WORK_DIR_NAME).exists() and not list(built.glob("*.tmp"))
+    assert json.loads((built / fmt.JOURNAL_NAME).read_text().splitlines()[0])["work_dir"] == WORK_DIR_NAME
 
 
 def test_decoded_outputs(built):

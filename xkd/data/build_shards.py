@@ -7,6 +7,10 @@ this process: a shard closes after ``shard_size`` samples or before it would pas
 with the same arguments after a crash keeps the finished shards and continues at the first
 unfinished input; the final shards are then byte-identical to an uninterrupted run's.
 ``skipped.jsonl`` and, last, ``manifest.json`` are written when every input is done.
+
+The output folder is new, empty or one of this tool's runs: only then is anything in it
+deleted, and only the tool's own files (shards after the journal's last entry, its ``.tmp``
+files, the work folder the journal records). A folder with other files is refused.
 """
 from __future__ import annotations
 
@@ -29,13 +33,16 @@ from tqdm import tqdm
 from xkd.data import format as fmt
 from xkd.data import skip_reasons as sr
 from xkd.data.inputs import InputItem, label_map
-from xkd.data.journal import Journal, JournalState
-from xkd.data.manifest import ffmpeg_version, read_manifest, tool_versions, write_manifest
+from xkd.data.journal import Journal, JournalError, JournalState
+from xkd.data.manifest import ManifestError, ffmpeg_version, read_manifest, tool_versions, write_manifest
 from xkd.data.prepare_clip import ClipPolicy, PreparedSample, prepare_clip
+from xkd.data.probe import die_with_parent, kill_tools
 from xkd.data.shard_writer import TMP_SUFFIX, ShardWriter, atomic_write_bytes, write_dali_index
 from xkd.data.transcode import CONTAINERS, TranscodeSettings
 
-WORK_DIR_NAME = ".work"  # per-clip transcode folders, inside the output (same file system)
+# Per-clip transcode folders, inside the output (same file system). A name of this tool's own,
+# recorded in the journal: a rerun deletes it only when the journal says it is this run's.
+WORK_DIR_NAME = ".make_shards.work"
 LOOKAHEAD_PER_WORKER = 4  # clips queued per worker ahead of the packing position
 
 # Fingerprint key -> the command-line option it comes from (for the refusal message).
@@ -48,7 +55,12 @@ FINGERPRINT_OPTIONS = {
 }
 
 
-class ResumeRefused(RuntimeError):
+class OutputRefused(RuntimeError):
+    """``--output`` cannot be used: not a folder, someone else's files, or this tool's
+    bookkeeping there does not read (the message names the file and what was expected)."""
+
+
+class ResumeRefused(OutputRefused):
     """The output folder holds a run that this one must not continue or overwrite."""
 
 
@@ -142,14 +154,19 @@ def fingerprint_differences(old: dict, new: dict) -> list[str]:
 
 
 def _watch_parent(parent_pid: int) -> None:
-    """Worker-side: exit when the packing process dies (e.g. SIGKILL), instead of lingering."""
+    """Worker-side fallback where the kernel's death signal is missing (not Linux): when the packing
+    process is gone, kill the running ffmpeg and exit, instead of lingering."""
     while True:
         if os.getppid() != parent_pid:
+            kill_tools()
             os._exit(1)
         time.sleep(1.0)
 
 
 def _init_worker(parent_pid: int) -> None:
+    """A worker dies with the packing process (also when that is SIGKILLed), and its ffmpeg with it
+    (``run_tool``): no transcode outlives make_shards, and no new one starts after it died."""
+    die_with_parent(parent_pid)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
 
@@ -158,50 +175,128 @@ def _shard_files(output: Path, split: str) -> list[Path]:
     return sorted(p for p in output.iterdir() if pattern.fullmatch(p.name))
 
 
-def _prepare_output(job: ShardJob, journal: Journal, fingerprint: dict) -> JournalState | None:
-    """Check the output folder; return the journal state to continue from (None: already complete)."""
+def _our_temporaries(output: Path, split: str) -> list[Path]:
+    """This tool's temporary files in ``output``: ``<split>-NNNNNN.tar.tmp`` / ``.idx.tmp`` and the
+    atomic-write temporaries of the journal, the skipped list and the manifest."""
+    names = {name + TMP_SUFFIX for name in (fmt.JOURNAL_NAME, fmt.SKIPPED_NAME, fmt.MANIFEST_NAME)}
+    pattern = re.compile(rf"{re.escape(split)}-\d{{6}}\.(tar|idx){re.escape(TMP_SUFFIX)}")
+    return sorted(p for p in output.iterdir() if p.name in names or pattern.fullmatch(p.name))
+
+
+def _make_output_folder(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise OutputRefused(f"--output {output}: exists and is not a folder; expected a new or empty folder "
+                            "(or the folder of an earlier run to resume)")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputRefused(f"--output {output}: cannot create the folder ({err.strerror or err})") from None
+
+
+def _check_finished(job: ShardJob, journal: Journal, fingerprint: dict) -> None:
+    """A finished split is in ``job.output``: refuse unless it was built with the same arguments."""
+    try:
+        manifest = read_manifest(job.output)
+    except ManifestError as err:
+        remedy = (f"delete that {fmt.MANIFEST_NAME} to finish the split again from its {fmt.JOURNAL_NAME}"
+                  if journal.exists() else "delete the folder and rebuild")
+        raise ResumeRefused(f"{err}. Not a split this tool can confirm or continue: {remedy}, "
+                            "or use another --output.") from None
+    diffs = fingerprint_differences(manifest["fingerprint"], fingerprint)
+    if diffs:
+        raise ResumeRefused(f"{job.output} already holds a finished split built with other arguments: "
+                            + "; ".join(diffs) + ". Use another --output or delete that one.")
+
+
+def _load_journal(job: ShardJob, journal: Journal, fingerprint: dict) -> JournalState:
+    """The interrupted run's state, checked against this run's arguments and the files on disk."""
     output = job.output
-    manifest_path = output / fmt.MANIFEST_NAME
-    if manifest_path.exists():
-        manifest = read_manifest(output)
-        diffs = fingerprint_differences(manifest.get("fingerprint", {}), fingerprint)
-        if diffs:
-            raise ResumeRefused(f"{output} already holds a finished split built with other arguments: "
-                                + "; ".join(diffs) + ". Use another --output or delete that one.")
-        return None
-    if journal.exists():
+    try:
         state = journal.load()
-        diffs = fingerprint_differences(state.fingerprint, fingerprint)
-        if diffs:
-            raise ResumeRefused(f"refusing to resume the interrupted run in {output}: it was started with "
-                                "different arguments: " + "; ".join(diffs)
-                                + ". Rerun with the original arguments, or use another --output.")
-        kept = []
-        for entry in state.shards:  # keep the prefix of shards still on disk, intact in size
-            shard = output / entry["shard"]["name"]
-            if not shard.is_file() or shard.stat().st_size != entry["shard"]["bytes"]:
-                break
-            if not (output / entry["shard"]["index_file"]).is_file():
-                write_dali_index(shard, output / entry["shard"]["index_file"])
-            kept.append(entry)
-        if len(kept) < len(state.shards):
-            state.end = None
-        state.shards = kept
-        journal.rewrite(state)  # also drops a torn last line
-    else:
-        if _shard_files(output, job.split):
-            raise ResumeRefused(f"{output} holds {job.split}-*.tar shards but no {fmt.JOURNAL_NAME}: "
-                                "not a run of this tool to resume; use an empty --output.")
-        state = journal.start(fingerprint)
+    except JournalError as err:
+        raise ResumeRefused(f"{err}. The interrupted run in {output} cannot be resumed: delete the folder "
+                            "and rebuild, or use another --output.") from None
+    diffs = fingerprint_differences(state.fingerprint, fingerprint)
+    if diffs:
+        raise ResumeRefused(f"refusing to resume the interrupted run in {output}: it was started with "
+                            "different arguments: " + "; ".join(diffs)
+                            + ". Rerun with the original arguments, or use another --output.")
+    _check_shard_entries(job, journal, state)
+    if state.work_dir is None:  # a journal from before work folders were recorded: adopt ours
+        if (output / WORK_DIR_NAME).exists():
+            raise ResumeRefused(f"{output / WORK_DIR_NAME}: not recorded in {journal.path}, so not ours to "
+                                "delete or reuse; move it away and rerun.")
+        state.work_dir = WORK_DIR_NAME
+    kept = []
+    for entry in state.shards:  # keep the prefix of shards still on disk, intact in size
+        shard = output / entry["shard"]["name"]
+        if not shard.is_file() or shard.stat().st_size != entry["shard"]["bytes"]:
+            break
+        if not (output / entry["shard"]["index_file"]).is_file():
+            write_dali_index(shard, output / entry["shard"]["index_file"])
+        kept.append(entry)
+    if len(kept) < len(state.shards):
+        state.end = None
+    state.shards = kept
+    journal.rewrite(state)  # also drops a torn last line
+    return state
+
+
+def _check_shard_entries(job: ShardJob, journal: Journal, state: JournalState) -> None:
+    """The journal's shards are this split's, in order (their names are joined to the output
+    folder and their files may be deleted), and none claims more inputs than there are."""
+    for number, entry in enumerate(state.shards):
+        expected = fmt.shard_name(job.split, number)
+        names = (entry["shard"]["name"], entry["shard"]["index_file"])
+        if names != (expected, fmt.index_name(expected)) or entry["next_input"] > len(job.inputs):
+            raise ResumeRefused(f"{journal.path}: shard entry {number + 1} ({names[0]!r}, next input "
+                                f"{entry['next_input']}) does not follow this split ({expected!r}, at most "
+                                f"{len(job.inputs)} inputs): the journal is damaged; delete the folder and rebuild.")
+
+
+def _start_journal(job: ShardJob, journal: Journal, fingerprint: dict) -> JournalState:
+    """A new run: the output folder must be empty (nothing in it is ours to delete)."""
+    first_write = fmt.JOURNAL_NAME + TMP_SUFFIX  # only a crash inside journal.start leaves this
+    foreign = sorted(p.name for p in job.output.iterdir() if p.name != first_write)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ResumeRefused(f"--output {job.output} is not empty ({shown}) and holds no {fmt.JOURNAL_NAME} or "
+                            f"{fmt.MANIFEST_NAME}: not a run of this tool to resume, and its files are not ours to "
+                            "delete; use an empty or new --output.")
+    (job.output / first_write).unlink(missing_ok=True)
+    return journal.start(fingerprint, WORK_DIR_NAME)
+
+
+def _remove_leftovers(job: ShardJob, state: JournalState) -> None:
+    """Delete what an interrupted run of this journal left: shard files written after its last
+    entry, this tool's temporaries and the work folder the journal records; nothing else."""
+    output = job.output
     done = {entry["shard"]["name"] for entry in state.shards}
     done |= {fmt.index_name(name) for name in done}
-    for path in _shard_files(output, job.split):  # shards written after the last journal entry
+    for path in _shard_files(output, job.split):
         if path.name not in done:
             path.unlink()
-    for path in output.glob(f"*{TMP_SUFFIX}"):
+    for path in _our_temporaries(output, job.split):
         path.unlink()
-    shutil.rmtree(output / WORK_DIR_NAME, ignore_errors=True)
-    return state
+    if state.work_dir == WORK_DIR_NAME:
+        shutil.rmtree(output / WORK_DIR_NAME, ignore_errors=True)
+
+
+def _prepare_output(job: ShardJob, journal: Journal, fingerprint: dict) -> JournalState | None:
+    """Check the output folder; return the journal state to continue from (None: already complete)."""
+    try:
+        if (job.output / fmt.MANIFEST_NAME).exists():
+            _check_finished(job, journal, fingerprint)
+            return None
+        if journal.exists():
+            state = _load_journal(job, journal, fingerprint)
+        else:
+            state = _start_journal(job, journal, fingerprint)
+        _remove_leftovers(job, state)
+        return state
+    except OSError as err:  # e.g. a folder without write permission
+        raise OutputRefused(f"--output {job.output}: {err.strerror or err}"
+                            + (f": {err.filename}" if err.filename else "")) from None
 
 
 class ShardPacker:
@@ -266,7 +361,7 @@ def _results_in_order(job: ShardJob, ordered: list[InputItem], start: int, label
                     task: Future | sr.SkipRecord = sr.SkipRecord(
                         item.source, sr.DUPLICATE, f"{item.source} is listed more than once; packed once")
                 elif item.path is None:
-                    task = sr.SkipRecord(item.source, sr.MISSING_FILE, item.missing)
+                    task = sr.SkipRecord(item.source, item.reason, item.missing)
                 else:
                     task = pool.submit(prepare_clip, item, labels, job.settings, job.policy,
                                        work / f"{next_position:09d}")
@@ -327,7 +422,7 @@ def _manifest(job: ShardJob, state: JournalState, skipped: list[dict], labels: d
 
 def build_shards(job: ShardJob) -> BuildSummary:
     """Build (or finish, or confirm) the split in ``job.output``; see the module docstring."""
-    job.output.mkdir(parents=True, exist_ok=True)
+    _make_output_folder(job.output)
     ordered = ordered_inputs(job.inputs, job.seed)
     labels = label_map(ordered)
     fingerprint = job_fingerprint(job, ordered)

@@ -2,24 +2,35 @@
 
 * folder (``--input DIR``): every non-hidden file below DIR, recursively; the label is the
   name of the file's parent folder (Kinetics layout ``DIR/<label>/<clip>``); files directly
-  in DIR have no label.
+  in DIR have no label. Hidden and symlinked folders are not entered (a symlinked folder
+  could lead back up the tree). A name that is no usable regular file is still an input
+  (``path is None``): a dangling symlink (``missing_file``), a symlink loop (``symlink_loop``),
+  a fifo, socket or device (``not_media``, never opened: reading a fifo would block).
 * Kinetics CSV (``label,youtube_id,time_start,time_end,split``): each row names a file under
   ``--media-root`` through ``--filename-pattern`` (default ``KINETICS_PATTERN``).
 * AudioSet CSV (``YTID, start_seconds, end_seconds, positive_labels`` with ``#`` comment
   lines and a quoted comma list of label ids): same, default ``AUDIOSET_PATTERN``.
 
 A CSV row whose file is missing is still an input (``path is None``): it becomes a
-``missing_file`` line of ``skipped.jsonl``, so the counts add up.
+``missing_file`` line of ``skipped.jsonl``, so the counts add up. A row whose path could
+lead out of the media root (a ``..`` part, e.g. ``youtube_id=../../x`` or a label ``../..``,
+or an absolute result) is refused without touching that path: ``outside_media_root``. The
+check is on the row's text; symlinks inside the media root are its owner's choice and are
+followed.
 """
 from __future__ import annotations
 
 import bisect
 import csv
+import errno
 import fnmatch
 import glob
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from xkd.data import skip_reasons as sr
 
 KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 AUDIOSET_PATTERN = "{ytid}_{start:.3f}.*"
@@ -31,13 +42,15 @@ _WILDCARDS = "*?["
 @dataclass(frozen=True)
 class InputItem:
     """One input clip. ``source``: path relative to the input root (``/``-separated), the
-    clip's identity in keys, json and ``skipped.jsonl``. ``path``: the file, or None when a CSV
-    row maps to no file (``missing`` says what was looked for)."""
+    clip's identity in keys, json and ``skipped.jsonl``. ``path``: the file, or None when there
+    is no usable file: then ``reason`` is its ``skipped.jsonl`` reason and ``missing`` the detail
+    (what was looked for, or what stands there instead of a file)."""
 
     source: str
     path: Path | None
     labels: tuple[str, ...] = ()
     missing: str = ""
+    reason: str = sr.MISSING_FILE
 
 
 class InputError(ValueError):
@@ -45,21 +58,45 @@ class InputError(ValueError):
 
 
 def scan_folder(root: Path) -> list[InputItem]:
-    """Every non-hidden regular file below ``root``, sorted by relative path."""
+    """Every non-hidden file below ``root``, sorted by relative path; names that are no usable
+    regular file are inputs with ``path`` None and their skip reason (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"--input {root}: not a directory")
     items = []
     for dirpath, dirnames, filenames in os.walk(root):
+        # os.walk lists a symlinked folder under dirnames and (followlinks=False) does not enter it.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            path = Path(dirpath) / name
-            if name.startswith(".") or not path.is_file():
+            if name.startswith("."):
                 continue
+            path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
             label = (path.parent.name,) if path.parent != root else ()
-            items.append(InputItem(source=rel, path=path, labels=label))
+            unusable = _not_a_regular_file(path)
+            if unusable is None:
+                items.append(InputItem(source=rel, path=path, labels=label))
+            else:
+                items.append(InputItem(source=rel, path=None, labels=label, reason=unusable[0], missing=unusable[1]))
     return sorted(items, key=lambda item: item.source)
+
+
+def _not_a_regular_file(path: Path) -> tuple[str, str] | None:
+    """(skip reason, detail) when ``path`` (a name os.walk listed as a non-folder) is no regular
+    file to read, else None. Symlinks are followed."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        target = f" -> {os.readlink(path)!r}" if path.is_symlink() else ""
+        if err.errno == errno.ELOOP:
+            return sr.SYMLINK_LOOP, f"{path}{target}: symlink loop, never reaches a file"
+        if target:
+            return sr.MISSING_FILE, f"{path}{target}: dangling symlink (its target does not exist)"
+        return sr.MISSING_FILE, f"{path}: {err.strerror or err}"  # e.g. deleted while scanning
+    if not stat.S_ISREG(mode):
+        kind = "fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"
+        return sr.NOT_MEDIA, f"{path}: a {kind}, not a regular file"
+    return None
 
 
 def detect_csv_kind(csv_path: Path) -> str:
@@ -94,7 +131,7 @@ class _FileResolver:
         if folder not in self._listings:
             try:
                 self._listings[folder] = sorted(os.listdir(folder))
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL byte from the CSV
                 self._listings[folder] = []
         return self._listings[folder]
 
@@ -127,7 +164,18 @@ def _render(pattern: str, fields: dict, csv_path: Path, line_no: int, placeholde
             f"placeholders available: {', '.join(placeholders)}") from None
 
 
+def leads_outside(rendered: str) -> bool:
+    """True when ``rendered`` (a CSV row's path, relative to the media root) is absolute or has a
+    ``..`` part. Any ``..`` is refused, not only one that climbs out on paper: after a symlinked
+    folder, ``link/../x`` is the link target's sibling, wherever that is. Judged on the text alone."""
+    return os.path.isabs(rendered) or ".." in rendered.split("/")
+
+
 def _item(resolver: _FileResolver, rendered: str, labels: tuple[str, ...], pattern: str) -> InputItem:
+    if leads_outside(rendered):
+        return InputItem(source=rendered, path=None, labels=labels, reason=sr.OUTSIDE_MEDIA_ROOT,
+                         missing=f"{rendered!r} (pattern {pattern!r}) is absolute or climbs with '..': it could "
+                                 f"read files outside --media-root {resolver.media_root}; refused")
     path = resolver.resolve(rendered)
     if path is None:
         return InputItem(source=rendered, path=None, labels=labels,

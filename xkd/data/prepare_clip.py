@@ -121,7 +121,7 @@ def prepare_clip(item: InputItem, label_index: dict[str, int], settings: Transco
 def _prepare(item: InputItem, label_index: dict[str, int], settings: TranscodeSettings,
              policy: ClipPolicy, workdir: Path) -> PreparedSample:
     if item.path is None:
-        raise sr.ClipSkipped(sr.MISSING_FILE, item.missing or f"{item.source}: no such file")
+        raise sr.ClipSkipped(item.reason, item.missing or f"{item.source}: no such file")
     source = item.path
     info = probe_source(source, allow_audio_only=policy.no_video_policy == "audio-only")
     if info.video is None:

@@ -4,11 +4,20 @@
 streams); ``probe_video_output`` (demuxed packets) and ``count_audio_samples`` (decoded
 samples) measure the transcoded outputs, so the frame and sample counts stored in a sample
 are measured, never computed.
+
+``run_tool`` runs ffprobe and ffmpeg (also for ``transcode``) as children tied to this process:
+when it dies, even by SIGKILL, the kernel kills them too (Linux), so a killed make_shards
+leaves no transcode running.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import os
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -74,19 +83,59 @@ class VideoOutputInfo:
     num_frames: int
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_RUNNING: set[subprocess.Popen] = set()  # the tools this process is waiting for (see kill_tools)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``; it
+    fires also when the parent is SIGKILLed, which no handler sees), and exit at once when the
+    parent died before that took effect (this process was already handed to another parent).
+    Strictly the signal comes when the *thread* that forked this process ends: the workers and
+    their ffmpeg are forked by the main thread of make_shards and of the worker."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def kill_tools() -> None:
+    """SIGKILL every tool ``run_tool`` is waiting for (a worker whose parent is gone, on its way out)."""
+    for proc in list(_RUNNING):
+        proc.kill()
+
+
+def run_tool(cmd: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+    """Run ``cmd`` (ffmpeg, ffprobe) as a child that dies with this process: (exit code, stdout,
+    stderr); ``subprocess.TimeoutExpired`` after ``timeout`` seconds (the child is killed)."""
+    # preexec_fn runs in the child between fork and exec: the death signal is set before ffmpeg starts.
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          preexec_fn=functools.partial(die_with_parent, os.getpid())) as proc:
+        _RUNNING.add(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            _RUNNING.discard(proc)
+    return proc.returncode, stdout, stderr
+
+
 def run_ffprobe(args: list[str], path: Path) -> tuple[int, dict, str]:
     """Run ``ffprobe -v error -of json <args> <path>``: (exit code, parsed JSON, stderr)."""
     cmd = ["ffprobe", "-v", "error", "-of", "json", *args, str(path)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=FFPROBE_TIMEOUT_S, check=False)
+        code, stdout, stderr = run_tool(cmd, FFPROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return 124, {}, f"ffprobe timed out after {FFPROBE_TIMEOUT_S} s"
-    stderr = proc.stderr.decode("utf-8", "replace").strip()
     try:
-        data = json.loads(proc.stdout or b"{}")
+        data = json.loads(stdout or b"{}")
     except json.JSONDecodeError:
         data = {}
-    return proc.returncode, data, stderr
+    return code, data, stderr.decode("utf-8", "replace").strip()
 
 
 def _last_line(text: str) -> str:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MISSING_FILE = "missing_file"  # a CSV row whose file is not under --media-root
+MISSING_FILE = "missing_file"  # a CSV row whose file is not under --media-root; a dangling symlink
+OUTSIDE_MEDIA_ROOT = "outside_media_root"  # a CSV row whose path leads out of --media-root ("..", absolute)
+SYMLINK_LOOP = "symlink_loop"  # a symlink that never reaches a file (points to itself or round in a circle)
 DUPLICATE = "duplicate"  # the same file listed twice (CSV inputs); the first one is packed
 EMPTY_FILE = "empty_file"  # zero bytes
-NOT_MEDIA = "not_media"  # text or other data that no demuxer recognises
+NOT_MEDIA = "not_media"  # text or other data that no demuxer recognises; not a regular file (fifo, socket)
 UNSUPPORTED_CONTAINER = "unsupported_container"  # recognised, but an image / subtitle / text format
 CORRUPT = "corrupt"  # the container or its streams cannot be read
 TRUNCATED = "truncated"  # the file ends early (incomplete download or copy)
@@ -22,8 +24,8 @@ TRANSCODE_FAILED = "transcode_failed"  # ffmpeg exited with an error
 NO_FRAMES = "no_frames"  # the transcoded video has no frame
 
 ALL_REASONS = (
-    MISSING_FILE, DUPLICATE, EMPTY_FILE, NOT_MEDIA, UNSUPPORTED_CONTAINER, CORRUPT, TRUNCATED,
-    NO_VIDEO, NO_AUDIO, TOO_SHORT, TRANSCODE_FAILED, NO_FRAMES,
+    MISSING_FILE, OUTSIDE_MEDIA_ROOT, SYMLINK_LOOP, DUPLICATE, EMPTY_FILE, NOT_MEDIA, UNSUPPORTED_CONTAINER,
+    CORRUPT, TRUNCATED, NO_VIDEO, NO_AUDIO, TOO_SHORT, TRANSCODE_FAILED, NO_FRAMES,
 )
 
 

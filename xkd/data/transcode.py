@@ -4,7 +4,8 @@ One ffmpeg process decodes the source once and writes both outputs. Every option
 could make the bytes vary between runs is pinned: one thread for decoding, filtering
 and encoding, ``-map_metadata -1``, ``-fflags +bitexact`` (muxers: no version strings,
 no random Matroska segment id, no dates) and ``-flags +bitexact`` (encoders). ffmpeg is
-called with an argument list (no shell).
+called with an argument list (no shell), as a child that dies with the calling process
+(``probe.run_tool``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xkd.data import skip_reasons as sr
-from xkd.data.probe import SourceInfo
+from xkd.data.probe import SourceInfo, run_tool
 
 FFMPEG_TIMEOUT_S = 1800
 VIDEO_CODECS = ("vp9", "vp8", "mjpeg", "h264")
@@ -101,12 +102,12 @@ def silence_command(seconds: float, settings: TranscodeSettings, audio_out: Path
 def run_ffmpeg(cmd: list[str], source: Path) -> str:
     """Run an ffmpeg argument list; return its stderr, or raise ``ClipSkipped(transcode_failed)``."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
+        code, _, stderr_bytes = run_tool(cmd, FFMPEG_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise sr.ClipSkipped(sr.TRANSCODE_FAILED, f"{source}: ffmpeg ran over {FFMPEG_TIMEOUT_S} s") from None
-    stderr = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
+    stderr = stderr_bytes.decode("utf-8", "replace")
+    if code != 0:
         lines = [line for line in stderr.splitlines() if line.strip()]
-        tail = " | ".join(lines[-3:])[:500] or f"exit code {proc.returncode}"
+        tail = " | ".join(lines[-3:])[:500] or f"exit code {code}"
         raise sr.ClipSkipped(sr.TRANSCODE_FAILED, f"{source}: ffmpeg failed: {tail}")
     return stderr
