@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xkd.engine import checkpoint  # noqa: E402
+from xkd.engine.checkpoint_safety import UnsafeCheckpointError  # noqa: E402
 from xkd.engine.export import export_encoders  # noqa: E402
 
 
@@ -29,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         source = source / "checkpoints" / tag
     output = Path(args.output) if args.output else source.parents[1] / "export" / source.name
-    for name, path in export_encoders(source, output).items():
+    try:
+        paths = export_encoders(source, output)
+    except (UnsafeCheckpointError, FileNotFoundError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
 

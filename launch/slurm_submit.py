@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xkd.engine.run import DEFAULT_CONFIG, DEFAULT_DS_CONFIG  # noqa: E402
-from xkd.slurm import (JobSpec, SubmitError, check_cluster, check_inputs, check_spec, describe_task,  # noqa: E402
-                       follow, mlflow_link, parse_time, render_sbatch, submit, task_argv, tracking_uri)
+from xkd.engine.run import ALLOW_CHANGE_HELP, DEFAULT_CONFIG, DEFAULT_DS_CONFIG, non_negative_int  # noqa: E402
+from xkd.slurm import (JobSpec, SubmitError, check_cluster, check_inputs, check_spec,  # noqa: E402
+                       check_start_before_submit, describe_task, follow, mlflow_link, parse_time, render_sbatch,
+                       submit, task_argv, tracking_uri)
 
 EPILOG = """\
 requeue: SLURM sends SIGUSR2 --signal-delay-s seconds before the time limit; every task saves a
@@ -67,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--data", default=None, help="shard directory or brace pattern (default: data.shards)")
     run.add_argument("--output", default=None, help="run directory (default: runs/<config name>); "
                      "submitit files and logs go to <output>/slurm")
-    run.add_argument("--max-steps", type=int, default=0, help="stop after this global step (0: full schedule)")
+    run.add_argument("--max-steps", type=non_negative_int, default=0,
+                     help="stop after this global step (0: full schedule)")
+    run.add_argument("--allow-change", action="append", default=[], metavar="KEY", help=ALLOW_CHANGE_HELP)
     run.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and per-task command; "
                         "submit nothing")
@@ -97,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         config = check_inputs(args.config, args.ds_config, args.overrides, spec.world_size)
         output = Path(args.output or ROOT / "runs" / config.name).resolve()
         data = args.data and (str(Path(args.data).resolve()) if Path(args.data).exists() else args.data)
+        check_start_before_submit(config, data, output, spec.world_size, args.allow_change)
         argv_task = task_argv(str(Path(args.config).resolve()), str(Path(args.ds_config).resolve()), str(output),
-                              data, args.max_steps, args.overrides)
+                              data, args.max_steps, args.overrides, args.allow_change)
         folder = output / "slurm"
         if args.dry_run:
             print(f"# sbatch script ({folder}/%j_submission.sh once submitted; nothing submitted: --dry-run)")

@@ -88,7 +88,7 @@ def test_bare_deepspeed_command(sample_shards, tmp_path):
 
     from xkd.engine.export import ENCODER_NAMES, load_encoder
 
-    state = torch.load(run / "checkpoints" / tag / "xkd_state.pt", weights_only=False)
+    state = torch.load(run / "checkpoints" / tag / "xkd_state.pt", weights_only=True)
     for name in ENCODER_NAMES:
         encoder = load_encoder(export, name)
         assert all(p.dtype == torch.float32 for p in encoder.parameters())
@@ -144,8 +144,8 @@ def test_exact_resume_after_sigkill(sample_shards, tmp_path):
     assert "resumed from" in result.stdout + result.stderr
     reference, resumed = losses_by_step(straight), losses_by_step(killed)
     assert sorted(resumed) == list(range(1, 17))
-    for step, values in resumed.items():
-        assert all(value == reference[step][0] for value in values), (step, values, reference[step])
+    # One row per step: the rows the killed run logged after its checkpoint were dropped on resume.
+    assert resumed == {step: values for step, values in reference.items()}
 
 
 def test_plain_python_single_process_with_gradient_accumulation(sample_shards, tmp_path):

@@ -174,14 +174,29 @@ def check_spec(spec: JobSpec) -> None:
 
 
 def task_argv(config: str, ds_config: str, output: str, data: str | None = None, max_steps: int = 0,
-              overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
+              overrides: list[str] | tuple[str, ...] = (), allow_change: list[str] | tuple[str, ...] = ()) -> list[str]:
     """launch/pretrain.py arguments of every task; ``--resume auto`` makes a requeued job continue."""
     argv = ["--config", config, "--ds_config", ds_config, "--output", output, "--resume", "auto"]
     if data:
         argv += ["--data", data]
     if max_steps:
         argv += ["--max-steps", str(max_steps)]
+    for key in allow_change:
+        argv += ["--allow-change", key]
     return argv + list(overrides)
+
+
+def check_start_before_submit(config, data: str | None, output: Path, world_size: int,
+                              allow_change: list[str] | tuple[str, ...] = ()) -> None:
+    """The checks every task makes before its process group starts (data, resume), made here
+    first so that a bad --data or a changed run fails now, not after the queue wait."""
+    from xkd.engine.preflight import PreflightError, check_start
+    from xkd.engine.run import resolve_shards
+
+    try:
+        check_start(config, resolve_shards(data or config.data.shards), output, world_size, "auto", allow_change)
+    except PreflightError as error:
+        raise SubmitError(f"{error}; nothing was submitted") from error
 
 
 def check_inputs(config: str, ds_config: str, overrides: list[str], world_size: int):

@@ -3,7 +3,8 @@
 Student weights are consolidated from the ZeRO partitions with DeepSpeed's own
 ``get_fp32_state_dict_from_zero_checkpoint`` (any stage, any world size); teacher weights come
 from ``xkd_state.pt``. Output: ``{video,audio}_{student,teacher}_encoder.safetensors`` and
-``config.yaml`` (the resolved training config), loadable with :func:`load_encoder`.
+``config.yaml`` (the resolved training config), loadable with :func:`load_encoder`. Every
+checkpoint file is scanned and loaded weights-only (:mod:`xkd.engine.checkpoint_safety`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from xkd.config import config_from_dict
-from xkd.engine import checkpoint
+from xkd.engine import checkpoint, checkpoint_safety
 from xkd.models.xkd import build_encoders
 
 ENCODER_NAMES = ("video_student_encoder", "audio_student_encoder", "video_teacher_encoder", "audio_teacher_encoder")
@@ -30,8 +31,10 @@ def export_encoders(tag_dir: Path, output: Path) -> dict[str, Path]:
     tag_dir = Path(tag_dir)
     if not (tag_dir / checkpoint.COMPLETE).is_file():
         raise FileNotFoundError(f"{tag_dir}: not a complete checkpoint (no {checkpoint.COMPLETE} marker)")
-    trainer_state = torch.load(tag_dir / "xkd_state.pt", map_location="cpu", weights_only=False)
-    student = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    checkpoint_safety.check_checkpoint(tag_dir)
+    trainer_state = checkpoint_safety.load(tag_dir / "xkd_state.pt")
+    with checkpoint_safety.weights_only_loads():
+        student = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     teacher = trainer_state["teacher"]
     output.mkdir(parents=True, exist_ok=True)
     parts = {

@@ -46,10 +46,23 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="shard directory or brace pattern (default: data.shards)")
     parser.add_argument("--output", default=None, help="run directory (default: runs/<config name>)")
     parser.add_argument("--resume", default="auto", help="auto (latest complete checkpoint), none, or a tag dir")
-    parser.add_argument("--max-steps", type=int, default=0, help="stop after this global step (0: full schedule)")
+    parser.add_argument("--allow-change", action="append", default=[], metavar="KEY", help=ALLOW_CHANGE_HELP)
+    parser.add_argument("--max-steps", type=non_negative_int, default=0,
+                        help="stop after this global step (0: full schedule)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     return parser
+
+
+ALLOW_CHANGE_HELP = ("on resume, accept this difference from the checkpoint's run: a config key (optim.base_lr), "
+                     "a section (optim) or 'dataset'; repeatable; listed in the log and in MLflow")
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: expected 0 (the whole schedule) or a positive step count")
+    return value
 
 
 def resolve_shards(shards: str) -> str:
@@ -63,8 +76,9 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
     """Parse ``argv`` (launch/pretrain.py's options), start the process group and train.
 
     ``stop`` is an :class:`xkd.engine.stop.StopRequest` installed by the caller (default: the
-    trainer installs one for SIGTERM / SIGUSR1). Configuration errors print ``error: ...`` and
-    give exit code 2 before anything starts.
+    trainer installs one for SIGTERM / SIGUSR1). Errors found before the process group starts
+    (config, DeepSpeed config, data, resume checks of :mod:`xkd.engine.preflight`) print
+    ``error: ...`` and give exit code 2.
     """
     args = build_parser(description).parse_args(argv)
     try:
@@ -77,26 +91,30 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
     from xkd.data.loader import build_train_loader
     from xkd.distributed import accelerator_device, discover, init_process_group
     from xkd.engine.ds_config import resolve_ds_config
+    from xkd.engine.preflight import PreflightError, check_start
     from xkd.engine.trainer import RunOptions, Trainer
 
     env = discover(args.local_rank)
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {env.rank}] %(name)s %(levelname)s: %(message)s")
+    shards = resolve_shards(args.data or config.data.shards)
+    output = Path(args.output or ROOT / "runs" / config.name)
     try:
         ds_config = resolve_ds_config(args.ds_config, config, env.world_size, config_source=args.config)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        start = check_start(config, shards, output, env.world_size, args.resume, args.allow_change)
+    except (ConfigError, PreflightError) as error:
+        # One report per node (rank 0 and the first rank of every other node), then exit 2 everywhere.
+        if env.is_main or env.local_rank == 0:
+            print(f"error: {error}", file=sys.stderr)
         return PretrainOutcome(exit_code=2, rank=env.rank, world_size=env.world_size, launcher=env.launcher)
     init_process_group(env)
     device = accelerator_device(env.local_rank)
-    shards = resolve_shards(args.data or config.data.shards)
-    output = Path(args.output or ROOT / "runs" / config.name)
     output.mkdir(parents=True, exist_ok=True)
-    options = RunOptions(output=output, ds_config=ds_config, ds_config_path=args.ds_config, resume=args.resume,
-                         max_steps=args.max_steps or config.train.max_steps,
+    options = RunOptions(output=output, ds_config=ds_config, ds_config_path=args.ds_config, resume=start.resume,
+                         data_fingerprint=start.data, max_steps=args.max_steps or config.train.max_steps,
                          extra_params={"data": shards, "launcher": env.launcher}, stop=stop)
-    trainer = Trainer(config, env, device,
-                      lambda state: build_train_loader(config, shards, env.rank, env.world_size, state), options)
+    trainer = Trainer(config, env, device, lambda state: build_train_loader(config, shards, env.rank, env.world_size,
+                                                                            state, start.samples), options)
     step = trainer.train()
     if env.is_main:
         logging.getLogger("xkd.train").info("finished at step %d; run directory %s", step, output)
