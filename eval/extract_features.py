@@ -21,8 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
     from xkd.evaluation import cli
-    from xkd.evaluation.datasets import load_dataset
+    from xkd.evaluation.datasets import load_dataset, require_modality
     from xkd.evaluation.features import extract_features
     from xkd.evaluation.protocol import DEFAULT_TRAIN_CLIPS, encoder_name
 
@@ -35,16 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_clip_args(parser)
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto")
-    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--batch-size", type=cli.positive_int, default=64)
     group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    group.add_argument("--workers", type=int, default=2)
+    group.add_argument("--workers", type=cli.non_negative_int, default=2)
     group.add_argument("--cache-dir", default=None)
     group.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     cli.setup_logging()
 
     def run() -> int:
+        cli.check_inputs(args, [args.modality])
         dataset = load_dataset(args.data, labels=args.labels, name=args.dataset_name)
+        require_modality(dataset, np.arange(len(dataset)), args.modality)
         spec = cli.clip_spec(args, args.modality)
         modes = ("test", "train") if args.mode == "both" else (args.mode,)
         for mode in modes:

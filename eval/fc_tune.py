@@ -46,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     def run() -> int:
-        dataset, splits = cli.load_data(args)
+        cli.check_inputs(args, [args.modality])
         config = PRESETS[args.preset].replace(epochs=args.epochs, batch_size=args.fc_batch_size, lr=args.lr,
                                               weight_decay=args.weight_decay, dropout=args.dropout,
                                               schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                                               standardize=args.standardize, seed=args.seed)
+        dataset, splits = cli.load_data(args)
         train, test = cli.split_features(args, dataset, splits, args.modality)
         entries = []
         for split in splits:

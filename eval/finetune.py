@@ -13,6 +13,11 @@ RandAug, mixup/cutmix, label smoothing 0.1, dropout 0.5) and esc50, fsd50k (audi
 decay 0.65, SpecAugment masks, time warp, volume jitter). Every hyper-parameter can be
 overridden. One fine-tuning per split; test = mean over --test-clips uniformly spaced clips.
 Results: JSON + MLflow child runs of the pretraining run; weights in --weights-dir.
+
+Small sets: when a split has too few training items for the preset's batch (64 for esc50 on a
+51-clip set with 32 training items), it is fine-tuned with the largest batch that fits, with a
+warning; the results record batch_size (used) and batch_size_requested per split. An explicit
+--batch-size is never changed: one that does not fit is an error listing the sizes that fit.
 """
 from __future__ import annotations
 
@@ -36,12 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_data_args(parser)
     ft = parser.add_argument_group("fine-tuning")
     ft.add_argument("--preset", choices=sorted(PRESETS), required=True)
-    for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("min-lr", float),
-                       ("warmup-epochs", float), ("weight-decay", float), ("layer-decay", float),
+    for name, kind in (("epochs", cli.positive_int), ("batch-size", cli.positive_int), ("lr", float),
+                       ("min-lr", float), ("warmup-epochs", float), ("weight-decay", float), ("layer-decay", float),
                        ("dropout", float), ("drop-path", float), ("label-smoothing", float), ("mixup", float),
-                       ("cutmix", float), ("randaug", str), ("size", int), ("frames", int), ("seconds", float),
-                       ("test-clips", int), ("grad-clip", float), ("seed", int), ("workers", int)):
+                       ("cutmix", float), ("randaug", str), ("size", cli.positive_int), ("frames", cli.positive_int),
+                       ("seconds", cli.positive_float), ("test-clips", cli.positive_int), ("grad-clip", float),
+                       ("seed", int), ("workers", cli.non_negative_int)):
         ft.add_argument(f"--{name}", type=kind, default=None)
+    # --batch-size: when left to the preset and a split has too few training items for it, the
+    # largest batch that fits is used (logged, recorded per split); an explicit one is never changed.
     ft.add_argument("--precision", choices=("fp32", "bf16"), default=None)
     ft.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto: DDP when launched with several ranks, else one process; deepspeed: needs --ds-config")
@@ -55,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         import torch.distributed as dist
 
+        cli.check_inputs(args, [args.modality])
         dataset, splits = cli.load_data(args)
+        cli.require_modality(dataset, cli.split_items(splits), args.modality)
         config = PRESETS[args.preset].replace(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
             warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
@@ -70,15 +80,16 @@ def main(argv: list[str] | None = None) -> int:
             weights = args.weights_dir / split.name if args.weights_dir else None
             result = finetune(encoder, dataset, split, args.modality, views, config, engine=args.engine,
                               ds_config=args.ds_config, output=weights, progress=not args.no_progress,
-                              device=args.device)
+                              device=args.device, adapt_batch=args.batch_size is None)
             entries.append({"split": split.name, "metrics": result.metrics,
                             "params": {"epochs": config.epochs, "lr": config.lr, "engine": result.engine,
-                                       "world_size": result.world_size, **split.describe()},
+                                       "world_size": result.world_size, "batch_size": result.config["batch_size"],
+                                       "batch_size_requested": result.requested_batch_size, **split.describe()},
                             "epoch_losses": result.epoch_losses, "weights": result.weights})
         if dist.is_initialized() and dist.get_rank() != 0:
             return 0
         mean = {k: float(np.mean([e["metrics"][k] for e in entries])) for k in entries[0]["metrics"]}
-        params = {"preset": args.preset, **result.config}
+        params = {"preset": args.preset, **result.config, "batch_size_requested": config.batch_size}
         return cli.finish(args, cli.record(args, "finetune", dataset, args.modality, entries, mean, params))
 
     return cli.main_guard(run)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str] | None = None) -> int:
     from xkd.evaluation import cli
-    from xkd.evaluation.fusion import check_aligned, fuse
+    from xkd.evaluation.fusion import check_aligned, check_both_modalities, check_windows, fuse
     from xkd.evaluation.svm import C_GRID, SVMConfig, evaluate_split, summarize
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,16 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     def run() -> int:
+        cli.check_inputs(args, ["audio", "video"])
+        check_windows(cli.clip_spec(args, "audio"), cli.clip_spec(args, "video"))
+        config = SVMConfig(c_grid=tuple(args.c_grid), c_selection="test" if args.choose_c_on_test else "cv",
+                           cv_folds=args.cv_folds, standardize=False, max_iter=args.max_iter, n_jobs=args.jobs,
+                           seed=args.seed)
         dataset, splits = cli.load_data(args)
+        if dataset.multi_label:
+            raise cli.DatasetError(f"{dataset.name} is multi-label: late fusion uses the single-label SVM protocol")
+        check_both_modalities(dataset, cli.split_items(splits))
         if args.train_clips is None:
             args.train_clips = 25  # one clip count for both modalities: the clips must pair up
         audio_train, audio_test = cli.split_features(args, dataset, splits, "audio")
         video_train, video_test = cli.split_features(args, dataset, splits, "video")
         check_aligned(audio_train, video_train)
         check_aligned(audio_test, video_test)
-        config = SVMConfig(c_grid=tuple(args.c_grid), c_selection="test" if args.choose_c_on_test else "cv",
-                           cv_folds=args.cv_folds, standardize=False, max_iter=args.max_iter, n_jobs=args.jobs,
-                           seed=args.seed)
         results = []
         for split in splits:
             train_x, test_x = fuse([audio_train.take(dataset, split.train), video_train.take(dataset, split.train)],

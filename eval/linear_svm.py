@@ -44,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     def run() -> int:
+        cli.check_inputs(args, [args.modality])
+        config = SVMConfig(c_grid=tuple(args.c_grid), c_selection="test" if args.choose_c_on_test else "cv",
+                           cv_folds=args.cv_folds, standardize=not args.no_standardize, max_iter=args.max_iter,
+                           n_jobs=args.jobs, seed=args.seed)
         dataset, splits = cli.load_data(args)
         if dataset.multi_label:
             raise cli.DatasetError(f"{dataset.name} is multi-label: use eval/fc_tune.py (mAP)")
         train, test = cli.split_features(args, dataset, splits, args.modality)
-        config = SVMConfig(c_grid=tuple(args.c_grid), c_selection="test" if args.choose_c_on_test else "cv",
-                           cv_folds=args.cv_folds, standardize=not args.no_standardize, max_iter=args.max_iter,
-                           n_jobs=args.jobs, seed=args.seed)
         results = []
         for split in splits:
             results.append(evaluate_split(split.name, train.take(dataset, split.train), dataset.targets(split.train),

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from xkd.evaluation import cli
     from xkd.evaluation.features import export_initial_encoders
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,9 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=None, help="default: the config's train.seed")
     args = parser.parse_args(argv)
-    for name, path in export_initial_encoders(args.like, args.output, args.seed).items():
-        print(f"{name}: {path}")
-    return 0
+
+    def run() -> int:
+        for name, path in export_initial_encoders(args.like, args.output, args.seed).items():
+            print(f"{name}: {path}")
+        return 0
+
+    return cli.main_guard(run)
 
 
 if __name__ == "__main__":

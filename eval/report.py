@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from xkd.evaluation import cli
     from xkd.evaluation.report import render
     from xkd.evaluation.results import read_results
 
@@ -25,14 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", nargs="+", help="result JSON files or folders holding them")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown here")
     args = parser.parse_args(argv)
-    records = read_results(args.results)
-    text = render(records)
-    print(text, end="")
-    if args.output:
-        args.output.write_text(text)
-    if not records:
-        print(f"(no result files found in {' '.join(args.results)})", file=sys.stderr)
-    return 0
+
+    def run() -> int:
+        records = read_results(args.results)
+        text = render(records)
+        print(text, end="")
+        if args.output:
+            args.output.write_text(text)
+        if not records:
+            print(f"(no result files found in {' '.join(args.results)})", file=sys.stderr)
+        return 0
+
+    return cli.main_guard(run)
 
 
 if __name__ == "__main__":

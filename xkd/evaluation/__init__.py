@@ -14,4 +14,5 @@ Library code behind the thin command-line tools in ``eval/``:
 * :mod:`~xkd.evaluation.results`   JSON results and MLflow child runs of the pretraining run
 * :mod:`~xkd.evaluation.report`    the table of spec section 7 with our numbers beside the paper's
 * :mod:`~xkd.evaluation.cli`       options and steps shared by the command-line tools
+* :mod:`~xkd.evaluation.errors`    ``EvalInputError``: bad input, shown by the tools as ``error: ...`` (exit 2)
 """

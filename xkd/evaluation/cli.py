@@ -4,22 +4,62 @@ Data options: ``--data DIR [DIR ...]`` (shards by make_shards), ``--test-data DI
 official test subset) or ``--splits FORMAT:PATH`` (official split lists, see
 :mod:`xkd.evaluation.datasets`), ``--labels CSV`` (override the json labels), ``--split-names``
 (evaluate only some splits, e.g. split1 as in the paper's ablations).
+
+Errors: every tool runs its body under :func:`main_guard`, which turns what the user caused
+(:data:`INPUT_ERRORS`: an :class:`~xkd.evaluation.errors.EvalInputError` naming the option or
+file, an invalid export config, a missing file) into one ``error: ...`` line on stderr and exit
+status 2, as argparse does for bad options. Inputs are checked before the expensive steps
+(:func:`check_inputs`, :func:`require_modality`), so a wrong option fails in seconds, not after
+an hour of feature extraction.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from xkd.config import ConfigError
 from xkd.evaluation.datasets import DatasetError, LabeledDataset, Split, load_dataset, origin_split, read_split_spec
-from xkd.evaluation.datasets import resolve_splits
+from xkd.evaluation.datasets import require_modality, resolve_splits
+from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.features import FeatureSet, checkpoint_hash, export_config, extract_features
 from xkd.evaluation.protocol import DEFAULT_TEST_CLIPS, DEFAULT_TRAIN_CLIPS, ENCODER_ROLES, MODALITIES, ClipSpec
 from xkd.evaluation.protocol import encoder_name, linear_clip_spec
 from xkd.evaluation.results import EvalRecord, publish
+
+
+# What a user can cause, reported as "error: ..." (exit 2); everything else is a bug and keeps its traceback.
+INPUT_ERRORS = (EvalInputError, ConfigError, FileNotFoundError)
+
+
+def _number(text: str, kind: type, ok, expected: str):
+    """An argparse value of ``kind`` for which ``ok(value)`` holds; argparse prints the message."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (clip counts, sizes, epochs, batches)."""
+    return _number(text, int, lambda v: v >= 1, "an integer of at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (data loading workers)."""
+    return _number(text, int, lambda v: v >= 0, "an integer of 0 or more")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0 (seconds); NaN fails the comparison."""
+    return _number(text, float, lambda v: v > 0, "a positive number")
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, modality: bool = True) -> None:
@@ -47,14 +87,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def add_clip_args(parser: argparse.ArgumentParser, train_clips: bool = True) -> None:
     group = parser.add_argument_group("clips (spec section 6)")
-    group.add_argument("--frames", type=int, default=32, help="video frames per clip at --fps (default 32)")
-    group.add_argument("--size", type=int, default=112, help="video clip size in pixels (default 112)")
-    group.add_argument("--fps", type=int, default=8)
-    group.add_argument("--seconds", type=float, default=4.0, help="audio clip seconds (default 4)")
+    group.add_argument("--frames", type=positive_int, default=32, help="video frames per clip at --fps (default 32)")
+    group.add_argument("--size", type=positive_int, default=112, help="video clip size in pixels (default 112)")
+    group.add_argument("--fps", type=positive_int, default=8)
+    group.add_argument("--seconds", type=positive_float, default=4.0, help="audio clip seconds (default 4)")
     if train_clips:
-        group.add_argument("--train-clips", type=int, default=None,
+        group.add_argument("--train-clips", type=positive_int, default=None,
                            help="augmented clips per training item (default: video 25, audio 10)")
-    group.add_argument("--test-clips", type=int, default=DEFAULT_TEST_CLIPS,
+    group.add_argument("--test-clips", type=positive_int, default=DEFAULT_TEST_CLIPS,
                        help="uniformly spaced clips per test item (default 3; FSD50K uses 8)")
     group.add_argument("--seed", type=int, default=0)
 
@@ -63,9 +103,9 @@ def add_run_args(parser: argparse.ArgumentParser, features: bool = True) -> None
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     if features:
-        group.add_argument("--batch-size", type=int, default=64, help="clips per encoder forward pass")
+        group.add_argument("--batch-size", type=positive_int, default=64, help="clips per encoder forward pass")
         group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="feature extraction autocast")
-        group.add_argument("--workers", type=int, default=2, help="data loading processes")
+        group.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes")
         group.add_argument("--cache-dir", type=Path, default=None, help="default: <checkpoint>/features")
     group.add_argument("--output", type=Path, default=None,
                        help="result JSON (default: <run>/eval/<protocol>-<dataset>-<modality>-<encoder>.json)")
@@ -97,9 +137,15 @@ def clip_spec(args: argparse.Namespace, modality: str) -> ClipSpec:
     return linear_clip_spec(modality, frames=args.frames, size=args.size, fps=args.fps, seconds=args.seconds)
 
 
+def split_items(splits: list[Split]) -> np.ndarray:
+    """Every item of the splits (train and test)."""
+    return np.unique(np.concatenate([np.concatenate([s.train, s.test]) for s in splits]))
+
+
 def split_features(args: argparse.Namespace, dataset: LabeledDataset, splits: list[Split], modality: str,
                    train_clips: int | None = None) -> tuple[FeatureSet, FeatureSet]:
     """Augmented training features of every training item and test features of every test item."""
+    require_modality(dataset, split_items(splits), modality)
     name = encoder_name(modality, args.encoder)
     spec = clip_spec(args, modality)
     common = dict(seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
@@ -132,12 +178,66 @@ def finish(args: argparse.Namespace, result: EvalRecord) -> int:
     return 0
 
 
+def check_export(checkpoint: Path, names: list[str]) -> None:
+    """--checkpoint is an export directory holding config.yaml and the encoders ``names`` (checked
+    before any data is read)."""
+    what = "an export directory of launch/export_encoders.py, <run>/export/<tag>"
+    if not Path(checkpoint).is_dir():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such directory (expected {what})")
+    missing = [f for f in ("config.yaml", *(f"{n}.safetensors" for n in names)) if not (Path(checkpoint) / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: missing {', '.join(missing)} (expected {what})")
+
+
+def check_device(device: str) -> None:
+    """--device names a torch device, and a CUDA one only where that CUDA device exists."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise EvalInputError(f"--device {device}: not a device (expected auto, cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index is not None and parsed.index >= count):
+            raise EvalInputError(f"--device {device}: this machine has {count} usable CUDA device(s) "
+                                 "(use --device cpu, or auto to take a GPU when there is one)")
+
+
+def check_inputs(args: argparse.Namespace, modalities: list[str]) -> None:
+    """The checks every protocol runs first: the export directory and the device."""
+    check_export(args.checkpoint, [encoder_name(m, args.encoder) for m in modalities])
+    check_device(args.device)
+
+
+# A DataLoader worker's exception is re-raised in the main process with its type but with the
+# worker's whole traceback as the message ("Caught X in DataLoader worker process 0.\nOriginal
+# Traceback ..."); the user needs only the last part, the original message.
+_WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback", re.S)
+
+
+def user_message(error: BaseException) -> str:
+    """The message of an input error, without a DataLoader worker's traceback."""
+    text = str(error)
+    if _WORKER.match(text):
+        name = re.escape(type(error).__name__)
+        last = None
+        for last in re.finditer(rf"^(?:[\w.]+\.)?{name}: ", text, re.M):
+            pass
+        if last is not None:
+            return text[last.end():].strip()
+    return text
+
+
 def main_guard(run) -> int:
-    """Run a CLI body; turn dataset problems into a one-line error and exit status 2."""
+    """Run a CLI body; turn input errors (:data:`INPUT_ERRORS`) into one ``error: ...`` line on stderr
+    and exit status 2. Other exceptions propagate with their traceback: they are bugs to report."""
     try:
         return run()
-    except (DatasetError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except INPUT_ERRORS as error:
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
 
 

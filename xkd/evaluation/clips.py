@@ -37,6 +37,7 @@ from xkd.data.torch_views import color_jitter as apply_color_jitter
 from xkd.data.torch_views import crop_resize, finish
 from xkd.data.view_params import ColorJitter, centre_box, color_jitter, random_resized_box
 from xkd.evaluation.datasets import DatasetError, LabeledItem
+from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.protocol import ClipSpec, LinearAugment
 
 IDENTITY_COLOR = ColorJitter(1.0, 1.0, 1.0, 0.0)
@@ -139,7 +140,7 @@ class EvalClips(Dataset):
     def __init__(self, items: list[LabeledItem], spec: ClipSpec, views: ViewsConfig, n_clips: int,
                  augment: LinearAugment | None = None, seed: int = 0):
         if n_clips < 1:
-            raise ValueError(f"{n_clips} clips per item: expected at least 1")
+            raise EvalInputError(f"{n_clips} clips per item (--train-clips / --test-clips): expected at least 1")
         self.items, self.spec, self.views, self.n_clips, self.augment, self.seed = (
             items, spec, views, n_clips, augment, seed)
         self.logmel = LogMel(views) if spec.modality == "audio" else None

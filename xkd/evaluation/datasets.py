@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import re
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -41,6 +42,7 @@ import numpy as np
 from xkd.data import format as fmt
 from xkd.data.shard_index import SampleRef, index_split, resolve_shards
 from xkd.data.shard_writer import file_sha256
+from xkd.evaluation.errors import EvalInputError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ NAME_COLUMNS = ("source", "filename", "fname", "file", "path", "video", "youtube
 LABEL_COLUMNS = ("labels", "label", "category", "class")
 
 
-class DatasetError(ValueError):
+class DatasetError(EvalInputError):
     """A dataset, label file or split list cannot be used (names the file and the problem)."""
 
 
@@ -238,10 +240,7 @@ def load_dataset(paths: list[str | Path] | str | Path, labels: list[str | Path] 
     items: list[LabeledItem] = []
     digest = hashlib.sha256()
     for origin, path in enumerate(paths):
-        for shard, sha in _shard_fingerprints(str(path)):
-            digest.update(f"{origin}\t{shard}\t{sha}\n".encode())
-        for ref in index_split(str(path)):
-            items.append(_item(ref, len(items), origin, label_index, label_names, table))
+        items.extend(_read_directory(str(path), origin, len(items), digest, label_index, label_names, table))
     if not items:
         raise DatasetError(f"{paths}: no samples")
     unlabeled = [item.source for item in items if not item.labels]
@@ -254,6 +253,22 @@ def load_dataset(paths: list[str | Path] | str | Path, labels: list[str | Path] 
         digest.update(f"{item.key}\t{'|'.join(item.labels)}\n".encode())
     return LabeledDataset(name=name or Path(str(paths[0])).name, items=items, classes=classes, multi_label=multi,
                           roots=[str(p) for p in paths], fingerprint=digest.hexdigest())
+
+
+def _read_directory(path: str, origin: int, first: int, digest, label_index: SourceIndex | None,
+                    label_names: list[str], table: dict[str, tuple[str, ...]]) -> list[LabeledItem]:
+    """The items of one shard directory (fingerprints into ``digest``). A shard, index or member that
+    cannot be read is the user's data, not a bug: it becomes a DatasetError naming the directory."""
+    try:
+        for shard, sha in _shard_fingerprints(path):
+            digest.update(f"{origin}\t{shard}\t{sha}\n".encode())
+        return [_item(ref, first + n, origin, label_index, label_names, table)
+                for n, ref in enumerate(index_split(path))]
+    except (DatasetError, FileNotFoundError):
+        raise  # already name the file and the problem
+    except (ValueError, KeyError, OSError, tarfile.TarError) as error:
+        raise DatasetError(f"{path}: cannot read the shards ({type(error).__name__}: {error}); "
+                           "check them with data_prep/make_shards.py --verify") from error
 
 
 def _item(ref: SampleRef, index: int, origin: int, label_index: SourceIndex | None, label_names: list[str],
@@ -420,6 +435,25 @@ def origin_split(dataset: LabeledDataset, test_origins: set[int], name: str = "t
     train = np.array([i.index for i in dataset.items if i.origin not in test_origins and i.labels], dtype=np.int64)
     test = np.array([i.index for i in dataset.items if i.origin in test_origins and i.labels], dtype=np.int64)
     return _checked(dataset, Split(name, train, test))
+
+
+def _has_track(item: LabeledItem, modality: str) -> bool:
+    """Whether the item's clips of ``modality`` can be read. Audio: the flac member - a clip without
+    a sound track has a silent one (``has_audio`` False), which is valid input (silence)."""
+    if modality == "video":
+        return item.has_video
+    return any(member[0] == fmt.AUDIO_EXT for member in item.ref.members)
+
+
+def require_modality(dataset: LabeledDataset, indices: np.ndarray, modality: str) -> None:
+    """Every item of ``indices`` has the ``modality`` to evaluate; checked before any clip is decoded,
+    so that e.g. audio-only shards with ``--modality video`` fail at once with one clear line."""
+    lacking = [dataset.items[int(i)].source for i in indices if not _has_track(dataset.items[int(i)], modality)]
+    if lacking:
+        hint = ("; audio-only shards (make_shards.py --no-video-policy audio-only) have no video to evaluate"
+                if modality == "video" else "")
+        raise DatasetError(f"{', '.join(dataset.roots)}: {len(lacking)} of {len(indices)} items of the splits have "
+                           f"no {modality} (e.g. {lacking[0]}){hint}")
 
 
 def _checked(dataset: LabeledDataset, split: Split) -> Split:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.features import resolve_device
 from xkd.evaluation.metrics import average_clips, classification_metrics
 
@@ -41,10 +42,18 @@ class FCConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # Every field can come from the command line (fc_tune.py): name the one that is wrong.
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError(f"FC config {self}: epochs, batch size and lr must be positive, dropout in [0, 1)")
+            raise EvalInputError(f"FC-tuning schedule {self.schedule!r}: expected one of {SCHEDULES}")
+        for option, value, ok, expected in (
+                ("--epochs", self.epochs, self.epochs >= 1, "at least 1"),
+                ("--fc-batch-size", self.batch_size, self.batch_size >= 1, "at least 1"),
+                ("--lr", self.lr, self.lr > 0, "positive"),
+                ("--weight-decay", self.weight_decay, self.weight_decay >= 0, "0 or more"),
+                ("--dropout", self.dropout, 0 <= self.dropout < 1, "in [0, 1)"),
+                ("--warmup-epochs", self.warmup_epochs, self.warmup_epochs >= 0, "0 or more")):
+            if not ok:  # also catches NaN
+                raise EvalInputError(f"FC-tuning {option} {value}: expected {expected}")
 
     def replace(self, **changes) -> FCConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

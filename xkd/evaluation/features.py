@@ -37,6 +37,7 @@ from xkd.data.shard_writer import file_sha256
 from xkd.engine.export import ENCODER_NAMES, load_encoder
 from xkd.evaluation.clips import EvalClips
 from xkd.evaluation.datasets import LabeledDataset
+from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.protocol import ClipSpec, LinearAugment
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,15 @@ FEATURE_KIND = "mean of last-layer patch tokens after the final LayerNorm (CLS e
 
 def export_config(export_dir: str | Path) -> XKDConfig:
     """The resolved training config stored with an export (``config.yaml``)."""
-    return config_from_dict(yaml.safe_load((Path(export_dir) / "config.yaml").read_text()),
-                            source=str(Path(export_dir) / "config.yaml"))
+    path = Path(export_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{export_dir}: not an export directory of launch/export_encoders.py "
+                                "(no config.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise EvalInputError(f"{path}: not valid YAML ({error})") from None
+    return config_from_dict(data, source=str(path))
 
 
 def checkpoint_hash(export_dir: str | Path, name: str) -> str:

@@ -47,6 +47,7 @@ from xkd.data.torch_views import crop_resize, finish
 from xkd.data.view_params import random_resized_box
 from xkd.evaluation.clips import audio_windows, clip_rng, uniform_starts, random_start, video_test_view, video_windows
 from xkd.evaluation.datasets import LabeledDataset, Split
+from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.metrics import average_clips, classification_metrics
 from xkd.evaluation.protocol import ClipSpec
 
@@ -294,13 +295,45 @@ class FinetuneResult:
     metrics: dict[str, float]
     epoch_losses: list[float]
     steps: int
-    config: dict
+    config: dict  # as trained: ``batch_size`` is the one used (see ``requested_batch_size``)
     world_size: int
     engine: str
     weights: str | None = None
+    requested_batch_size: int | None = None  # the config's batch before fit_batch_size adapted it
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def fit_batch_size(config: FinetuneConfig, train_items: int, world: int, split: str = "train",
+                   adapt: bool = False) -> int:
+    """The global batch to train with: ``config.batch_size`` when it fits, else (``adapt``) the largest
+    that fits, logged as a warning; otherwise an EvalInputError saying which sizes fit.
+
+    A batch fits when it is a multiple of ``world`` (one equal share per rank), of ``2 * world`` with
+    mixup/cutmix (timm's Mixup pairs the samples of a rank's batch), and when every rank's share of
+    the training items fills at least one batch (batches are full: ``drop_last``). The paper's batch
+    sizes (64, 96) assume the full datasets; a small set (a few dozen clips) cannot fill them, and
+    the presets then train with the largest batch that fits rather than not at all.
+    """
+    step = world * (2 if config.mixup > 0 or config.cutmix > 0 else 1)
+    why = f"{world} rank(s)" + (", an even batch per rank for mixup/cutmix" if step > world else "")
+    if config.batch_size < 1 or config.batch_size % step:
+        raise EvalInputError(f"batch size {config.batch_size}: expected a multiple of {step} ({why})")
+    largest = (train_items // world) * world // step * step
+    if config.batch_size <= largest:
+        return config.batch_size
+    if largest == 0:
+        raise EvalInputError(f"split {split}: {train_items} training items cannot fill any batch ({why}: "
+                             f"at least {step} items are needed)")
+    fits = f"batch sizes that fit: {step} to {largest}" + (f" in steps of {step}" if step > 1 else "")
+    if not adapt:
+        raise EvalInputError(f"batch size {config.batch_size} does not fit the {train_items} training items of "
+                             f"split {split} ({why}); {fits}")
+    log.warning("split %s: the batch size %d is larger than its %d training items can fill (%s); "
+                "fine-tuning with batch size %d instead (the largest that fits; lr unchanged)",
+                split, config.batch_size, train_items, why, largest)
+    return largest
 
 
 def _distributed() -> tuple[int, int]:
@@ -331,16 +364,30 @@ def _device(rank: int, requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def _read_ds_config(path: str | Path) -> dict:
+    """A DeepSpeed JSON given by the user (--ds-config): a missing or malformed file names itself."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ds-config {path}: no such file (e.g. ds_configs/zero2.json)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise EvalInputError(f"--ds-config {path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise EvalInputError(f"--ds-config {path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
 def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_batch: int, world: int,
                       precision: str, grad_clip: float = 0.0):
     """DeepSpeed engine around the classifier with the client AdamW (layer-decay groups). The batch
     sizes are set here; ``precision`` bf16 turns on the ds_config's bf16, fp32 leaves fp16/bf16 as the
     ds_config says (fp16 with dynamic loss scaling on V100s when it enables it)."""
-    import json
-
     import deepspeed
 
-    config = json.loads(Path(ds_config).read_text()) if isinstance(ds_config, (str, Path)) else dict(ds_config)
+    config = _read_ds_config(ds_config) if isinstance(ds_config, (str, Path)) else dict(ds_config)
     config["train_micro_batch_size_per_gpu"] = micro_batch
     config["gradient_accumulation_steps"] = 1
     config["train_batch_size"] = micro_batch * world
@@ -358,17 +405,21 @@ def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_
 def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality: str, views: ViewsConfig,
              config: FinetuneConfig, engine: str = "auto", ds_config: dict | str | None = None,
              output: str | Path | None = None, progress: bool = True, on_epoch=None,
-             device: str = "auto") -> FinetuneResult:
+             device: str = "auto", adapt_batch: bool = False) -> FinetuneResult:
     """Fine-tune ``encoder`` on ``split.train`` and evaluate on ``split.test`` (see the module docstring).
 
     ``on_epoch(epoch, mean_loss)`` is called on rank 0 after each epoch (for tracking).
+    ``adapt_batch``: train with the largest batch that fits when ``config.batch_size`` does not
+    (:func:`fit_batch_size`; the eval CLI does so for a preset's batch, not for an explicit one).
     Returns the metrics on rank 0 (other ranks get the same object).
     """
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
 
     if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r}: expected one of {ENGINES}")
+        raise EvalInputError(f"engine {engine!r}: expected one of {ENGINES}")
+    if engine == "deepspeed" and ds_config is None:  # before anything heavy is built
+        raise EvalInputError("engine deepspeed needs a DeepSpeed config (--ds-config, e.g. ds_configs/zero2.json)")
     rank, world = _distributed()
     device = _device(rank, device)
     torch.manual_seed(config.seed)
@@ -377,12 +428,10 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
     clip_views = spec.views(views)
     multi_label = dataset.multi_label
     num_classes = dataset.num_classes
-    if config.batch_size % world:
-        raise ValueError(f"batch size {config.batch_size} is not divisible by {world} ranks")
+    requested = config.batch_size
+    config = config.replace(batch_size=fit_batch_size(config, len(split.train), world, split.name, adapt_batch))
     micro = config.batch_size // world
     mixing = (config.mixup > 0 or config.cutmix > 0)
-    if mixing and micro % 2:
-        raise ValueError(f"mixup/cutmix need an even batch per rank; got {micro}")
     if config.drop_path > 0:
         set_drop_path(encoder, config.drop_path)
     model = Classifier(encoder, num_classes, config.dropout).to(device)
@@ -393,8 +442,6 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
     use_deepspeed = engine == "deepspeed"
     if use_deepspeed:
-        if ds_config is None:
-            raise ValueError("engine deepspeed needs a ds_config (e.g. ds_configs/zero2.json)")
         module, optimizer = _deepspeed_engine(model, optimizer, ds_config, micro, world, config.precision,
                                               config.grad_clip)
     elif world > 1:
@@ -415,9 +462,7 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
     input_dtype = next(module.parameters()).dtype if use_deepspeed else torch.float32
     train_set = FinetuneClips(dataset, split.train, modality, spec, clip_views, config, train=True)
     sampler_items = len(split.train) // world
-    steps_per_epoch = sampler_items // micro
-    if steps_per_epoch < 1:
-        raise ValueError(f"{len(split.train)} training items cannot fill a batch of {config.batch_size}")
+    steps_per_epoch = sampler_items // micro  # >= 1: fit_batch_size made sure of it
     total, warmup = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
     step, losses = 0, []
     for epoch in range(config.epochs):
@@ -468,7 +513,7 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
     weights = _save_weights(model, output, dataset, modality, rank, use_deepspeed) if output is not None else None
     return FinetuneResult(metrics=metrics, epoch_losses=losses, steps=step, config=dataclasses.asdict(config),
                           world_size=world, engine="deepspeed" if use_deepspeed else ("ddp" if world > 1 else "single"),
-                          weights=weights)
+                          weights=weights, requested_batch_size=requested)
 
 
 def _save_weights(model: nn.Module, output: str | Path, dataset: LabeledDataset, modality: str, rank: int,

@@ -10,21 +10,47 @@ from __future__ import annotations
 
 import numpy as np
 
+from xkd.evaluation.datasets import DatasetError, LabeledDataset, require_modality
+from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.features import FeatureSet
+from xkd.evaluation.protocol import ClipSpec
+
+
+def check_windows(audio: ClipSpec, video: ClipSpec) -> None:
+    """Clip i of both modalities must cover the same span: the video window (frames / fps) must
+    equal the audio window. Checked from the options, before any feature is extracted."""
+    if abs(video.frames / video.fps - audio.seconds) > 1e-6:
+        raise EvalInputError(f"late fusion pairs audio and video clips of the same time span, but the video clip "
+                             f"(--frames {video.frames} at --fps {video.fps}) covers {video.frames / video.fps:g} s "
+                             f"and the audio clip (--seconds {audio.seconds:g}) {audio.seconds:g} s; "
+                             f"make --frames / --fps equal --seconds")
+
+
+def check_both_modalities(dataset: LabeledDataset, indices: np.ndarray) -> None:
+    """Every item to fuse has a video and an audio track; checked before either is extracted."""
+    for modality in ("video", "audio"):
+        try:
+            require_modality(dataset, indices, modality)
+        except DatasetError as error:
+            raise DatasetError(f"{error}; late fusion needs audio and video of every item") from None
 
 
 def check_aligned(audio: FeatureSet, video: FeatureSet) -> None:
+    """The two feature sets pair up clip by clip (same items in the same order, same clips)."""
+    where = f"audio features {audio.path} and video features {video.path}"
     if audio.keys != video.keys:
-        raise ValueError("audio and video features cover different items (extract both on the same dataset)")
+        raise EvalInputError(f"{where} cover different items or orders ({len(audio.keys)} vs {len(video.keys)} "
+                             "items; extract both on the same dataset and splits)")
     if audio.features.shape[:2] != video.features.shape[:2]:
-        raise ValueError(f"audio {audio.features.shape[:2]} and video {video.features.shape[:2]} features differ in "
-                         "items or clips per item")
+        raise EvalInputError(f"{where} differ in items x clips: {audio.features.shape[:2]} vs "
+                             f"{video.features.shape[:2]}")
     for field in ("mode", "n_clips", "seed", "dataset_fingerprint"):
         if audio.identity.get(field) != video.identity.get(field):
-            raise ValueError(f"audio and video features differ in {field}: "
-                             f"{audio.identity.get(field)!r} vs {video.identity.get(field)!r}")
+            raise EvalInputError(f"{where} differ in {field}: "
+                                 f"{audio.identity.get(field)!r} vs {video.identity.get(field)!r}")
     if audio.identity["clip"]["seconds"] != video.identity["clip"]["seconds"]:
-        raise ValueError("audio and video clips cover windows of different lengths; late fusion needs equal windows")
+        raise EvalInputError(f"{where} cover windows of different lengths ({audio.identity['clip']['seconds']} s vs "
+                             f"{video.identity['clip']['seconds']} s); late fusion needs equal windows")
 
 
 def fuse(train_blocks: list[np.ndarray], test_blocks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

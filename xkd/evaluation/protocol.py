@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from xkd.config import ModelConfig, ViewsConfig
+from xkd.evaluation.errors import EvalInputError
 
 MODALITIES = ("video", "audio")
 ENCODER_ROLES = ("teacher", "student")
@@ -53,11 +54,13 @@ class ClipSpec:
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise ValueError(f"modality {self.modality!r}: expected one of {MODALITIES}")
+        # Frames, size, fps and seconds are user options (--frames, --size, --fps, --seconds).
         if self.frames <= 0 or self.size <= 0 or self.fps <= 0 or self.seconds <= 0:
-            raise ValueError(f"clip spec {self}: every size must be positive")
+            raise EvalInputError(f"{self.modality} clip: frames {self.frames}, size {self.size}, fps {self.fps} and "
+                                 f"seconds {self.seconds} must all be positive")
         if self.modality == "video" and abs(self.frames / self.fps - self.seconds) > 1e-6:
-            raise ValueError(f"video clip of {self.frames} frames at {self.fps} fps is {self.frames / self.fps} s, "
-                             f"but the window is {self.seconds} s")
+            raise EvalInputError(f"video clip of {self.frames} frames at {self.fps} fps is {self.frames / self.fps} s, "
+                                 f"but the window is {self.seconds} s")
 
     def views(self, pretrain_views: ViewsConfig) -> ViewsConfig:
         """The pretraining views with this clip's geometry as the 'global' view: the log-mel recipe
@@ -69,13 +72,17 @@ class ClipSpec:
         """Raise when the clip does not tile into the encoder's patches (spec section 2)."""
         if self.modality == "video":
             if self.frames % model.video_tubelet or self.size % model.video_patch:
-                raise ValueError(f"video clip {self.frames}x{self.size}x{self.size} does not tile into cuboids of "
-                                 f"{model.video_tubelet}x{model.video_patch}x{model.video_patch}")
+                raise EvalInputError(f"video clip {self.frames}x{self.size}x{self.size} does not tile into the "
+                                     f"encoder's cuboids of {model.video_tubelet}x{model.video_patch}x"
+                                     f"{model.video_patch}: --frames must be a multiple of {model.video_tubelet} "
+                                     f"and --size of {model.video_patch}")
         else:
             frames = views.audio_frames(self.seconds)
             if frames % model.audio_patch_time or views.mel_bins % model.audio_patch_freq:
-                raise ValueError(f"audio clip of {self.seconds} s ({views.mel_bins}x{frames} log-mel) does not tile "
-                                 f"into patches of {model.audio_patch_freq}x{model.audio_patch_time}")
+                raise EvalInputError(f"audio clip of {self.seconds} s ({views.mel_bins}x{frames} log-mel) does not "
+                                     f"tile into the encoder's patches of {model.audio_patch_freq}x"
+                                     f"{model.audio_patch_time}: --seconds must give a multiple of "
+                                     f"{model.audio_patch_time} spectrogram frames")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -125,9 +125,13 @@ def publish(record: EvalRecord, export_dir: str | Path, output: str | Path | Non
 
 
 def read_results(paths: list[str | Path]) -> list[EvalRecord]:
-    """Every result JSON in the given files and directories (recursively)."""
+    """Every result JSON in the given files and directories (recursively). A path that does not exist
+    is an error (a typo, or an unmatched shell glob), not an empty report."""
     records = []
     for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory (expected result JSON files or a "
+                                    "folder holding them, e.g. <run>/eval)")
         files = sorted(path.rglob("*.json")) if path.is_dir() else [path]
         for file in files:
             try:

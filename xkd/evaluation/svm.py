@@ -28,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.metrics import average_clips, topk_accuracy
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,17 @@ class SVMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # The grid, folds and iterations are command-line options (linear_svm.py, late_fusion.py).
         if self.c_selection not in C_SELECTIONS:
-            raise ValueError(f"C selection {self.c_selection!r}: expected one of {C_SELECTIONS}")
-        if not self.c_grid or any(c <= 0 for c in self.c_grid):
-            raise ValueError(f"C grid {self.c_grid}: expected positive values")
+            raise EvalInputError(f"C selection {self.c_selection!r}: expected one of {C_SELECTIONS}")
+        if not self.c_grid or not all(c > 0 for c in self.c_grid):
+            raise EvalInputError(f"--c-grid {' '.join(f'{c:g}' for c in self.c_grid)}: expected positive values")
+        if self.cv_folds < 2:
+            raise EvalInputError(f"--cv-folds {self.cv_folds}: cross-validation needs at least 2 folds")
+        if self.max_iter < 1:
+            raise EvalInputError(f"--max-iter {self.max_iter}: expected at least 1")
+        if self.n_jobs == 0:
+            raise EvalInputError("--jobs 0: expected a number of parallel fits (-1: one per core)")
 
 
 @dataclass
@@ -142,6 +150,9 @@ def evaluate_split(name: str, train: np.ndarray, train_labels: np.ndarray, test:
     """One split of the protocol (see the module docstring). Features are (N, n_clips, D)."""
     if train.ndim != 3 or test.ndim != 3:
         raise ValueError(f"features must be (items, clips, dim); got {train.shape} and {test.shape}")
+    if len(np.unique(train_labels)) < 2:  # a split list that names items of one class only
+        raise EvalInputError(f"split {name}: its {len(train)} training items are all of one class; "
+                             "a classifier needs at least 2")
     not_converged = 0
     if config.c_selection == "cv":
         selection = cross_validate_c(train, train_labels, num_classes, config)
