@@ -45,7 +45,7 @@ def test_shapes_and_dtypes(split):
     assert item["audio_global"].shape == (1, 80, 224)
     assert item["audio_local"].shape == (2, 1, 80, 112)
     batch = collate_clips([dataset[0], dataset[4]])
-    assert batch["corrupt"] == 0 and batch["key"] == [split[0].key, split[4].key]
+    assert batch["found"] == [] and batch["key"] == [split[0].key, split[4].key]
     assert batch["index"].tolist() == [0, 4] and batch["index"].dtype == torch.int64
     expected = {"video_global": (2, 3, 8, 32, 32), "video_local": (2, 2, 3, 4, 16, 16),
                 "audio_global": (2, 1, 80, 224), "audio_local": (2, 2, 1, 80, 112)}
@@ -148,7 +148,7 @@ def test_two_ranks_read_disjoint_halves(split):
         plan = EpochPlan(len(split), world_size=2, rank=rank, seed=5)
         loader = TorchClipLoader(split, views, batch_size=1, num_workers=0, plan=plan, seed=5)
         seen.append([i for batch in loader for i in batch["index"].tolist()])
-        assert loader.state() == {"epoch": 1, "position": 0}
+        assert (loader.state()["epoch"], loader.state()["position"]) == (1, 0)
     assert len(seen[0]) == len(seen[1]) == len(split) // 2
     assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(len(split)))
 
@@ -162,10 +162,12 @@ def test_resume_mid_epoch_reproduces_batches(split):
     for batch in full:
         uninterrupted.append(batch)
         states.append(full.state())
-    assert states == [{"epoch": 0, "position": 2}, {"epoch": 0, "position": 4}, {"epoch": 0, "position": 6}]
-    assert full.state() == {"epoch": 1, "position": 0}
+    clean = {"corrupt_samples": [], "corrupt_pending": []}
+    assert states == [{"epoch": 0, "position": 2, **clean}, {"epoch": 0, "position": 4, **clean},
+                      {"epoch": 0, "position": 6, **clean}]
+    assert full.state() == {"epoch": 1, "position": 0, **clean}
     resumed = TorchClipLoader(split, views, batch_size=2, num_workers=0, plan=plan, seed=1)
-    resumed.load_state({"epoch": 0, "position": 2})
+    resumed.load_state({"epoch": 0, "position": 2})  # a state from before corrupt samples were tracked
     batches = list(resumed)
     assert len(batches) == 2
     for got, expected in zip(batches, uninterrupted[1:]):
@@ -173,9 +175,9 @@ def test_resume_mid_epoch_reproduces_batches(split):
         for name in ("video_global", "video_local", "audio_global", "audio_local", "index"):
             assert torch.equal(got[name], expected[name]), name
     # The next epoch follows: a different order and different views of the same samples.
-    assert resumed.state() == {"epoch": 1, "position": 0}
+    assert resumed.state() == {"epoch": 1, "position": 0, **clean}
     next_epoch = next(iter(resumed))
-    assert resumed.state() == {"epoch": 1, "position": 2}
+    assert resumed.state() == {"epoch": 1, "position": 2, **clean}
     assert not torch.equal(next_epoch["video_global"], uninterrupted[0]["video_global"])
 
 
@@ -190,21 +192,31 @@ def test_views_depend_only_on_seed_epoch_index(split):
         assert not torch.equal(first[name], other[name])
 
 
-def test_corrupt_samples_are_skipped_and_counted(clips, tmp_path, caplog):
+def test_corrupt_samples_are_replaced_and_counted(clips, tmp_path, caplog):
+    """A corrupt sample's slot takes the first readable stand-in (the same slot of the next batch),
+    with views of its own; the loader logs each corrupt sample once and counts it."""
     samples = {"good_a": clips["ramp"], "garbage": {**clips["world"], "webm": b"not a webm" * 100},
                "good_b": clips["default"],
                "no_audio_member": {ext: data for ext, data in clips["jwpIntro"].items() if ext != "flac"}}
     split = write_shard(tmp_path / "bad-000000.tar", samples)
     views = views_config(**TINY_VIEWS)
-    dataset = ClipDataset(split, views, seed=0, epoch=0, indices=np.arange(4))
-    with caplog.at_level(logging.WARNING, logger="xkd.data.torch_loader"):
-        assert dataset[by_key(split, "garbage")] is None
-    assert len(caplog.records) == 1 and "'garbage'" in caplog.text and "bad-000000.tar" in caplog.text
+    order = np.array([by_key(split, key) for key in ("garbage", "good_a", "good_b", "no_audio_member")])
+    dataset = ClipDataset(split, views, seed=0, epoch=0, indices=order, batch_size=2)
+    item = dataset[0]  # garbage's slot: good_b, 2 positions on, stands in
+    assert item["key"] == "good_b" and [split[i].key for i, _ in item["found"]] == ["garbage"]
+    assert not torch.equal(item["video_global"], dataset[2]["video_global"])  # good_b's own slot: other views
 
     loader = TorchClipLoader(split, views, batch_size=2, num_workers=2, plan=EpochPlan(4), seed=0)
-    keys = [key for batch in loader for key in batch["key"]]
-    assert sorted(keys) == ["good_a", "good_b"] and loader.corrupt_samples == 2
-    assert loader.state() == {"epoch": 1, "position": 0}
+    with caplog.at_level(logging.WARNING, logger="xkd.data.sample_check"):
+        batches = list(loader) + list(loader)
+    assert [len(batch["key"]) for batch in batches] == [2, 2, 2, 2]
+    assert {key for batch in batches for key in batch["key"]} == {"good_a", "good_b"}
+    assert loader.corrupt_samples == 2
+    for key in ("garbage", "no_audio_member"):
+        assert caplog.text.count(f"skipping corrupt sample {key!r}") == 1
+    assert "bad-000000.tar" in caplog.text
+    assert loader.state()["epoch"] == 2 and loader.state()["corrupt_pending"] == sorted(
+        by_key(split, key) for key in ("garbage", "no_audio_member"))
 
 
 def test_view_ops_semantics(clips):

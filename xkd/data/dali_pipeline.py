@@ -17,31 +17,36 @@ Sample order and every random parameter are decided in Python (``EpochPlan`` and
 that contains ``decoders.video``, so a DALI reader could not resume mid-epoch; with the
 order and parameters outside the graph, a position (epoch, samples consumed) restores
 exactly the same batches, and the PyTorch fallback loader draws identical views.
+
+Corrupt samples (``xkd.data.sample_check``) are replaced in their batch by a stand-in
+(``xkd.data.sampler.slot_candidates``, the PyTorch loader's rule). The source finds unreadable
+members and info vectors while it reads them; a decode failure fails DALI's whole batch, so the
+loader decodes that batch's samples in Python to find the culprits and rebuilds the graph at the
+same position with them excluded. The video is decoded at explicit frame indices (the window,
+clamped to the frames the info vector claims, which pads short clips by repeating their last
+frame) with no DALI padding, so a video with fewer frames than it claims fails instead of being
+padded silently.
 """
 from __future__ import annotations
 
-import io
-import logging
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from xkd.config import ViewsConfig
-from xkd.data.format import AUDIO_EXT, HEIGHT, INFO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT, WIDTH
-from xkd.data.sample_check import corruption_reason
-from xkd.data.sampler import EpochPlan
+from xkd.data.format import AUDIO_EXT, HEIGHT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT, WIDTH
+from xkd.data.sample_check import CorruptSamples, NoReadableSample, corruption_reason, describe, read_info
+from xkd.data.sampler import EpochPlan, slot_candidates, view_rng
 from xkd.data.shard_index import SampleRef
-from xkd.data.view_params import ClipViewParams, draw_view_params, sample_seed
-
-log = logging.getLogger(__name__)
+from xkd.data.view_params import ClipViewParams, draw_view_params
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Columns the Python source hands to the graph, in order.
 SOURCE_COLUMNS = (
-    "video", "audio", "video_start", "audio_start", "global_box", "global_flip", "global_color",
+    "video", "audio", "video_frames", "audio_start", "global_box", "global_flip", "global_color",
     "local_offsets", "local_boxes", "local_flips", "local_colors", "local_blur", "audio_gain",
     "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
 )
@@ -55,16 +60,18 @@ def dali_available() -> bool:
     return True
 
 
-def read_info(ref: SampleRef) -> np.ndarray:
-    return np.load(io.BytesIO(ref.read(INFO_EXT)))
+def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
+    """Frame indices of a global window: [start, start + length) clamped to the last stored frame."""
+    return np.minimum(np.arange(start, start + length), stored_frames - 1).astype(np.int32)
 
 
-def source_columns(ref: SampleRef, params: ClipViewParams) -> dict[str, np.ndarray]:
+def source_columns(ref: SampleRef, params: ClipViewParams, views: ViewsConfig, stored_frames: int
+                   ) -> dict[str, np.ndarray]:
     """One sample's row of the source: raw member bytes and its view parameters as arrays."""
     return {
         "video": np.frombuffer(ref.read(VIDEO_EXT), dtype=np.uint8),
         "audio": np.frombuffer(ref.read(AUDIO_EXT), dtype=np.uint8),
-        "video_start": np.array(params.video_start, dtype=np.int32),
+        "video_frames": window_frames(params.video_start, views.video_global_frames, stored_frames),
         "audio_start": np.array(params.audio_start, dtype=np.int32),
         "global_box": params.global_box,
         "global_flip": np.array(params.global_flip, dtype=np.int32),
@@ -84,38 +91,72 @@ def source_columns(ref: SampleRef, params: ClipViewParams) -> dict[str, np.ndarr
 class ShardSource:
     """DALI external source (batch mode): one epoch of one rank's batches, from a position on.
 
-    Batch ``iteration`` is a pure function of the plan, so DALI's prefetching can neither
-    skip nor repeat samples; the loader counts what was consumed. A new epoch (or a resume)
-    builds a new source.
+    Batch ``iteration`` is a pure function of the plan, the known corrupt samples and the
+    failures found so far, so DALI's prefetching can neither skip nor repeat samples; the loader
+    counts what was consumed. A new epoch, a resume or a new corrupt sample builds a new source.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, plan: EpochPlan, batch_size: int, seed: int,
-                 epoch: int = 0, start_position: int = 0, excluded: frozenset[int] = frozenset(),
-                 augment: bool = True):
+                 epoch: int = 0, start_position: int = 0, known: frozenset[int] = frozenset(),
+                 failed: dict[int, frozenset[int]] | None = None, augment: bool = True):
         self.samples, self.views, self.plan, self.augment = samples, views, plan, augment
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.start_position = epoch, start_position
         self.order = plan.indices(epoch)
-        self.excluded = excluded  # split indices known to be corrupt: dropped from their batch
+        self.known = known  # corrupt samples every rank skips unread
+        self.failed = failed or {}  # batch position -> samples whose decode failed in that batch
+        self.chosen: dict[int, list[tuple[int, int | None]]] = {}  # batch position -> (sample, stand-in for)
+        self.found: dict[int, list[tuple[int, str]]] = {}  # batch position -> unreadable samples it met
 
-    def batch_indices(self, iteration: int) -> np.ndarray:
+    def batch_position(self, iteration: int) -> int:
         begin = self.start_position + iteration * self.batch_size
         if begin + self.batch_size > len(self.order):
             raise StopIteration
-        return self.order[begin : begin + self.batch_size]
+        return begin
 
     def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
-        rows = []
-        for index in self.batch_indices(batch_info.iteration):
-            if index in self.excluded:
-                continue
-            ref = self.samples[index]
-            info = read_info(ref)
-            params = draw_view_params(sample_seed(self.seed, self.epoch, int(index)), self.views,
-                                      int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]),
-                                      int(info[WIDTH]), self.augment)
-            rows.append(source_columns(ref, params))
+        begin = self.batch_position(batch_info.iteration)
+        skip = self.known | self.failed.get(begin, frozenset())
+        rows, chosen, found = [], [], []
+        for position in range(begin, begin + self.batch_size):
+            index, stand_in_for, row = self.slot(position, skip, found)
+            chosen.append((index, stand_in_for))
+            rows.append(row)
+        self.chosen[begin], self.found[begin] = chosen, found
         return tuple([row[name] for row in rows] for name in SOURCE_COLUMNS)
+
+    def slot(self, position: int, skip: frozenset[int], found: list[tuple[int, str]]
+             ) -> tuple[int, int | None, dict[str, np.ndarray]]:
+        """The first candidate of the slot at ``position`` whose members and info vector read."""
+        for index, stand_in_for in slot_candidates(self.order, position, self.batch_size):
+            if index in skip or any(index == bad for bad, _ in found):
+                continue
+            try:
+                return index, stand_in_for, self.row(index, stand_in_for)
+            except Exception as error:  # a truncated member, a missing one, a bad info vector
+                found.append((index, describe(error)))
+        raise NoReadableSample(f"epoch {self.epoch}: no sample of this rank's {len(self.order)} is readable "
+                               f"(slot {position})")
+
+    def row(self, index: int, stand_in_for: int | None) -> dict[str, np.ndarray]:
+        ref = self.samples[index]
+        info = read_info(ref)
+        params = draw_view_params(view_rng(self.seed, self.epoch, index, stand_in_for), self.views,
+                                  int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]),
+                                  int(info[WIDTH]), self.augment)
+        return source_columns(ref, params, self.views, int(info[NUM_FRAMES]))
+
+
+class OneSample:
+    """External source of a single one-sample batch: one sample through DALI alone."""
+
+    def __init__(self, row: dict[str, np.ndarray]):
+        self.row = row
+
+    def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
+        if batch_info.iteration:
+            raise StopIteration
+        return tuple([self.row[name]] for name in SOURCE_COLUMNS)
 
 
 def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, device: str, num_threads: int,
@@ -154,9 +195,9 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
     def pipeline():
         columns = dict(zip(SOURCE_COLUMNS, fn.external_source(
             source=source, num_outputs=len(SOURCE_COLUMNS), batch=True, batch_info=True, parallel=False)))
+        # Explicit indices, no padding by DALI: frames a video lacks are an error, not edge copies.
         frames = fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
-                                   start_frame=columns["video_start"], sequence_length=views.video_global_frames,
-                                   pad_mode="edge")
+                                   frames=columns["video_frames"], pad_mode="none")
         outputs = [normalise(color(crop_resize(frames, columns["global_box"], views.video_global_size),
                                    columns["global_color"]), columns["global_flip"])]
         for v in range(views.video_local_views):
@@ -193,62 +234,92 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
                     prefetch_queue_depth=prefetch, exec_dynamic=True)
 
 
+def dali_error_summary(error: Exception) -> str:
+    """The operator's own message in a DALI pipeline error (the line after "encountered:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for before, line in zip(lines, lines[1:]):
+        if before.endswith("encountered:"):
+            return line
+    return lines[0] if lines else type(error).__name__
+
+
 class DaliClipLoader:
     """Batches of views from shards through DALI, with an exact position for checkpoints.
 
     Iterating yields one epoch of batch dicts (layout of ``xkd.models.xkd``); ``state()`` is
-    {"epoch", "position"}: the epoch and the samples this rank consumed in it.
+    {"epoch", "position"}, the epoch and the samples this rank consumed in it, plus the corrupt
+    samples known (:class:`~xkd.data.sample_check.CorruptSamples`).
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, plan: EpochPlan, seed: int,
                  device: str = "cpu", num_threads: int = 2, start_epoch: int = 0, start_position: int = 0,
-                 augment: bool = True):
+                 augment: bool = True, corrupt_state: dict | None = None):
         self.samples, self.views, self.batch_size, self.plan = samples, views, batch_size, plan
         self.augment = augment
         self.device, self.num_threads, self.seed = device, num_threads, seed
         self.epoch, self.position = start_epoch, start_position
-        self.excluded: set[int] = set()
+        self.corrupt = CorruptSamples(samples, corrupt_state)
+        # Batch position -> {sample: reason} of samples whose decode failed there (this epoch).
+        self.failed: dict[int, dict[int, str]] = {}
         self._build()
 
     @property
     def corrupt_samples(self) -> int:
-        return len(self.excluded)
+        return self.corrupt.count
+
+    def sync_corrupt_samples(self) -> int:
+        """Share the corrupt samples found with every rank (collective); returns the run's count."""
+        return self.corrupt.sync()
 
     def _build(self) -> None:
         """(Re)build the graph to continue at the current position."""
+        self.corrupt.changed = False
+        failed = {position: frozenset(bad) for position, bad in self.failed.items()}
         self.source = ShardSource(self.samples, self.views, self.plan, self.batch_size, self.seed, self.epoch,
-                                  self.position, frozenset(self.excluded), self.augment)
+                                  self.position, frozenset(self.corrupt.known), failed, self.augment)
         self.pipeline = build_pipeline(self.source, self.views, self.batch_size, self.device, self.num_threads,
                                        self.seed)
         self.pipeline.build()
 
-    def _exclude_corrupt_ahead(self, error: Exception) -> None:
-        """A decode failed somewhere in the prefetched batches: find the corrupt samples in Python,
-        exclude them, and rebuild at the current position. Re-raise if every sample is fine."""
-        ahead = []
-        for iteration in range(3):  # the consumed position plus DALI's prefetch depth
+    def _exclude_failed(self, error: Exception) -> None:
+        """DALI failed to decode the batch at the current position: find its corrupt samples
+        (in Python, else each through DALI alone), exclude them from it, and rebuild there. DALI
+        reports a failure with the batch that failed; the prefetched batches are looked at only if
+        that one has no culprit."""
+        for position in range(self.position, self.position + 3 * self.batch_size, self.batch_size):
+            bad = {index: reason for index, _ in self.source.chosen.get(position, ())
+                   if (reason := corruption_reason(self.samples[index]))}
+            if not bad and position == self.position:
+                bad = self._rejected_by_dali(position)
+            if bad:
+                self.failed.setdefault(position, {}).update(bad)
+                self._build()
+                return
+        keys = [self.samples[i].key for i, _ in self.source.chosen.get(self.position, ())]
+        raise RuntimeError(f"DALI failed on the batch at epoch {self.epoch}, position {self.position} (samples "
+                           f"{keys}), but each of them decodes, in Python and in DALI alone") from error
+
+    def _rejected_by_dali(self, position: int) -> dict[int, str]:
+        """Samples of the batch at ``position`` that a one-sample DALI graph fails on although they
+        decode in Python (DALI and FFmpeg/PyAV can disagree on a damaged stream). Slow, and rare."""
+        bad = {}
+        for index, stand_in_for in self.source.chosen.get(position, ()):
+            probe = build_pipeline(OneSample(self.source.row(index, stand_in_for)), self.views, 1, self.device, 1,
+                                   self.seed, prefetch=1)
+            probe.build()
             try:
-                ahead.extend(self.source.batch_indices(iteration))
-            except StopIteration:
-                break
-        found = False
-        for index in ahead:
-            reason = corruption_reason(self.samples[index]) if index not in self.excluded else None
-            if reason:
-                ref = self.samples[index]
-                log.warning("skipping corrupt sample %s in %s: %s", ref.key, ref.shard, reason)
-                self.excluded.add(int(index))
-                found = True
-        if not found:
-            raise error
-        self._build()
+                probe.run()
+            except RuntimeError as error:
+                bad[index] = f"DALI cannot decode it: {dali_error_summary(error)}"
+        # Every sample failing alone is DALI or the device failing, not the data.
+        return bad if len(bad) < len(self.source.chosen.get(position, ())) else {}
 
     @property
     def batches_per_epoch(self) -> int:
         return self.plan.batches_per_epoch(self.batch_size)
 
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, **self.corrupt.state()}
 
     def _to_batch(self, outputs) -> dict[str, torch.Tensor]:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
@@ -264,15 +335,20 @@ class DaliClipLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
+            if self.corrupt.changed:  # a sync made more samples known: the prefetched batches are stale
+                self._build()
             try:
                 outputs = self.pipeline.run()
             except StopIteration:
                 self.epoch += 1
                 self.position = 0
+                self.failed.clear()
                 self._build()
                 return
-            except RuntimeError as error:
-                self._exclude_corrupt_ahead(error)
+            except RuntimeError as error:  # DALI's decode errors (the source's own are caught in the source)
+                self._exclude_failed(error)
                 continue
+            found = self.source.found.get(self.position, [])
+            self.corrupt.note([*found, *self.failed.pop(self.position, {}).items()])
             self.position += self.batch_size
             yield self._to_batch(outputs)

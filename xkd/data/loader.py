@@ -8,7 +8,7 @@ import torch
 from xkd.config import XKDConfig
 from xkd.data.format import VIDEO_EXT
 from xkd.data.sampler import EpochPlan
-from xkd.data.shard_index import index_split
+from xkd.data.shard_index import SampleRef, index_split
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +25,34 @@ def dali_device(requested: str) -> str:
     return "gpu" if has_gpu else "cpu"
 
 
-def build_train_loader(config: XKDConfig, shards: str, rank: int, world_size: int, state: dict[str, int]):
-    """The loader of this rank, positioned at ``state`` = {"epoch", "position"}."""
+def training_samples(config: XKDConfig, shards: str, world_size: int) -> list[SampleRef]:
+    """Every sample of the split, checked for pretraining: audio-visual, enough for a batch per rank.
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the shards and what was expected."""
     samples = index_split(shards)
+    if not samples:
+        raise ValueError(f"{shards}: the shards hold no samples (expected make_shards.py output)")
     audio_only = [ref for ref in samples if not any(ext == VIDEO_EXT for ext, _, _ in ref.members)]
     if audio_only:
         raise ValueError(f"{shards}: {len(audio_only)} of {len(samples)} samples have no video member (first: "
                          f"{audio_only[0].key} in {audio_only[0].shard}); pretraining needs audio-visual clips. "
                          "Audio-only shards (make_shards --no-video-policy audio-only) are for eval/.")
+    per_rank = EpochPlan(len(samples), world_size, 0, config.train.seed).samples_per_rank
+    if per_rank < config.train.micro_batch_size:
+        raise ValueError(f"{shards}: {len(samples)} samples give {per_rank} per rank with {world_size} ranks, "
+                         f"fewer than train.micro_batch_size ({config.train.micro_batch_size})")
+    return samples
+
+
+def build_train_loader(config: XKDConfig, shards: str, rank: int, world_size: int, state: dict[str, int],
+                       samples: list[SampleRef] | None = None):
+    """The loader of this rank, positioned at ``state`` = {"epoch", "position"} (plus the corrupt
+    samples known, when the state came from a loader that tracks them); ``samples``:
+    :func:`training_samples` when the caller has already indexed and checked the split."""
+    samples = samples if samples is not None else training_samples(config, shards, world_size)
     plan = EpochPlan(len(samples), world_size, rank, config.train.seed)
     batch = config.train.micro_batch_size
-    if plan.samples_per_rank < batch:
-        raise ValueError(f"{shards}: {len(samples)} samples give {plan.samples_per_rank} per rank, fewer than "
-                         f"train.micro_batch_size ({batch})")
     common = dict(views=config.views, batch_size=batch, plan=plan, seed=config.train.seed,
-                  start_epoch=state["epoch"], start_position=state["position"])
+                  start_epoch=state["epoch"], start_position=state["position"], corrupt_state=state)
     if config.data.loader == "dali":
         from xkd.data.dali_pipeline import DaliClipLoader
 

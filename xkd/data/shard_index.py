@@ -2,10 +2,17 @@
 
 Offsets come from the DALI index files (``wds2idx``) written next to every shard, or from the
 tar headers when a shard has no index. Reading a sample is then a seek and a read per member.
+
+A truncated shard (a copy cut short) loses only its damaged tail: with an index, the samples
+whose members lie past the end stay listed and fail to read (the loaders skip and count them);
+without one, the headers are read up to the cut, and a sample cut through keeps the members
+seen so far.
 """
 from __future__ import annotations
 
 import glob
+import logging
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +20,8 @@ from pathlib import Path
 import braceexpand
 
 from xkd.data.format import index_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,14 +84,28 @@ def read_dali_index(index_path: str, shard: str) -> list[SampleRef]:
 
 
 def read_tar_index(shard: str) -> list[SampleRef]:
-    """Member offsets from the tar headers (fallback when no DALI index exists)."""
+    """Member offsets from the tar headers (fallback when no DALI index exists), up to the end of
+    a truncated shard."""
     groups: dict[str, list[tuple[str, int, int]]] = {}
     with tarfile.open(shard) as archive:
-        for info in archive:
-            if info.isfile():
-                key, ext = _split_key(info.name)
-                groups.setdefault(key, []).append((ext, info.offset_data, info.size))
+        try:
+            for info in archive:
+                if info.isfile():
+                    key, ext = _split_key(info.name)
+                    groups.setdefault(key, []).append((ext, info.offset_data, info.size))
+        except (tarfile.ReadError, EOFError) as error:  # the next header is cut off: the shard is truncated
+            log.warning("%s: unreadable after %d samples (%s); the rest of the shard is lost", shard, len(groups),
+                        error)
     return [SampleRef(shard, key, tuple(members)) for key, members in groups.items()]
+
+
+def _warn_if_truncated(samples: list[SampleRef], shard: str) -> None:
+    """One line for a shard shorter than its index says; its samples past the end fail to read."""
+    size = os.path.getsize(shard)
+    cut = sum(1 for ref in samples if any(offset + length > size for _, offset, length in ref.members))
+    if cut:
+        log.warning("%s: truncated (%d bytes, its index lists members beyond): %d of its %d samples are "
+                    "unreadable", shard, size, cut, len(samples))
 
 
 def index_split(spec: str) -> list[SampleRef]:
@@ -90,5 +113,10 @@ def index_split(spec: str) -> list[SampleRef]:
     samples = []
     for shard in resolve_shards(spec):
         idx = index_name(shard)
-        samples.extend(read_dali_index(idx, shard) if Path(idx).is_file() else read_tar_index(shard))
+        if Path(idx).is_file():
+            listed = read_dali_index(idx, shard)
+            _warn_if_truncated(listed, shard)
+        else:
+            listed = read_tar_index(shard)
+        samples.extend(listed)
     return samples

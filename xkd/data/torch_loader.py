@@ -8,11 +8,15 @@ audio with soundfile; the view operations live in :mod:`xkd.data.torch_views`.
 Batch layout (xkd/models/xkd.py): video_global (B, 3, Tg, S, S), video_local (B, n_v, 3, Tl, s, s),
 audio_global (B, 1, F, Tg_a), audio_local (B, n_a, 1, F, Tl_a), plus "key" (list of str) and
 "index" (B,) int64 split-level sample indices.
+
+A corrupt sample is replaced in its batch by the first readable stand-in of its slot
+(:func:`~xkd.data.sampler.slot_candidates`, the same rule as the DALI loader), so batches stay
+full; the worker that met it reports it with the item and the loader logs and counts it
+(:class:`~xkd.data.sample_check.CorruptSamples`).
 """
 from __future__ import annotations
 
 import io
-import logging
 from fractions import Fraction
 
 import av
@@ -22,23 +26,25 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from xkd.config import ViewsConfig
-from xkd.data.format import AUDIO_EXT, HEIGHT, INFO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT, WIDTH
+from xkd.data.format import AUDIO_EXT, HEIGHT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT, WIDTH
 from xkd.data.logmel import LogMel
-from xkd.data.sampler import EpochPlan
+from xkd.data.sample_check import CorruptSamples, NoReadableSample, describe, read_info
+from xkd.data.sampler import EpochPlan, slot_candidates, view_rng
 from xkd.data.shard_index import SampleRef
 from xkd.data.torch_views import global_audio_view, global_video_view, local_audio_views, local_video_views
-from xkd.data.view_params import ClipViewParams, draw_view_params, sample_seed
-
-log = logging.getLogger(__name__)
+from xkd.data.view_params import ClipViewParams, draw_view_params
 
 VIEW_KEYS = ("video_global", "video_local", "audio_global", "audio_local")
 
 
-def decode_frames(data: bytes, start: int, count: int, fps: int, seek: bool = True) -> torch.Tensor:
+def decode_frames(data: bytes, start: int, count: int, fps: int, seek: bool = True,
+                  stored_frames: int | None = None) -> torch.Tensor:
     """Frames [start, start + count) of a video as uint8 (count, 3, H, W).
 
     Seeks to the keyframe at or before ``start`` (when start > 0), decodes forward, and pads by
-    repeating the last frame when the video is shorter (DALI's pad_mode "edge").
+    repeating the last frame when the video is shorter (DALI's pad_mode "edge"). With
+    ``stored_frames`` (the sample's info vector), a video that ends before the frames it claims
+    to have is corrupt (``ValueError``), as it is for the DALI loader.
     """
     frames, first = [], None
     with av.open(io.BytesIO(data)) as container:
@@ -56,9 +62,12 @@ def decode_frames(data: bytes, start: int, count: int, fps: int, seek: bool = Tr
                 if len(frames) == count:
                     break
     if seek and first is not None and first > start:  # the seek overshot: decode from the beginning instead
-        return decode_frames(data, start, count, fps, seek=False)
+        return decode_frames(data, start, count, fps, seek=False, stored_frames=stored_frames)
     if not frames:
         raise ValueError(f"no frames decoded at or after frame {start}")
+    if stored_frames is not None and len(frames) < min(count, stored_frames - start):
+        raise ValueError(f"video ends after frame {start + len(frames) - 1}, its info vector says {stored_frames} "
+                         "frames")
     video = torch.stack(frames).permute(0, 3, 1, 2)
     if len(frames) < count:
         video = torch.cat([video, video[-1:].expand(count - len(frames), -1, -1, -1)])
@@ -79,37 +88,54 @@ def read_audio(data: bytes, start: int, count: int, sample_rate: int) -> torch.T
 
 
 class ClipDataset(Dataset):
-    """Item i: the views of split-level sample ``indices[i]`` for (seed, epoch); None if corrupt."""
+    """Item i: the views of the slot at position ``start + i`` of ``indices`` (a rank's epoch order)
+    for (seed, epoch): its own sample, or the first readable stand-in when that is corrupt.
+
+    ``known``: samples known to be corrupt, skipped unread. Each item carries "found", the
+    (index, reason) of the corrupt samples it tried, for the loader to log and count.
+    """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, seed: int, epoch: int, indices: np.ndarray,
-                 augment: bool = True):
+                 augment: bool = True, start: int = 0, batch_size: int = 1, known: frozenset[int] = frozenset()):
         self.samples, self.views, self.seed, self.epoch, self.augment = samples, views, seed, epoch, augment
         self.indices = np.asarray(indices, dtype=np.int64)
+        self.start, self.batch_size, self.known = start, batch_size, known
         self.logmel = LogMel(views)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) - self.start
 
-    def params(self, index: int) -> ClipViewParams:
-        """View parameters of split-level sample ``index`` (uses the sample's .npy info vector)."""
-        info = np.load(io.BytesIO(self.samples[index].read(INFO_EXT)))
-        return draw_view_params(sample_seed(self.seed, self.epoch, index), self.views, int(info[NUM_FRAMES]),
-                                int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]), int(info[WIDTH]), self.augment)
+    def params(self, index: int, stand_in_for: int | None = None) -> ClipViewParams:
+        """View parameters of split-level sample ``index`` (uses the sample's .npy info vector),
+        as a stand-in for the slot at ``stand_in_for`` if given."""
+        return self._params(read_info(self.samples[index]), index, stand_in_for)
 
-    def __getitem__(self, i: int) -> dict | None:
-        index = int(self.indices[i])
-        ref = self.samples[index]
-        try:
-            return self.load(index)
-        except Exception as error:  # any unreadable member makes the sample corrupt, never the run
-            log.warning("skipping corrupt sample %r of shard %s: %s: %s", ref.key, ref.shard,
-                        type(error).__name__, error)
-            return None
+    def _params(self, info: np.ndarray, index: int, stand_in_for: int | None) -> ClipViewParams:
+        return draw_view_params(view_rng(self.seed, self.epoch, index, stand_in_for), self.views,
+                                int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]),
+                                int(info[WIDTH]), self.augment)
 
-    def load(self, index: int) -> dict:
+    def __getitem__(self, i: int) -> dict:
+        position, found = self.start + i, []
+        for index, stand_in_for in slot_candidates(self.indices, position, self.batch_size):
+            if index in self.known:
+                continue
+            try:
+                item = self.load(index, stand_in_for)
+            except Exception as error:  # any unreadable member makes the sample corrupt, never the run
+                found.append((index, describe(error)))
+                continue
+            item["found"] = found
+            return item
+        raise NoReadableSample(f"epoch {self.epoch}: no sample of this rank's {len(self.indices)} is readable "
+                               f"(slot {position}; last: {found[-1][1] if found else 'all known corrupt'})")
+
+    def load(self, index: int, stand_in_for: int | None = None) -> dict:
         v, ref = self.views, self.samples[index]
-        p = self.params(index)
-        frames = decode_frames(ref.read(VIDEO_EXT), p.video_start, v.video_global_frames, v.video_fps)
+        info = read_info(ref)
+        p = self._params(info, index, stand_in_for)
+        frames = decode_frames(ref.read(VIDEO_EXT), p.video_start, v.video_global_frames, v.video_fps,
+                               stored_frames=int(info[NUM_FRAMES]))
         audio_window = int(round(v.audio_global_seconds * v.audio_sample_rate))
         window = read_audio(ref.read(AUDIO_EXT), p.audio_start, audio_window, v.audio_sample_rate)
         with torch.no_grad():
@@ -123,14 +149,12 @@ class ClipDataset(Dataset):
             }
 
 
-def collate_clips(items: list[dict | None]) -> dict:
-    """Drop corrupt (None) items, stack the rest; "corrupt" counts the dropped ones."""
-    good = [item for item in items if item is not None]
-    batch = {"corrupt": len(items) - len(good)}
-    if good:
-        batch.update({name: torch.stack([item[name] for item in good]) for name in VIEW_KEYS})
-        batch["key"] = [item["key"] for item in good]
-        batch["index"] = torch.tensor([item["index"] for item in good], dtype=torch.int64)
+def collate_clips(items: list[dict]) -> dict:
+    """Stack the views; "found" lists the corrupt samples the batch's slots tried."""
+    batch = {name: torch.stack([item[name] for item in items]) for name in VIEW_KEYS}
+    batch["key"] = [item["key"] for item in items]
+    batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.int64)
+    batch["found"] = [found for item in items for found in item["found"]]
     return batch
 
 
@@ -138,21 +162,30 @@ class TorchClipLoader:
     """Epochs of batches for one rank, resumable at (epoch, samples consumed).
 
     Iterating yields the rest of the current epoch (the rank's :class:`EpochPlan` order from
-    ``position`` on, full batches only), then advances to the next epoch. Batches whose samples
-    were all corrupt are skipped; corrupt samples are counted in ``corrupt_samples`` and still
-    count as consumed, so a resumed run reads the same samples as an uninterrupted one.
+    ``position`` on, full batches only), then advances to the next epoch. A corrupt sample is
+    replaced by a stand-in, logged once and counted (``corrupt_samples``); ``state()`` carries
+    the known corrupt samples, so a loader built from it yields the batches an uninterrupted one
+    would have.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, num_workers: int,
                  plan: EpochPlan, seed: int, start_epoch: int = 0, start_position: int = 0,
-                 pin_memory: bool | None = None, augment: bool = True):
+                 pin_memory: bool | None = None, augment: bool = True, corrupt_state: dict | None = None):
         if plan.num_samples != len(samples):
             raise ValueError(f"plan covers {plan.num_samples} samples but the split has {len(samples)}")
         self.samples, self.views, self.plan, self.seed = samples, views, plan, seed
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.epoch, self.position = start_epoch, start_position
-        self.corrupt_samples = 0
+        self.corrupt = CorruptSamples(samples, corrupt_state)
+
+    @property
+    def corrupt_samples(self) -> int:
+        return self.corrupt.count
+
+    def sync_corrupt_samples(self) -> int:
+        """Share the corrupt samples found with every rank (collective); returns the run's count."""
+        return self.corrupt.sync()
 
     @property
     def batches_per_epoch(self) -> int:
@@ -163,21 +196,28 @@ class TorchClipLoader:
         return (self.plan.samples_per_rank - self.position) // self.batch_size
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, **self.corrupt.state()}
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.corrupt = CorruptSamples(self.samples, state)
+
+    def _loader(self, epoch: int) -> DataLoader:
+        """Batches of ``epoch`` from the current position, planned with the corrupt samples known now."""
+        self.corrupt.changed = False
+        dataset = ClipDataset(self.samples, self.views, self.seed, epoch, self.plan.indices(epoch), self.augment,
+                              start=self.position, batch_size=self.batch_size, known=frozenset(self.corrupt.known))
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=True,
+                          num_workers=self.num_workers, collate_fn=collate_clips, pin_memory=self.pin_memory,
+                          persistent_workers=False)
 
     def __iter__(self):
         epoch = self.epoch
-        dataset = ClipDataset(self.samples, self.views, self.seed, epoch, self.plan.indices(epoch)[self.position:],
-                              self.augment)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=True,
-                            num_workers=self.num_workers, collate_fn=collate_clips, pin_memory=self.pin_memory,
-                            persistent_workers=False)
-        for batch in loader:
-            self.position += self.batch_size
-            self.corrupt_samples += batch.pop("corrupt")
-            if "video_global" in batch:
+        while len(self):
+            for batch in self._loader(epoch):
+                self.position += self.batch_size
+                self.corrupt.note(batch.pop("found"))
                 yield batch
+                if self.corrupt.changed:  # a sync made more samples known: the workers' prefetch is stale
+                    break
         self.epoch, self.position = epoch + 1, 0

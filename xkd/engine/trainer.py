@@ -24,9 +24,10 @@ from tqdm import tqdm
 from xkd.config import XKDConfig
 from xkd.distributed import DistributedEnv
 from xkd.ema import teacher_student_pairs
-from xkd.engine import checkpoint
+from xkd.engine import checkpoint, checkpoint_safety
 from xkd.engine.ema_gather import ema_update_gathered
 from xkd.engine.params import student_optimizer
+from xkd.engine.preflight import ResumePlan
 from xkd.engine.schedule_state import schedule_at
 from xkd.engine.stop import StopRequest
 from xkd.models import XKD, teacher_views
@@ -41,7 +42,8 @@ class RunOptions:
     output: Path
     ds_config: dict[str, Any]
     ds_config_path: str
-    resume: str = "auto"  # auto | none | <checkpoint tag directory>
+    resume: ResumePlan = field(default_factory=lambda: ResumePlan(None))  # checked by xkd.engine.preflight
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)  # stored with every checkpoint
     max_steps: int = 0  # 0: the whole schedule (optim.epochs)
     extra_params: dict[str, Any] = field(default_factory=dict)
     stop: StopRequest | None = None  # signal handling installed by the caller (SLURM task); default SIGTERM/USR1
@@ -103,6 +105,9 @@ class Trainer:
         self.max_steps = min(options.max_steps or self.total_steps, self.total_steps)
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = self.start_state.get("nonfinite_total", 0)
+        # Counted, not derived from the step: a deliberate batch-size change on resume keeps it right.
+        self.samples_seen = self.start_state.get("samples_seen",
+                                                 self.start_state.get("step", 0) * config.train.global_batch_size)
         self.stop = options.stop or StopRequest()
         data = str(options.extra_params.get("data", config.data.shards))
         self.tracker = training_tracker(config, self.output, data, env.world_size, enabled=env.is_main)
@@ -114,30 +119,22 @@ class Trainer:
                                      "run": {"world_size": env.world_size, "ds_config_path": options.ds_config_path,
                                              "steps_per_epoch": self.steps_per_epoch,
                                              "total_steps": self.total_steps, **options.extra_params}})
+        if options.resume.changes:
+            self._record_resume_changes(options.resume)
+        if env.is_main:
+            self._truncate_metrics(self.engine.global_steps)
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> dict[str, Any]:
-        resume = self.options.resume
-        if resume == "none":
+        """Load the checkpoint the preflight chose and checked (world size, config, data, no planted code)."""
+        tag_dir = self.options.resume.tag_dir
+        if tag_dir is None:
             return {}
-        if resume == "auto":
-            tag = checkpoint.latest_complete_tag(self.checkpoints)
-            if tag is None:
-                return {}
-            directory = self.checkpoints
-        else:
-            path = Path(resume)
-            if not (path / checkpoint.COMPLETE).is_file():
-                raise FileNotFoundError(f"{path}: not a complete checkpoint (no {checkpoint.COMPLETE} marker)")
-            directory, tag = path.parent, path.name
-        trainer_state, rng = checkpoint.load_trainer_state(directory / tag, self.env.rank)
-        saved_world = trainer_state["world_size"]
-        if saved_world != self.env.world_size:
-            raise RuntimeError(
-                f"{directory / tag}: saved with world size {saved_world}, resuming with {self.env.world_size}. "
-                "ZeRO optimizer partitions cannot be re-split: resume with the same number of ranks, or export "
-                "fp32 weights with launch/export_encoders.py and start a new run from them.")
-        self.engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+        directory, tag = tag_dir.parent, tag_dir.name
+        trainer_state, rng = checkpoint.load_trainer_state(tag_dir, self.env.rank)
+        with checkpoint_safety.weights_only_loads():
+            self.engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
+                                        load_lr_scheduler_states=False)
         self.teacher.load_state_dict(trainer_state["teacher"])
         if rng is not None:
             checkpoint.restore_rng_state(rng)
@@ -145,11 +142,43 @@ class Trainer:
             log.info("resumed from %s at step %d", directory / tag, trainer_state["step"])
         return trainer_state
 
+    def _record_resume_changes(self, resume: ResumePlan) -> None:
+        """Deliberate changes accepted with --allow-change: in the log and in MLflow."""
+        if not self.env.is_main:
+            return
+        log.warning("resuming %s with deliberate changes (--allow-change): %s", resume.tag_dir,
+                    "; ".join(resume.changes))
+        self.tracker.set_tags({f"resume_changes.step{resume.step:08d}": "; ".join(resume.changes)[:5000]})
+        self.tracker.log_text("\n".join(resume.changes) + "\n", f"config/resume_changes_step{resume.step:08d}.txt")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics.jsonl rows after ``step``: a resumed run logs those steps again."""
+        path = self.output / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_bytes().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] > step:
+                    break
+            except (json.JSONDecodeError, KeyError, TypeError):
+                break  # a line cut by a crash: nothing after it is trusted
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+        if len(kept) != len(lines):
+            checkpoint.atomic_write_bytes(path, b"".join(kept))
+            log.info("metrics.jsonl: dropped %d rows after step %d (they are logged again)", len(lines) - len(kept),
+                     step)
+
     def save(self, step: int) -> None:
+        self.loader.sync_corrupt_samples()  # collective: rank 0's saved loader state then holds every rank's finds
         state = {"step": step, "teacher": self.teacher.state_dict(), "data": self.loader.state(),
                  "config": self.config.to_dict(), "world_size": self.env.world_size,
-                 "nonfinite_total": self.nonfinite_total, "mlflow_run_id": self.tracker.run_id}
-        tag = checkpoint.save(self.engine, self.checkpoints, step, state, self.env.rank)
+                 "nonfinite_total": self.nonfinite_total, "samples_seen": self.samples_seen,
+                 "mlflow_run_id": self.tracker.run_id}
+        meta = {"world_size": self.env.world_size, "config": self.config.to_dict(),
+                "data": self.options.data_fingerprint, "samples_seen": self.samples_seen}
+        tag = checkpoint.save(self.engine, self.checkpoints, step, state, meta, self.env.rank)
         if self.env.is_main:
             log.info("saved checkpoint %s", self.checkpoints / tag)
 
@@ -234,6 +263,7 @@ class Trainer:
                 continue
             ema_update_gathered(self.ema_pairs, schedule.ema_momentum, self.zero_stage)
             step = self.engine.global_steps
+            self.samples_seen += samples_per_step
             progress.update(1)
 
             if step % config.train.log_every_steps == 0 or step == self.max_steps:
@@ -246,10 +276,12 @@ class Trainer:
                     "loss_scale": float(getattr(self.optimizer, "cur_scale", 1.0) or 1.0),
                     "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                     "clips_per_second": samples_per_step * config.train.log_every_steps / max(elapsed, 1e-9),
-                    "samples_seen": step * samples_per_step,
+                    "samples_seen": self.samples_seen,
                     "data_wait_seconds": data_wait, "compute_seconds": elapsed - data_wait,
                     "peak_memory_bytes": _peak_memory_bytes(self.device),
                     "epoch": self.loader.state()["epoch"], "nonfinite_skipped": self.nonfinite_total,
+                    # Collective: shares every rank's finds, so rank 0's checkpointed loader state holds them all.
+                    "corrupt_samples": self.loader.sync_corrupt_samples(),
                 })
                 if env.is_main:
                     metrics_file.write(json.dumps({"step": step, **record}) + "\n")
