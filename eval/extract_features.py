@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Extract (and cache) frozen features of an exported encoder on a labelled shard set (spec section 6).
+"""Extract (and cache) frozen features of an exported encoder on a labelled shard set (docs/method.md §6).
 
     python eval/extract_features.py --checkpoint runs/k400/export/step00100000 --modality video \\
         --data /shards/ucf101 --mode both

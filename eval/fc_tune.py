@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""FC-tuning on frozen features (spec section 6; paper A.5): K400 (top-1/top-5), FSD50K (mAP).
+"""FC-tuning on frozen features (docs/method.md §6; paper A.5): K400 (top-1/top-5), FSD50K (mAP).
 
     python eval/fc_tune.py --checkpoint runs/k400/export/step00100000 --modality audio --preset fsd50k \\
         --data /shards/fsd50k_dev --test-data /shards/fsd50k_eval \\

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Full fine-tuning of an exported video or audio encoder with a linear head (spec section 6; paper A.6).
+"""Full fine-tuning of an exported video or audio encoder with a linear head (docs/method.md §6; paper A.6).
 
     torchrun --nproc_per_node 8 eval/finetune.py --checkpoint runs/k400/export/step00100000 \\
         --modality video --preset ucf101 --data /shards/ucf101 --splits ucf101:/data/ucfTrainTestlist

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Audio-visual late fusion (spec section 6; paper A.5, Table 9): Kinetics-Sound.
+"""Audio-visual late fusion (docs/method.md §6; paper A.5, Table 9): Kinetics-Sound.
 
     python eval/late_fusion.py --checkpoint runs/k400/export/step00100000 \\
         --data /shards/ks_train --test-data /shards/ks_test

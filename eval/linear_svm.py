@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Linear SVM evaluation of an exported encoder (spec section 6; paper A.5): UCF101, HMDB51, ESC50.
+"""Linear SVM evaluation of an exported encoder (docs/method.md §6; paper A.5): UCF101, HMDB51, ESC50.
 
     python eval/linear_svm.py --checkpoint runs/k400/export/step00100000 --modality video \\
         --data /shards/ucf101 --splits ucf101:/data/ucfTrainTestlist

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Print the table of spec section 7 with our numbers beside the paper's.
+"""Print the table of docs/method.md §7 with our numbers beside the paper's.
 
     python eval/report.py runs/k400/eval                    # every result JSON below a folder
     python eval/report.py runs/*/eval --output report.md

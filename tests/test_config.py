@@ -31,6 +31,13 @@ def test_paper_values():
     mas = load_config(CONFIGS / "xkd_mas_k400.yaml")
     temp = mas.loss.audio_teacher_temperature
     assert (temp.start, temp.end, temp.warmup_epochs) == (0.04, 0.06, 30.0)
+    assert (ms.views.video_local_views, ms.views.audio_local_views) == (1, 1)
+    assert (mas.views.video_local_views, mas.views.audio_local_views) == (3, 1)  # reference MAS config
+    mats = load_config(CONFIGS / "xkd_mats_k400.yaml")
+    assert mats.model.variant == "mats" and (mats.views.video_local_views, mats.views.audio_local_views) == (3, 1)
+    # reference MATS config: constant teacher temperatures 0.1 / 0.07, like XKD
+    for schedule, value in ((mats.loss.video_teacher_temperature, 0.1), (mats.loss.audio_teacher_temperature, 0.07)):
+        assert (schedule.start, schedule.end, schedule.warmup_epochs) == (value, value, 0.0)
     vitl = load_config(CONFIGS / "xkd_ms_audioset_vitl.yaml")
     assert vitl.model.video_encoder == "large" and vitl.model.audio_encoder == "base" and vitl.optim.epochs == 400
 
@@ -42,9 +49,25 @@ def test_lr_scales_with_global_batch():
 
 def test_overrides_parse_yaml_values():
     config = load_config(CONFIGS / "tiny.yaml", ["optim.base_lr=2e-4", "model.variant=mats", "loss.mmd_gammas=[1, 2]",
-                                                 "loss.recon_average_modalities=true"])
+                                                 "loss.pair_reduction=mean", "loss.mmd_distance_scale=dim"])
     assert config.optim.base_lr == 2e-4 and config.model.variant == "mats"
-    assert config.loss.mmd_gammas == [1.0, 2.0] and config.loss.recon_average_modalities is True
+    assert config.loss.mmd_gammas == [1.0, 2.0]
+    assert config.loss.pair_reduction == "mean" and config.loss.mmd_distance_scale == "dim"
+
+
+def test_loss_switch_defaults_are_the_paper():
+    loss = load_config(CONFIGS / "tiny.yaml").loss
+    assert loss.pair_reduction == "sum" and loss.mmd_distance_scale == "none"
+
+
+def test_removed_recon_average_modalities(tmp_path):
+    # true (halved L_ae only) is refused with what replaces it
+    with pytest.raises(ConfigError, match=r"recon_average_modalities was removed.*loss\.pair_reduction"):
+        load_config(write(tmp_path, "loss:\n  recon_average_modalities: true\n"))
+    # false (the paper's sum) still loads, so configs stored with older checkpoints and exports do
+    config = load_config(write(tmp_path, "loss:\n  recon_average_modalities: false\n  ae_weight: 4\n"))
+    assert config.loss.pair_reduction == "sum" and config.loss.ae_weight == 4.0
+    assert not hasattr(config.loss, "recon_average_modalities")
 
 
 @pytest.mark.parametrize(
@@ -65,6 +88,8 @@ def test_overrides_parse_yaml_values():
         ("loss:\n  norm_pix_loss: 1\n", "loss.norm_pix_loss", "expected true or false"),
         ("train:\n  global_batch_size: 10\n  micro_batch_size: 4\n", "train.global_batch_size", "multiple of"),
         ("model: 3\n", "model", "expected a mapping"),
+        ("loss:\n  pair_reduction: half\n", "loss.pair_reduction", "one of ['sum', 'mean']"),
+        ("loss:\n  mmd_distance_scale: sqrt\n", "loss.mmd_distance_scale", "one of ['none', 'dim']"),
     ],
 )
 def test_bad_values_name_file_key_and_expectation(tmp_path, text, key, expected):

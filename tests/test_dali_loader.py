@@ -1,5 +1,5 @@
 """The DALI loader (CPU backend) on a real shard: layout, agreement with the PyTorch loader,
-exact spec log-mel, synchronised windows, rank split, resume and corrupt samples."""
+exact log-mel of docs/method.md §1.2, synchronised windows, rank split, resume and corrupt samples."""
 from __future__ import annotations
 
 import logging

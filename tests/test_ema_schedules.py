@@ -1,4 +1,4 @@
-"""EMA teacher update (eq. 13) and the per-step schedules (spec section 5)."""
+"""EMA teacher update (eq. 13) and the per-step schedules (docs/method.md §5)."""
 import math
 
 import pytest

@@ -4,7 +4,7 @@ The session fixture pretrains configs/tiny.yaml for 200 steps with ``torchrun --
 launch/pretrain.py`` on the sample shards (8 real clips; ``optim.epochs=200`` so that the warm-up /
 cosine schedule and the EMA schedule fit the 200 steps - otherwise the tiny schedule would end at
 step 20), exports the encoders, and writes the step-0 (random init) encoders of the same config
-with eval/random_init.py. The linear SVM protocol (spec section 6: 10 augmented training clips,
+with eval/random_init.py. The linear SVM protocol (docs/method.md §6: 10 augmented training clips,
 3 test clips, C by cross-validation on the training folds) then runs on the bundled real sound
 effects (22 classes, 4 ESC-50-style folds, chance 4.5 %).
 """

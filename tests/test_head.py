@@ -1,4 +1,4 @@
-"""DINO-style projector head (spec section 3) and modality-specific widths."""
+"""DINO-style projector head (docs/method.md §3.3) and modality-specific widths."""
 import math
 
 import pytest
@@ -53,6 +53,23 @@ def test_prototypes_receive_gradients():
     head = _head()
     (head(torch.randn(4, 12)) * torch.randn(4, 10)).sum().backward()
     assert head.prototypes.grad is not None and head.prototypes.grad.abs().sum() > 0
+
+
+def test_prototypes_initialised_like_a_default_linear():
+    """Reference (DINO head): the weight-normed last layer keeps nn.Linear's default init,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the MLP's Linears are trunc-normal(0.02)."""
+    torch.manual_seed(0)
+    head = ProjectorHead(12, HeadConfig(hidden_dim=16, bottleneck_dim=64, out_dim=1024))
+    w = head.prototypes.detach()
+    bound = 1 / math.sqrt(64)  # 0.125
+    assert w.abs().max().item() <= bound
+    assert w.abs().max().item() > 0.99 * bound  # fills the interval
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)  # uniform: std = bound / sqrt(3)
+    assert w.mean().item() == pytest.approx(0.0, abs=3e-3)
+    for layer in (head.mlp[0], head.mlp[3], head.mlp[6]):
+        # trunc_normal_(std=0.02) truncates at +-2 (absolute), i.e. a plain N(0, 0.02^2) in practice
+        assert layer.weight.std().item() == pytest.approx(0.02, rel=0.2) and torch.all(layer.bias == 0)
+    assert w.std().item() > 3 * 0.02  # not the MLP's init
 
 
 def test_ms_with_different_encoder_widths_runs(tiny_config, random_batch):

@@ -1,4 +1,4 @@
-"""MAE-style random masking (spec section 2): how many tokens stay, which ones, per sample."""
+"""MAE-style random masking (docs/method.md §2.3): how many tokens stay, which ones, per sample."""
 import pytest
 import torch
 

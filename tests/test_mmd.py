@@ -1,4 +1,4 @@
-"""Multi-kernel RBF MMD (eq. 7-9): biased MMD^2 with k(a, b) = sum_g exp(-g ||a - b||^2)."""
+"""Multi-kernel RBF MMD (paper eq. 7-9; docs/method.md §4.6): biased MMD^2 with k(a, b) = sum_g exp(-g ||a - b||^2 / s)."""
 import math
 
 import pytest
@@ -89,3 +89,58 @@ def test_gradients_finite_with_duplicate_points():
     value = mmd_rbf(z, z.detach().clone())
     value.backward()
     assert value.item() == 0.0 and torch.all(torch.isfinite(z.grad))
+
+
+def test_distance_scale_dim_hand_computed():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    y = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    # D = 2, gamma 0.5: scaled squared distances within sets 0, 0.5; across 0.5, 1, 1, 0.5
+    # MMD^2 = 2 (0.5 + 0.5 e^-0.25) - 2 (0.5 e^-0.25 + 0.5 e^-0.5) = 1 - e^-0.5 = 0.3934693403
+    assert mmd_rbf(x, y, [0.5], distance_scale="dim").item() == pytest.approx(0.3934693403, rel=1e-6)
+    assert mmd_rbf(x, y, [0.5], distance_scale="none").item() == pytest.approx(1 - math.exp(-1), rel=1e-6)
+
+
+def test_distance_scale_dim_equals_mmd_of_inputs_over_sqrt_dim():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 64, generator=g)
+    y = torch.randn(3, 64, generator=g) + 0.3
+    scaled = mmd_rbf(x, y, DEFAULT_GAMMAS, distance_scale="dim")
+    assert scaled.item() == pytest.approx(mmd_rbf(x / 8.0, y / 8.0, DEFAULT_GAMMAS).item(), rel=1e-5)
+    assert scaled.item() > 1e-3  # not the trivially zero MMD of 64-d noise at gamma >= 1e-3
+    assert mmd_rbf(x, y, DEFAULT_GAMMAS).item() != pytest.approx(scaled.item(), rel=1e-2)
+    with pytest.raises(ValueError, match="distance scale"):
+        mmd_rbf(x, y, distance_scale="sqrt")
+
+
+def test_head_output_monitors_hand_computed():
+    from xkd.losses.mmd import head_output_monitors
+
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    audio = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    monitors = head_output_monitors(video, audio)
+    # video cosines: (1,0)-(0,1) 0, (1,0)-(1,1) and (0,1)-(1,1) 1/sqrt(2): mean sqrt(2) / 3
+    assert monitors["head_cosine_video"].item() == pytest.approx(math.sqrt(2) / 3, rel=1e-6)
+    assert monitors["head_cosine_audio"].item() == pytest.approx(1.0, rel=1e-6)
+    # cross squared distances to (2, 0): 1, 5, 2 (twice each) -> mean 8 / 3
+    assert monitors["head_sqdist_cross"].item() == pytest.approx(8 / 3, rel=1e-6)
+    # as the kernel sees it with distance_scale="dim": divided by D = 2
+    assert head_output_monitors(video, audio, "dim")["head_sqdist_cross"].item() == pytest.approx(4 / 3, rel=1e-6)
+    opposite = head_output_monitors(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), audio)
+    assert opposite["head_cosine_video"].item() == pytest.approx(-1.0, rel=1e-6)
+
+
+def test_model_reports_head_monitors(tiny_config, random_batch):
+    """The student's output dict (every key of which the trainer logs) carries the new monitors."""
+    from xkd.engine.trainer import _mean_over_ranks
+    from xkd.models import XKD
+
+    config = tiny_config(loss={"mmd_distance_scale": "dim"})
+    torch.manual_seed(0)
+    out = XKD(config)(random_batch(config, 2), 0.1, 0.07)
+    record = _mean_over_ranks(out)
+    for key in ("head_cosine_video", "head_cosine_audio", "head_sqdist_cross"):
+        assert key in record and math.isfinite(record[key]), key
+        assert not out[key].requires_grad
+    assert -1.0 <= record["head_cosine_video"] <= 1.0 and -1.0 <= record["head_cosine_audio"] <= 1.0
+    # LayerNorm-ed outputs: ||f||^2 ~= D, so the D-scaled cross distance lies in [0, 4]
+    assert 0.0 < record["head_sqdist_cross"] <= 4.0

@@ -1,10 +1,10 @@
-"""CLS attention (eq. 3), cross-modal attention (eq. 4) and refine pooling (eq. 5-6)."""
+"""CLS attention (paper eq. 3), cross-modal attention (eq. 4) and refine pooling (eq. 5-6); docs/method.md §4.2-4.4."""
 import math
 
 import pytest
 import torch
 
-from xkd.losses.refine import cross_modal_attention, refine_pool
+from xkd.losses.refine import cross_modal_attention, other_head_index, refine_pool
 from xkd.models.encoder import build_blocks, cls_attention
 from xkd.models.sizes import EncoderSize
 
@@ -95,16 +95,71 @@ def test_uniform_attention_gives_plain_mean_pool():
     assert torch.allclose(pooled, tokens.mean(dim=1), atol=1e-6)
 
 
-def test_unpaired_head_counts_use_the_other_modality_mean_over_all_heads():
-    # e.g. ViT-L video teacher (16 heads) with ViT-B audio teacher (12 heads): heads cannot be paired
-    a_v = torch.tensor([[[0.2, 0.6], [0.1, 0.1]]])  # (1, 2 heads, 2)
-    a_a = torch.tensor([[[0.1, 0.3, 0.2]]])  # (1, 1 head, 3), mean 0.2
-    cross = cross_modal_attention(a_v, a_a)
-    # head 0: [0.2, 0.6] * 0.2 / 0.4 = [0.1, 0.3]; head 1: [0.1, 0.1] * 0.2 / 0.1 = [0.2, 0.2]
-    assert cross[0].tolist() == [pytest.approx([0.1, 0.3]), pytest.approx([0.2, 0.2])]
-    back = cross_modal_attention(a_a, a_v)
-    # other mean over both heads and tokens = (0.2 + 0.6 + 0.1 + 0.1) / 4 = 0.25; own mean 0.2
-    assert back[0, 0].tolist() == pytest.approx([0.125, 0.375, 0.25])
+def test_head_mapping_vit_l_video_with_vit_b_audio():
+    # docs/method.md §4.3: head h of H is paired with head (h * H_other) // H of the other modality
+    assert other_head_index(16, 12).tolist() == [0, 0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11]  # 3h // 4
+    assert other_head_index(12, 16).tolist() == [0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14]  # 4h // 3
+    assert other_head_index(12, 12).tolist() == list(range(12))  # equal counts: paired by index
+
+
+# 4 video heads x 2 tokens, 3 audio heads x 3 tokens (a small stand-in for 16 vs 12 heads)
+A_V = torch.tensor([[[0.2, 0.6], [0.1, 0.1], [0.3, 0.1], [0.4, 0.4]]])  # head means 0.4, 0.1, 0.2, 0.4
+A_A = torch.tensor([[[0.1, 0.3, 0.2], [0.3, 0.3, 0.3], [0.05, 0.05, 0.05]]])  # head means 0.2, 0.3, 0.05
+
+
+def test_unpaired_head_counts_hand_computed():
+    # video heads 0..3 use audio heads (3h // 4) = 0, 0, 1, 2
+    cross = cross_modal_attention(A_V, A_A)
+    assert cross[0].tolist() == [
+        pytest.approx([0.1, 0.3]),  # [0.2, 0.6] * 0.2 / 0.4
+        pytest.approx([0.2, 0.2]),  # [0.1, 0.1] * 0.2 / 0.1
+        pytest.approx([0.45, 0.15]),  # [0.3, 0.1] * 0.3 / 0.2
+        pytest.approx([0.05, 0.05]),  # [0.4, 0.4] * 0.05 / 0.4
+    ]
+    # audio heads 0..2 use video heads (4h // 3) = 0, 1, 2
+    back = cross_modal_attention(A_A, A_V)
+    assert back[0].tolist() == [
+        pytest.approx([0.2, 0.6, 0.4]),  # [0.1, 0.3, 0.2] * 0.4 / 0.2
+        pytest.approx([0.1, 0.1, 0.1]),  # [0.3, 0.3, 0.3] * 0.1 / 0.3
+        pytest.approx([0.2, 0.2, 0.2]),  # [0.05, 0.05, 0.05] * 0.2 / 0.05
+    ]
+
+
+def test_refine_depends_on_the_other_modality_when_head_counts_differ():
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    # w = mean over heads = [(0.1 + 0.2 + 0.45 + 0.05) / 4, (0.3 + 0.2 + 0.15 + 0.05) / 4] = [0.2, 0.175];
+    # with ||mean f|| = sqrt(0.5): pooled = [0.2, 0.175] / ||[0.2, 0.175]|| * sqrt(0.5)
+    pooled = refine_pool(tokens, cross_modal_attention(A_V, A_A), "norm")
+    assert pooled[0].tolist() == pytest.approx([0.5321521, 0.4656331], rel=1e-6)
+    # the audio heads in another order (head means 0.05, 0.3, 0.2): video heads now get factors
+    # 0.05, 0.05, 0.3, 0.2 -> cross [0.025, 0.075], [0.05, 0.05], [0.45, 0.15], [0.2, 0.2];
+    # w = [0.725 / 4, 0.475 / 4] = [0.18125, 0.11875] -> another direction
+    reordered = refine_pool(tokens, cross_modal_attention(A_V, A_A[:, [2, 1, 0]]), "norm")
+    assert reordered[0].tolist() == pytest.approx([0.5914673, 0.3875131], rel=1e-6)
+    # A per-sample constant factor (what averaging over all the other modality's heads produced)
+    # is cancelled by Omega: scaling all audio attention leaves the refined feature unchanged.
+    scaled = refine_pool(tokens, cross_modal_attention(A_V, A_A * 2.0), "norm")
+    assert torch.allclose(scaled, pooled, atol=1e-7)
+
+
+@torch.no_grad()
+def test_teacher_refine_weights_follow_the_other_modality_with_unequal_heads(tiny_config, random_batch):
+    """End to end: small video teacher (6 heads), tiny audio teacher (4 heads). Another audio clip must
+    change the video refine weights beyond a per-sample factor (which Omega would cancel)."""
+    from xkd.models import XKD
+
+    config = tiny_config(model={"variant": "ms", "video_encoder": "small", "audio_encoder": "tiny"})
+    torch.manual_seed(0)
+    teacher = XKD(config).teacher
+    assert (teacher.video_encoder.num_heads, teacher.audio_encoder.num_heads) == (6, 4)
+    batch = random_batch(config, 2)
+    video = batch["video_global"]
+    first = teacher(video, batch["audio_global"], 0.1, 0.07, update_centres=False)
+    other_audio = torch.roll(batch["audio_global"], shifts=1, dims=0) * 3.0 + 1.0
+    second = teacher(video, other_audio, 0.1, 0.07, update_centres=False)
+    ratio = second.video_weights / first.video_weights  # (B, N_v)
+    spread = (ratio.max(dim=1).values - ratio.min(dim=1).values) / ratio.mean(dim=1)
+    assert torch.all(spread > 1e-3), spread
 
 
 def test_unknown_energy_rejected():

@@ -241,3 +241,15 @@ def test_metrics_have_one_row_per_step_after_resume(trained, sample_shards, tmp_
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert resumed[:2] == rows and all(r["loss"] not in (123.0, 456.0) for r in resumed)
     assert [r["samples_seen"] for r in resumed] == [8, 16, 24, 32]
+
+
+def test_keys_added_since_the_save_compare_at_their_defaults(trained, sample_shards, tmp_path):
+    """A checkpoint written before a config key existed resumes when the key is at its default."""
+    run = copy_run(trained, tmp_path)
+    meta_path = run / "checkpoints" / "step00000002" / "xkd_meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["loss"]["mmd_distance_scale"]
+    meta_path.write_text(json.dumps(meta))
+    check(pretrain("--data", str(sample_shards), "--output", str(run), "--max-steps", "3"))
+    refused(pretrain("--data", str(sample_shards), "--output", str(run), "--max-steps", "4",
+                     "loss.mmd_distance_scale=dim"), "loss.mmd_distance_scale: 'none' then, 'dim' now")

@@ -1,4 +1,4 @@
-"""Token geometry at the paper's view sizes (spec section 2) and position-embedding interpolation."""
+"""Token geometry at the paper's view sizes (docs/method.md §2) and position-embedding interpolation."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""The PyTorch fallback loader (spec section 1) on a tiny real shard built from short clips."""
+"""The PyTorch fallback loader (docs/method.md §1) on a tiny real shard built from short clips."""
 from __future__ import annotations
 
 import io

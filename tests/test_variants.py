@@ -1,4 +1,4 @@
-"""XKD variants (paper Table S5): which tensors are shared, checked by tensor identity."""
+"""XKD variants (paper Table S5; docs/method.md §3.5): which tensors are shared, checked by tensor identity."""
 import pytest
 import torch
 
@@ -127,3 +127,21 @@ def test_shared_variants_reject_different_encoder_sizes(tiny_config, variant):
     # modality-specific XKD accepts different sizes (ViT-L video + ViT-B audio on AudioSet)
     config = tiny_config(model={"variant": "ms", "video_encoder": "small", "audio_encoder": "tiny"})
     assert (config.model.video_encoder, config.model.audio_encoder) == ("small", "tiny")
+
+
+@pytest.mark.parametrize("variant", ["mas", "mats"])
+def test_reference_view_counts_three_local_video_one_local_audio(tiny_config, random_batch, variant):
+    """The shipped MAS / MATS configs use 3 local video views and 1 local audio view (reference configs):
+    f_s^v has (1 + 3) B rows, f_s^a (1 + 1) B rows, and the loss trains through every view."""
+    config = tiny_config(model={"variant": variant}, views={"video_local_views": 3, "audio_local_views": 1})
+    torch.manual_seed(0)
+    model = XKD(config)
+    rows = {}
+    model.student.video_head.register_forward_hook(lambda m, i, o: rows.__setitem__("video", tuple(o.shape)))
+    model.student.audio_head.register_forward_hook(lambda m, i, o: rows.__setitem__("audio", tuple(o.shape)))
+    out = model(random_batch(config, 2), 0.1, 0.07)
+    out_dim = config.model.head.out_dim
+    assert rows == {"video": (8, out_dim), "audio": (4, out_dim)}
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert model.student.video_encoder.patch_embed.proj.weight.grad.abs().sum() > 0

@@ -1,7 +1,7 @@
 """Typed experiment configuration: YAML files validated into dataclasses.
 
-Every field has the paper / reference-code default of ``shared/spec/xkd-method.md``;
-a YAML file only states what differs. Loading is strict: an unknown key, a value of
+Every field has the paper / reference-code default described in ``docs/method.md`` (which
+also lists every deviation and the switch for it); a YAML file only states what differs. Loading is strict: an unknown key, a value of
 the wrong type or an impossible value raises :class:`ConfigError` naming the file,
 the dotted key and what was expected. Command-line overrides use ``key.sub=value``
 (the value is parsed as YAML, so ``optim.base_lr=2e-4`` is a float).
@@ -23,6 +23,10 @@ VARIANTS = ("ms", "mas", "mats")
 ENCODER_SIZES = ("tiny", "small", "base", "large")
 TEACHER_VIEWS = ("global", "local")
 REFINE_ENERGY = ("norm", "squared_norm")
+TEACHER_POOLS = ("refine", "mean")  # model.teacher_pool (mean: ablation without refine)
+RECON_MODALITIES = ("both", "video")  # loss.recon_modalities (video: the recon_v ablation arm)
+PAIR_REDUCTIONS = ("sum", "mean")  # loss.pair_reduction, docs/method.md §4.8
+MMD_DISTANCE_SCALES = ("none", "dim")  # loss.mmd_distance_scale, docs/method.md §4.6
 PRECISIONS = ("fp32", "fp16", "bf16")
 LOADERS = ("dali", "torch")
 DEVICES = ("auto", "cpu", "gpu")
@@ -49,7 +53,7 @@ def _parse_yaml(text: str) -> Any:
 
 @dataclass
 class DecoderConfig:
-    """MAE decoder, one per modality (spec section 3)."""
+    """MAE decoder, one per modality (docs/method.md §3.2)."""
 
     embed_dim: int = 384
     depth: int = 4
@@ -58,7 +62,7 @@ class DecoderConfig:
 
 @dataclass
 class HeadConfig:
-    """DINO-style projector head (spec section 3)."""
+    """DINO-style projector head (docs/method.md §3.3)."""
 
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -83,12 +87,14 @@ class ModelConfig:
     # Omega of eq. 6: "norm" = ||mean f|| / ||mean w f|| (reference code, energy preserving),
     # "squared_norm" = the paper's ratio of squared norms.
     refine_energy: str = "norm"
+    # Teacher pooling before the head: "refine" (eq. 5-6) or "mean" (plain mean of patch tokens, ablation).
+    teacher_pool: str = "refine"
     drop_path: float = 0.0
 
 
 @dataclass
 class ViewsConfig:
-    """Global/local view geometry and the log-mel recipe (spec section 1)."""
+    """Global/local view geometry and the log-mel recipe (docs/method.md §1)."""
 
     video_fps: int = 8
     video_global_frames: int = 32
@@ -136,10 +142,17 @@ class LossConfig:
     ae_weight: float = 5.0  # lambda_ae, eq. 12
     da_weight: float = 1.0  # lambda_da
     kd_weight: float = 1.0  # lambda_kd
-    # Reference code averages the two reconstruction losses; the paper (eq. 2) sums them.
-    recon_average_modalities: bool = False
+    # Which reconstruction losses enter L_ae: "both" (eq. 2) or "video" (the recon_v ablation arm).
+    recon_modalities: str = "both"
+    # How each two-term loss is reduced (docs/method.md §4.8): "sum" = paper eq. 2, 9, 11
+    # (L_ae = L^v + L^a, L_da = MMD_s + MMD_t, L_kd = CE_v->a + CE_a->v); "mean" = reference code,
+    # which averages all three pairs, i.e. halves the total loss (same relative weights).
+    pair_reduction: str = "sum"
     norm_pix_loss: bool = True  # per-patch normalised targets (eq. 1 with MAE's normalisation)
     mmd_gammas: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0])
+    # Squared distances in the MMD kernel: "none" = paper / reference code; "dim" divides them by
+    # the head output width D (an ablation arm; docs/method.md §4.6).
+    mmd_distance_scale: str = "none"
     student_temperature: float = 0.1
     center_momentum: float = 0.9
     video_teacher_temperature: TemperatureSchedule = field(default_factory=lambda: TemperatureSchedule(0.1, 0.1, 0.0))
@@ -228,7 +241,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return config_from_dict(raw, source=str(path))
 
 
+def _removed_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """``raw`` without removed keys that change nothing; a clear error for those that would.
+
+    ``loss.recon_average_modalities`` (removed): ``false`` was the paper's sum, today's default, and is
+    dropped, so configs stored with older checkpoints and exports still load; ``true`` halved L_ae only,
+    which is neither the paper nor the reference code, and is refused with what replaces it.
+    """
+    loss = raw.get("loss")
+    if not (isinstance(loss, dict) and "recon_average_modalities" in loss):
+        return raw
+    if loss["recon_average_modalities"] is not False:
+        raise ConfigError(
+            f"{source}: loss.recon_average_modalities was removed: it halved L_ae only, which is not what the "
+            "reference code does. Use loss.pair_reduction: sum (paper) or mean (reference code: L_ae, L_da "
+            "and L_kd each averaged over their two terms); see docs/method.md §4.8")
+    loss = {k: v for k, v in loss.items() if k != "recon_average_modalities"}
+    return {**raw, "loss": loss}
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> XKDConfig:
+    raw = _removed_keys(raw, source)
     config = _build(XKDConfig, raw, source, prefix="")
     validate(config, source)
     return config
@@ -315,6 +348,8 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
     _one_of(m.audio_encoder, ENCODER_SIZES, source, "model.audio_encoder")
     _one_of(m.teacher_view, TEACHER_VIEWS, source, "model.teacher_view")
     _one_of(m.refine_energy, REFINE_ENERGY, source, "model.refine_energy")
+    _one_of(m.teacher_pool, TEACHER_POOLS, source, "model.teacher_pool")
+    _one_of(loss.recon_modalities, RECON_MODALITIES, source, "loss.recon_modalities")
     _one_of(t.precision, PRECISIONS, source, "train.precision")
     _one_of(d.loader, LOADERS, source, "data.loader")
     _one_of(d.device, DEVICES, source, "data.device")
@@ -338,7 +373,7 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
     for key in ("hidden_dim", "bottleneck_dim", "out_dim"):
         _check(getattr(head, key) > 0, source, f"model.head.{key}", "a positive integer", getattr(head, key))
 
-    # View geometry must tile exactly into patches (spec section 2).
+    # View geometry must tile exactly into patches (docs/method.md §2).
     for key in ("video_global_size", "video_local_size"):
         size = getattr(v, key)
         _check(size > 0 and size % m.video_patch == 0, source, f"views.{key}",
@@ -367,6 +402,8 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
         _check(getattr(loss, key) >= 0, source, f"loss.{key}", "a non-negative weight", getattr(loss, key))
     _check(loss.ae_weight + loss.da_weight + loss.kd_weight > 0, source, "loss", "at least one positive weight",
            (loss.ae_weight, loss.da_weight, loss.kd_weight))
+    _one_of(loss.pair_reduction, PAIR_REDUCTIONS, source, "loss.pair_reduction")
+    _one_of(loss.mmd_distance_scale, MMD_DISTANCE_SCALES, source, "loss.mmd_distance_scale")
     _check(len(loss.mmd_gammas) > 0 and all(g > 0 for g in loss.mmd_gammas), source, "loss.mmd_gammas",
            "a non-empty list of positive kernel widths", loss.mmd_gammas)
     _check(loss.student_temperature > 0, source, "loss.student_temperature", "a positive number",
@@ -410,5 +447,5 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
 
 
 def scaled_lr(config: XKDConfig) -> float:
-    """Peak learning rate: base_lr scaled linearly with the global batch (spec section 5)."""
+    """Peak learning rate: base_lr scaled linearly with the global batch (docs/method.md §5)."""
     return config.optim.base_lr * config.train.global_batch_size / config.optim.base_batch_size

@@ -1,4 +1,4 @@
-"""EMA teacher update (eq. 13): theta_t <- m theta_t + (1 - m) theta_s."""
+"""EMA teacher update (paper eq. 13; docs/method.md §5.2): theta_t <- m theta_t + (1 - m) theta_s."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Per-step schedules as plain functions of the global step (spec section 5)."""
+"""Per-step schedules as plain functions of the global step (docs/method.md §5)."""
 from __future__ import annotations
 
 import math

@@ -27,7 +27,7 @@ def build_model(config: XKDConfig, device: str | torch.device = "meta") -> XKD:
 
 
 def token_counts(config: XKDConfig) -> dict[str, int]:
-    """Patch tokens per view (CLS excluded) and tokens left visible by masking (spec section 2)."""
+    """Patch tokens per view (CLS excluded) and tokens left visible by masking (docs/method.md §2)."""
     m, v = config.model, config.views
 
     def video_tokens(frames: int, size: int) -> int:

@@ -1,4 +1,4 @@
-"""NVIDIA DALI loader: shard bytes in, the spec's global and local views out (spec section 1).
+"""NVIDIA DALI loader: shard bytes in, the global and local views of docs/method.md §1 out.
 
 Stages (one DALI graph, the same on CPU and GPU; only the decode/op device changes):
 

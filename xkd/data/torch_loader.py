@@ -1,4 +1,4 @@
-"""Pure-PyTorch fallback loader: shards -> batches of global and local views (spec section 1).
+"""Pure-PyTorch fallback loader: shards -> batches of global and local views (docs/method.md §1).
 
 Applies the same :class:`~xkd.data.view_params.ClipViewParams` as the DALI pipeline, drawn per
 (seed, epoch, sample index), so a sample's views do not depend on the worker, the batch or a

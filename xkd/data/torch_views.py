@@ -1,4 +1,4 @@
-"""Per-view tensor operations of the PyTorch loader (spec section 1).
+"""Per-view tensor operations of the PyTorch loader (docs/method.md §1).
 
 Each function applies one clip's :class:`~xkd.data.view_params.ClipViewParams` (drawn once per
 (seed, epoch, sample)) to decoded frames or to an audio window; no randomness is drawn here.

@@ -2,7 +2,7 @@
 
 Both loaders (DALI and PyTorch) apply exactly these parameters, so a sample's views depend
 only on (seed, epoch, sample index): resuming mid-epoch reproduces the same views, and the
-two loaders draw identical windows, crops, flips and gains. Values follow spec section 1
+two loaders draw identical windows, crops, flips and gains. Values follow docs/method.md §1.3
 (paper Tables S1/S2).
 """
 from __future__ import annotations
@@ -140,7 +140,7 @@ def neutral_params(params: ClipViewParams, views: ViewsConfig, frame_height: int
 
 def draw_view_params(rng: np.random.Generator, views: ViewsConfig, num_frames: int, num_audio_samples: int,
                      frame_height: int, frame_width: int, augment: bool = True) -> ClipViewParams:
-    """Draw one clip's view parameters (spec section 1). ``augment=False`` keeps only the
+    """Draw one clip's view parameters (docs/method.md §1). ``augment=False`` keeps only the
     random windows (see :func:`neutral_params`)."""
     # One window valid for both streams: the global views are synchronised.
     audio_window = int(round(views.audio_global_seconds * views.audio_sample_rate))

@@ -1,4 +1,4 @@
-"""The student's optimizer (spec section 5): AdamW with weight decay on weights only."""
+"""The student's optimizer (docs/method.md §5.1): AdamW with weight decay on weights only."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +10,7 @@ from xkd.config import OptimConfig
 def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: weight matrices decayed; biases and 1-D parameters (norms) not.
 
-    Follows the spec literally: anything with ndim <= 1 or named ``*.bias`` gets no decay.
+    As docs/method.md §5.1 (and the reference code's groups): anything with ndim <= 1 or named ``*.bias`` gets no decay.
     Shared parameters (MAS/MATS blocks) appear once.
     """
     decay, no_decay = [], []

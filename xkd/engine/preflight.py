@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xkd.config import XKDConfig, config_from_dict
+from xkd.config import ConfigError, XKDConfig, config_from_dict
 from xkd.engine import checkpoint, checkpoint_safety
 from xkd.tracking import flatten
 
@@ -65,7 +65,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[s
             if old.get(key) != new.get(key) and not _matches(key, RUN_CONTROL_KEYS)}
 
 
-def shape_differences(saved: dict[str, Any], current: XKDConfig) -> list[str]:
+def shape_differences(saved: XKDConfig, current: XKDConfig) -> list[str]:
     """Parameters whose shape (or existence) differs between the saved and the current model
     (built on the meta device: no memory, no time)."""
     import torch
@@ -76,7 +76,7 @@ def shape_differences(saved: dict[str, Any], current: XKDConfig) -> list[str]:
         with torch.device("meta"):
             return {k: tuple(v.shape) for k, v in XKD(config).state_dict().items()}
 
-    old, new = shapes(config_from_dict(saved, source="the checkpoint's config")), shapes(current)
+    old, new = shapes(saved), shapes(current)
     return [f"{k}: {old.get(k)} then, {new.get(k)} now" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
@@ -116,7 +116,11 @@ def plan_resume(tag_dir: Path | None, config: XKDConfig, world_size: int, data: 
             f"{tag_dir}: saved with world size {saved_world}, resuming with {world_size}. ZeRO optimizer "
             "partitions cannot be re-split: resume with the same number of ranks, or export fp32 weights with "
             "launch/export_encoders.py and start a new run from them.")
-    changes = config_differences(meta["config"], config.to_dict())
+    try:  # through today's schema: keys added since the save compare at their defaults
+        saved_config = config_from_dict(meta["config"], source=f"{tag_dir}/{checkpoint.META}")
+    except ConfigError as error:
+        raise PreflightError(f"cannot resume {tag_dir}: its config no longer loads: {error}") from error
+    changes = config_differences(saved_config.to_dict(), config.to_dict())
     if "data" in meta and meta["data"] != data:
         changes[DATA_KEY] = (meta["data"], data)
     refused = [key for key in changes if not _matches(key, allowed)]
@@ -127,7 +131,7 @@ def plan_resume(tag_dir: Path | None, config: XKDConfig, world_size: int, data: 
             "Restore the original settings, start a new run with another --output, or accept the changes "
             "deliberately with " + " ".join(f"--allow-change {key}" for key in refused))
     if any(key != DATA_KEY for key in changes):
-        shapes = shape_differences(meta["config"], config)
+        shapes = shape_differences(saved_config, config)
         if shapes:
             raise PreflightError(
                 f"cannot resume {tag_dir} with this config: the model's parameters have other shapes "

@@ -1,4 +1,4 @@
-"""Downstream evaluation of exported XKD encoders (spec section 6, paper A.5-A.6).
+"""Downstream evaluation of exported XKD encoders (docs/method.md §6, paper A.5-A.6).
 
 Library code behind the thin command-line tools in ``eval/``:
 
@@ -12,7 +12,7 @@ Library code behind the thin command-line tools in ``eval/``:
 * :mod:`~xkd.evaluation.fusion`    audio-visual late fusion
 * :mod:`~xkd.evaluation.metrics`   top-k, multi-clip averaging, average precision / mAP
 * :mod:`~xkd.evaluation.results`   JSON results and MLflow child runs of the pretraining run
-* :mod:`~xkd.evaluation.report`    the table of spec section 7 with our numbers beside the paper's
+* :mod:`~xkd.evaluation.report`    the table of docs/method.md §7 with our numbers beside the paper's
 * :mod:`~xkd.evaluation.cli`       options and steps shared by the command-line tools
 * :mod:`~xkd.evaluation.errors`    ``EvalInputError``: bad input, shown by the tools as ``error: ...`` (exit 2)
 """

@@ -67,7 +67,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, modality: bool = True) 
     group.add_argument("--checkpoint", required=True, type=Path,
                        help="export directory of launch/export_encoders.py (<run>/export/<tag>)")
     group.add_argument("--encoder", choices=ENCODER_ROLES, default="teacher",
-                       help="which exported encoder (default: teacher, spec section 6)")
+                       help="which exported encoder (default: teacher, docs/method.md §6)")
     if modality:
         group.add_argument("--modality", choices=MODALITIES, required=True)
 
@@ -86,7 +86,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_clip_args(parser: argparse.ArgumentParser, train_clips: bool = True) -> None:
-    group = parser.add_argument_group("clips (spec section 6)")
+    group = parser.add_argument_group("clips (docs/method.md §6)")
     group.add_argument("--frames", type=positive_int, default=32, help="video frames per clip at --fps (default 32)")
     group.add_argument("--size", type=positive_int, default=112, help="video clip size in pixels (default 112)")
     group.add_argument("--fps", type=positive_int, default=8)

@@ -1,4 +1,4 @@
-"""Evaluation clips of an item: where they lie in time, how they are read and augmented (spec sections 1, 6).
+"""Evaluation clips of an item: where they lie in time, how they are read and augmented (docs/method.md §1, §6).
 
 Placement (seconds, over ``LabeledItem.duration``, the same for both modalities so that clip i of
 the audio and clip i of the video of an item cover the same span, as late fusion needs):
@@ -118,7 +118,7 @@ def video_test_view(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def video_train_view(frames: torch.Tensor, size: int, rng: np.random.Generator, augment: LinearAugment) -> torch.Tensor:
-    """Multi-scale crop, flip, colour jitter / grayscale (spec section 1, linear eval): (3, T, S, S)."""
+    """Multi-scale crop, flip, colour jitter / grayscale (docs/method.md §1.3, linear eval): (3, T, S, S)."""
     height, width = frames.shape[-2:]
     box = random_resized_box(rng, height, width, scale=augment.crop_scale)
     flip = bool(rng.random() < augment.flip_probability)

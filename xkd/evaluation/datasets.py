@@ -7,7 +7,7 @@ AudioSet-style multi-label sets) unless a label file overrides them (``--labels`
 ``meta/esc50.csv`` (filename, category), FSD50K's ``dev.csv`` / ``eval.csv`` (fname, labels
 as a comma list), or any CSV with a name column and a label column).
 
-Splits (spec section 6: "averaged over official splits") are named lists of train and test
+Splits (docs/method.md §6: "averaged over official splits") are named lists of train and test
 items, read from the datasets' own files:
 
 ==========================  ==================================================================

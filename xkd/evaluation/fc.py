@@ -1,4 +1,4 @@
-"""FC-tuning on frozen features (spec section 6; paper A.5): K400 (top-1/top-5), FSD50K (mAP).
+"""FC-tuning on frozen features (docs/method.md §6; paper A.5): K400 (top-1/top-5), FSD50K (mAP).
 
 A single linear layer (after dropout) is trained on the frozen clip features of the training
 items - every clip is a training sample carrying its item's target - with AdamW and a per-step

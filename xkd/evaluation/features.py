@@ -1,7 +1,7 @@
-"""Frozen features of an exported encoder, cached on disk by checkpoint hash (spec section 6).
+"""Frozen features of an exported encoder, cached on disk by checkpoint hash (docs/method.md §6).
 
 The feature of a clip is the mean of the encoder's last-layer patch tokens after the final
-LayerNorm (CLS excluded; ``EncoderOutput.pooled``, spec section 3), of the **teacher** encoder by
+LayerNorm (CLS excluded; ``EncoderOutput.pooled``, docs/method.md §3.1), of the **teacher** encoder by
 default (``role="student"`` for the student). Features are computed for every item of a
 dataset (splits then index into them), in batches, on the CPU or a GPU, and written to
 

@@ -1,9 +1,9 @@
-"""Full fine-tuning of an exported video or audio encoder with a linear head (spec section 6; paper A.6,
+"""Full fine-tuning of an exported video or audio encoder with a linear head (docs/method.md §6; paper A.6,
 Tables S6 and S7).
 
 Model: the exported encoder (teacher by default) -> mean of the last-layer patch tokens -> dropout
 -> Linear. Video runs at 224x224 (the learned 7x7 position grid of the 112px pretraining is
-interpolated to 14x14 by the encoder, spec section 2).
+interpolated to 14x14 by the encoder, docs/method.md §2.2).
 
 Optimisation: AdamW (0.9, 0.999), weight decay on weights only (not on biases, norms, the
 position table or the CLS token), layer-wise learning-rate decay (BEiT): the patch embedding,

@@ -1,4 +1,4 @@
-"""Audio-visual late fusion (spec section 6; paper A.5, Table 9: Kinetics-Sound).
+"""Audio-visual late fusion (docs/method.md §6; paper A.5, Table 9: Kinetics-Sound).
 
 The audio and the video feature of the same clip (clip i of an item covers the same time span in
 both modalities, see :mod:`xkd.evaluation.clips`) are concatenated and classified by the linear SVM

@@ -1,4 +1,4 @@
-"""Evaluation metrics (spec section 6): multi-clip averaging, top-k accuracy, average precision / mAP.
+"""Evaluation metrics (docs/method.md §6): multi-clip averaging, top-k accuracy, average precision / mAP.
 
 * Item scores are the mean of the per-clip scores (decision functions, logits or
   probabilities) over the item's clips (paper A.5: "scores averaged").

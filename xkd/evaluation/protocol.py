@@ -1,12 +1,12 @@
-"""What an evaluation clip is, per protocol (spec sections 1 and 6; paper A.5-A.6, Tables S1, S2, S6, S7).
+"""What an evaluation clip is, per protocol (docs/method.md §1 and §6; paper A.5-A.6, Tables S1, S2, S6, S7).
 
 * Video: 32 frames at 8 fps (4 s) at 112x112 for linear evaluation; 224x224 for fine-tuning
-  (the position table is interpolated by the encoder, spec section 2).
+  (the position table is interpolated by the encoder, docs/method.md §2.2).
 * Audio: 4 s of 16 kHz mono -> 80 x 448 log-mel, with the log-mel recipe of the pretraining
-  config (spec section 1), so that features see the statistics the encoder was trained on.
+  config (docs/method.md §1), so that features see the statistics the encoder was trained on.
 * Test: ``k`` clips per item, uniformly spaced over the item (3 for UCF101/HMDB51/ESC50, 8 for
   FSD50K), no augmentation. Train (linear evaluation): random clips with the linear-eval
-  augmentation of spec section 1 (video multi-scale crop (0.08, 1), flip 0.5, colour jitter
+  augmentation of docs/method.md §1.3 (video multi-scale crop (0.08, 1), flip 0.5, colour jitter
   (0.4, 0.4, 0.4, 0.2), grayscale 0.2; audio volume jitter +-0.1).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ DEFAULT_TEST_CLIPS = 3
 
 @dataclass(frozen=True)
 class LinearAugment:
-    """Linear-evaluation augmentation (spec section 1, paper Tables S1/S2)."""
+    """Linear-evaluation augmentation (docs/method.md §1.3, paper Tables S1/S2)."""
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
     flip_probability: float = 0.5
@@ -69,7 +69,7 @@ class ClipSpec:
                                    video_global_size=self.size, audio_global_seconds=self.seconds)
 
     def check_tiles(self, model: ModelConfig, views: ViewsConfig) -> None:
-        """Raise when the clip does not tile into the encoder's patches (spec section 2)."""
+        """Raise when the clip does not tile into the encoder's patches (docs/method.md §2.1)."""
         if self.modality == "video":
             if self.frames % model.video_tubelet or self.size % model.video_patch:
                 raise EvalInputError(f"video clip {self.frames}x{self.size}x{self.size} does not tile into the "
@@ -89,7 +89,7 @@ class ClipSpec:
 
 
 def linear_clip_spec(modality: str, frames: int = 32, size: int = 112, fps: int = 8, seconds: float = 4.0) -> ClipSpec:
-    """The linear-evaluation clip (spec section 6): video 32x112x112 at 8 fps, audio 4 s."""
+    """The linear-evaluation clip (docs/method.md §6): video 32x112x112 at 8 fps, audio 4 s."""
     if modality == "video":
         return ClipSpec("video", frames=frames, size=size, fps=fps, seconds=frames / fps)
     return ClipSpec("audio", frames=frames, size=size, fps=fps, seconds=seconds)

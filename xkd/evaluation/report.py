@@ -1,4 +1,4 @@
-"""The table of spec section 7 (paper Tables 7-9, teacher encoders) with our numbers beside the paper's.
+"""The table of docs/method.md §7 (paper Tables 7-9, teacher encoders) with our numbers beside the paper's.
 
 Columns: UCF101, HMDB51, K400, ESC50 (linear / fine-tuned top-1), FSD50K (linear / fine-tuned
 mAP), Kinetics-Sound late fusion (top-1). "Linear" is the linear SVM for UCF101, HMDB51 and
@@ -16,7 +16,7 @@ from pathlib import Path
 from xkd.evaluation.results import EvalRecord
 
 COLUMNS = ("UCF101", "HMDB51", "K400", "ESC50", "FSD50K", "KS fusion")
-PAPER = [  # spec section 7: (pretrain, model, {column: (linear, finetuned)} / fusion)
+PAPER = [  # docs/method.md §7: (pretrain, model, {column: (linear, finetuned)} / fusion)
     ("K400", "XKD", {"UCF101": (83.8, 94.1), "HMDB51": (57.4, 69.0), "K400": (51.4, 77.6), "ESC50": (89.4, 93.6),
                      "FSD50K": (45.8, 54.1), "KS fusion": (81.2, None)}),
     ("K400", "XKD-MAS", {"UCF101": (81.7, 93.4), "HMDB51": (55.1, 65.9), "K400": (50.1, 75.9), "ESC50": (87.3, 92.7),

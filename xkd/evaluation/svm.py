@@ -1,4 +1,4 @@
-"""Linear SVM protocol (spec section 6; paper A.5): UCF101, HMDB51, ESC50, Kinetics-Sound fusion.
+"""Linear SVM protocol (docs/method.md §6; paper A.5): UCF101, HMDB51, ESC50, Kinetics-Sound fusion.
 
 Per split: a LinearSVC (scikit-learn, one-vs-rest, squared hinge) is trained on every clip
 feature of the training items (each clip labelled with its item's class), optionally after

@@ -1,4 +1,4 @@
-"""XKD objectives (paper Algorithm 1, eq. 1-12), each a small pure function or module."""
+"""XKD objectives (paper Algorithm 1, eq. 1-12; docs/method.md §4), each a small pure function or module."""
 from xkd.losses.distillation import TeacherCentre, cross_modal_distillation, distillation_monitors, teacher_probabilities
 from xkd.losses.mmd import mmd_rbf
 from xkd.losses.reconstruction import masked_reconstruction_loss, normalized_patch_targets

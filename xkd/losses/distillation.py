@@ -1,4 +1,4 @@
-"""Centred cross-modal knowledge distillation (eq. 10-11) and collapse monitors (paper B.5)."""
+"""Centred cross-modal knowledge distillation (paper eq. 10-11) and collapse monitors (paper B.5); docs/method.md §4.7, §4.9."""
 from __future__ import annotations
 
 import torch

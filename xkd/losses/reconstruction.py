@@ -1,4 +1,4 @@
-"""Masked reconstruction (eq. 1-2)."""
+"""Masked reconstruction (paper eq. 1-2; docs/method.md §4.1)."""
 from __future__ import annotations
 
 import torch

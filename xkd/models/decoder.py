@@ -1,4 +1,4 @@
-"""MAE decoder, one per modality (spec section 3): reconstructs every patch from the visible tokens."""
+"""MAE decoder, one per modality (docs/method.md §3.2): reconstructs every patch from the visible tokens."""
 from __future__ import annotations
 
 import torch

@@ -28,7 +28,7 @@ def build_blocks(size: EncoderSize, drop_path: float = 0.0) -> nn.ModuleList:
 
 
 def cls_attention(block: Block, x: torch.Tensor) -> torch.Tensor:
-    """Attention of the CLS query to the N patch keys in ``block``, per head (eq. 3).
+    """Attention of the CLS query to the N patch keys in ``block``, per head (paper eq. 3; docs/method.md §4.2).
 
     softmax(q_cls k^T / sqrt(d)) over all N+1 keys, then the CLS column is dropped.
     Only the CLS query and the keys are projected (a slice of the qkv weight), so this
@@ -64,7 +64,7 @@ class EncoderOutput:
         return self.tokens[:, 1:]
 
     def pooled(self) -> torch.Tensor:
-        """The view's representation: mean of last-layer patch tokens, CLS excluded (spec section 3)."""
+        """The view's representation: mean of last-layer patch tokens, CLS excluded (docs/method.md §3.1)."""
         return self.tokens[:, 1:].mean(dim=1)
 
 

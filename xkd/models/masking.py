@@ -1,4 +1,4 @@
-"""MAE-style random token masking (spec section 2)."""
+"""MAE-style random token masking (docs/method.md §2.3)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Video cuboid and audio patch tokenisation (spec section 2).
+"""Video cuboid and audio patch tokenisation (docs/method.md §2.1).
 
 The same ``patchify`` feeds the patch embedding and the reconstruction target, so the
 layout of a token's vector is defined in exactly one place.

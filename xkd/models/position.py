@@ -1,4 +1,4 @@
-"""Learned 1-D position embeddings over a flattened token grid plus a CLS slot (spec section 2).
+"""Learned 1-D position embeddings over a flattened token grid plus a CLS slot (docs/method.md §2.2).
 
 The table is learned for the global view's grid; views with another grid (local views,
 224px fine-tuning) get the patch part interpolated over the grid axes: trilinear over

@@ -1,4 +1,4 @@
-"""Encoder size presets (spec section 3): ViT-B and ViT-L as in the paper, tiny for CPU tests."""
+"""Encoder size presets (docs/method.md §3.1): ViT-B and ViT-L as in the paper, tiny for CPU tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass

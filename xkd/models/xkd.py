@@ -2,8 +2,9 @@
 
 ``XKDStudent`` holds every trainable parameter and is what DeepSpeed wraps.
 ``XKDTeacher`` holds the EMA copies and the KD centres; it runs without gradients.
-``XKD`` joins them: ``XKD(batch, ...)`` returns the total loss (eq. 12) and every
-component and monitor as a dict of tensors. A training loop may call the two halves
+``XKD`` joins them: ``XKD(batch, ...)`` returns the total loss (paper eq. 12) and every
+component and monitor as a dict of tensors (the trainer logs every key). The method, with
+shapes and every deviation from paper and reference code, is docs/method.md. A training loop may call the two halves
 itself (teacher outside the DeepSpeed engine, student inside); the computation is the same.
 
 Batch layout (what the loaders produce):
@@ -20,10 +21,10 @@ from torch import nn
 
 from xkd.config import XKDConfig
 from xkd.losses.distillation import TeacherCentre, cross_modal_distillation, distillation_monitors, teacher_probabilities
-from xkd.losses.mmd import mmd_rbf
+from xkd.losses.mmd import head_output_monitors, mmd_rbf
 from xkd.losses.reconstruction import masked_reconstruction_loss, normalized_patch_targets
 from xkd.losses.refine import cross_modal_attention, refine_pool
-from xkd.losses.total import total_loss
+from xkd.losses.total import reduce_pair, total_loss
 from xkd.models.decoder import MaskedDecoder
 from xkd.models.encoder import ModalityEncoder, build_blocks
 from xkd.models.head import ProjectorHead
@@ -158,14 +159,17 @@ class XKDStudent(nn.Module):
             self.audio_encoder, self.audio_decoder, self.audio_head,
             batch["audio_global"], batch["audio_local"], m.audio_mask_ratio)
 
-        ae = recon_video + recon_audio  # eq. 2
-        if loss_config.recon_average_modalities:
-            ae = ae / 2
-        student_mmd = mmd_rbf(student_video, student_audio, loss_config.mmd_gammas)
-        da = student_mmd + targets.teacher_mmd  # eq. 9; the teacher term is a constant here
+        # Each pair summed (paper) or averaged (reference code): loss.pair_reduction, docs/method.md §4.8.
+        reduction = loss_config.pair_reduction
+        # loss.recon_modalities=video (recon_v arm): the audio AE stays in the graph at weight 0.
+        recon_audio_loss = recon_audio * 0.0 if loss_config.recon_modalities == "video" else recon_audio
+        ae = reduce_pair(recon_video, recon_audio_loss, reduction)  # eq. 2
+        student_mmd = mmd_rbf(student_video, student_audio, loss_config.mmd_gammas, loss_config.mmd_distance_scale)
+        da = reduce_pair(student_mmd, targets.teacher_mmd, reduction)  # eq. 9; the teacher term is a constant here
         kd_terms = cross_modal_distillation(targets.video_probs, targets.audio_probs, student_video,
                                             student_audio, loss_config.student_temperature)
-        loss = total_loss(ae, da, kd_terms["kd"], loss_config)
+        kd = reduce_pair(kd_terms["kd_video_to_audio"], kd_terms["kd_audio_to_video"], reduction)  # eq. 11
+        loss = total_loss(ae, da, kd, loss_config)
         return {
             "loss": loss,
             "ae": ae.detach(),
@@ -175,7 +179,10 @@ class XKDStudent(nn.Module):
             "mmd_student": student_mmd.detach(),
             "mmd_teacher": targets.teacher_mmd,
             **{name: value.detach() for name, value in kd_terms.items()},
+            "kd": kd.detach(),
             **distillation_monitors(targets.video_probs, targets.audio_probs, kd_terms),
+            # Where the MMD kernel acts (docs/method.md §4.6): within-modality cosines, cross-modal distance.
+            **head_output_monitors(student_video.detach(), student_audio.detach(), loss_config.mmd_distance_scale),
         }
 
 
@@ -212,7 +219,7 @@ class XKDTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, video: torch.Tensor, audio: torch.Tensor, video_temperature: float, audio_temperature: float,
                 update_centres: bool = True) -> TeacherTargets:
-        """Teacher targets for one batch (Algorithm 1, lines 11-16, and eq. 10).
+        """Teacher targets for one batch (paper Algorithm 1, lines 11-16, and eq. 10; docs/method.md §4.2-4.4, §4.7).
 
         The probabilities use the centres from before this batch; the centres are then updated.
         """
@@ -221,12 +228,14 @@ class XKDTeacher(nn.Module):
         audio_out = self.audio_encoder(audio, return_attention=True)
         video_cross = cross_modal_attention(video_out.attention, audio_out.attention)  # eq. 4
         audio_cross = cross_modal_attention(audio_out.attention, video_out.attention)
-        teacher_video = self.video_head(refine_pool(video_out.patch_tokens, video_cross, energy))  # eq. 5-6
-        teacher_audio = self.audio_head(refine_pool(audio_out.patch_tokens, audio_cross, energy))
+        pool = refine_pool if self.config.model.teacher_pool == "refine" else mean_pool  # model.teacher_pool
+        teacher_video = self.video_head(pool(video_out.patch_tokens, video_cross, energy))  # eq. 5-6
+        teacher_audio = self.audio_head(pool(audio_out.patch_tokens, audio_cross, energy))
         targets = TeacherTargets(
             video_probs=teacher_probabilities(teacher_video, self.video_centre.value, video_temperature),
             audio_probs=teacher_probabilities(teacher_audio, self.audio_centre.value, audio_temperature),
-            teacher_mmd=mmd_rbf(teacher_video, teacher_audio, self.config.loss.mmd_gammas),
+            teacher_mmd=mmd_rbf(teacher_video, teacher_audio, self.config.loss.mmd_gammas,
+                                self.config.loss.mmd_distance_scale),
             video_weights=video_cross.mean(dim=1),
             audio_weights=audio_cross.mean(dim=1),
         )
@@ -234,6 +243,11 @@ class XKDTeacher(nn.Module):
             self.video_centre.update(teacher_video)
             self.audio_centre.update(teacher_audio)
         return targets
+
+
+def mean_pool(tokens: torch.Tensor, cross_attention: torch.Tensor, energy: str = "norm") -> torch.Tensor:
+    """The plain mean of the patch tokens (model.teacher_pool=mean: the ablation without refine)."""
+    return tokens.mean(dim=1)
 
 
 def teacher_views(batch: dict[str, torch.Tensor], teacher_view: str) -> tuple[torch.Tensor, torch.Tensor]:
