@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from xkd.engine.ds_config import per_rank_batch  # noqa: E402
 from xkd.engine.run import ALLOW_CHANGE_HELP, DEFAULT_CONFIG, DEFAULT_DS_CONFIG, non_negative_int  # noqa: E402
 from xkd.slurm import (JobSpec, SubmitError, check_cluster, check_inputs, check_spec,  # noqa: E402
                        check_start_before_submit, describe_task, follow, mlflow_link, parse_time, render_sbatch,
@@ -100,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         config = check_inputs(args.config, args.ds_config, args.overrides, spec.world_size)
         output = Path(args.output or ROOT / "runs" / config.name).resolve()
         data = args.data and (str(Path(args.data).resolve()) if Path(args.data).exists() else args.data)
-        check_start_before_submit(config, data, output, spec.world_size, args.allow_change)
+        try:
+            check_start_before_submit(config, data, output, spec.world_size, args.allow_change)
+        except SubmitError as error:
+            if not args.dry_run:
+                raise
+            print(f"# warning: a real submission would be refused: {error}")  # a dry run still shows the script
         argv_task = task_argv(str(Path(args.config).resolve()), str(Path(args.ds_config).resolve()), str(output),
                               data, args.max_steps, args.overrides, args.allow_change)
         folder = output / "slurm"
@@ -108,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# sbatch script ({folder}/%j_submission.sh once submitted; nothing submitted: --dry-run)")
             print(render_sbatch(spec, folder))
             print(describe_task(spec, argv_task))
+            micro, accumulation = per_rank_batch(config, spec.world_size)
+            print(f"# batch: global {config.train.global_batch_size} = {spec.world_size} ranks x micro-batch {micro} "
+                  f"x {accumulation} accumulation step(s)"
+                  + (" (derived from the world size)" if not config.train.micro_batch_size else ""))
             return 0
         if args.executor == "slurm":
             check_cluster(spec)

@@ -188,8 +188,11 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    global_batch_size: int = 256
-    micro_batch_size: int = 32  # per rank
+    global_batch_size: int = 256  # a paper hyperparameter: kept whatever the world size
+    # Per rank and forward pass. 0: derived from the world size (the largest divisor of the
+    # per-rank batch up to max_micro_batch_size; the rest is gradient accumulation).
+    micro_batch_size: int = 0
+    max_micro_batch_size: int = 32  # what one device's memory holds (used when micro_batch_size is 0)
     precision: str = "bf16"  # fp32 | fp16 (V100) | bf16
     seed: int = 0
     max_steps: int = 0  # 0: epochs * steps_per_epoch
@@ -430,8 +433,11 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
     _check(o.grad_clip >= 0 and math.isfinite(o.grad_clip), source, "optim.grad_clip",
            "a non-negative number (0 disables clipping)", o.grad_clip)
 
-    _check(t.micro_batch_size > 0, source, "train.micro_batch_size", "a positive integer", t.micro_batch_size)
-    _check(t.global_batch_size > 0 and t.global_batch_size % t.micro_batch_size == 0, source,
+    _check(t.micro_batch_size >= 0, source, "train.micro_batch_size", "0 (derived) or a positive integer",
+           t.micro_batch_size)
+    _check(t.max_micro_batch_size > 0, source, "train.max_micro_batch_size", "a positive integer",
+           t.max_micro_batch_size)
+    _check(t.global_batch_size > 0 and t.global_batch_size % max(t.micro_batch_size, 1) == 0, source,
            "train.global_batch_size", f"a positive multiple of train.micro_batch_size ({t.micro_batch_size})",
            t.global_batch_size)
     _check(t.max_steps >= 0, source, "train.max_steps", "a non-negative integer", t.max_steps)

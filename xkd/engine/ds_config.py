@@ -4,6 +4,7 @@ right value depends on the device may be written ``"auto"`` and are resolved her
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,42 @@ OWNED_SECTIONS = ("optimizer", "scheduler")
 # contiguous_gradients copies each gradient into the bucket as it is produced: on GPUs that keeps
 # the CUDA caching allocator from fragmenting; on the CPU it is only a copy (BENCHMARKS.md).
 ZERO_AUTO = {"contiguous_gradients": {"cuda": True, "cpu": False}}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def per_rank_batch(config: XKDConfig, world_size: int, config_source: str = "the YAML config") -> tuple[int, int]:
+    """(micro-batch, gradient accumulation steps) of each rank for ``train.global_batch_size`` on
+    ``world_size`` ranks. The global batch is kept (a paper hyperparameter); a pinned
+    ``train.micro_batch_size`` is used as is, 0 takes the largest divisor of the per-rank batch
+    up to ``train.max_micro_batch_size``. Impossible combinations name what would work."""
+    train = config.train
+    total = train.global_batch_size
+    if total % world_size:
+        fits = [n for n in _divisors(total) if n <= 4096]
+        raise ConfigError(
+            f"{config_source}: train.global_batch_size ({total}) cannot be split evenly over {world_size} ranks; "
+            f"world sizes that fit: {', '.join(map(str, fits))} (ranks = nodes x tasks or GPUs per node), or set "
+            f"train.global_batch_size to a multiple of {world_size} (optim.base_lr scales with it)")
+    per_rank = total // world_size
+    if train.micro_batch_size:
+        if per_rank % train.micro_batch_size:
+            raise ConfigError(
+                f"{config_source}: train.micro_batch_size ({train.micro_batch_size}) does not divide the per-rank "
+                f"batch {per_rank} (global {total} / {world_size} ranks); micro-batches that fit: "
+                f"{', '.join(map(str, _divisors(per_rank)))}, or train.micro_batch_size=0 to derive it")
+        micro = train.micro_batch_size
+    else:
+        micro = max(d for d in _divisors(per_rank) if d <= train.max_micro_batch_size)
+    return micro, per_rank // micro
+
+
+def with_micro_batch(config: XKDConfig, world_size: int, config_source: str = "the YAML config") -> XKDConfig:
+    """``config`` with ``train.micro_batch_size`` set to :func:`per_rank_batch`'s micro-batch."""
+    micro, _ = per_rank_batch(config, world_size, config_source)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, micro_batch_size=micro))
 
 
 def default_device_type() -> str:
@@ -36,15 +73,11 @@ def resolve_ds_config(path: str | Path, config: XKDConfig, world_size: int, conf
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON: {error}") from error
     train = config.train
-    per_step = train.micro_batch_size * world_size
-    if train.global_batch_size % per_step:
-        raise ConfigError(
-            f"{config_source}: train.global_batch_size ({train.global_batch_size}) must be a multiple of "
-            f"train.micro_batch_size x world size ({train.micro_batch_size} x {world_size} = {per_step})")
+    micro, accumulation = per_rank_batch(config, world_size, config_source)
     expected = {
         "train_batch_size": train.global_batch_size,
-        "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": train.global_batch_size // per_step,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": config.optim.grad_clip,
     }
     for section in OWNED_SECTIONS:

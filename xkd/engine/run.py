@@ -90,7 +90,7 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
 
     from xkd.data.loader import build_train_loader
     from xkd.distributed import accelerator_device, discover, init_process_group
-    from xkd.engine.ds_config import resolve_ds_config
+    from xkd.engine.ds_config import resolve_ds_config, with_micro_batch
     from xkd.engine.preflight import PreflightError, check_start
     from xkd.engine.trainer import RunOptions, Trainer
 
@@ -99,7 +99,9 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
                         format=f"%(asctime)s [rank {env.rank}] %(name)s %(levelname)s: %(message)s")
     shards = resolve_shards(args.data or config.data.shards)
     output = Path(args.output or ROOT / "runs" / config.name)
+    derived = config.train.micro_batch_size == 0
     try:
+        config = with_micro_batch(config, env.world_size, config_source=args.config)
         ds_config = resolve_ds_config(args.ds_config, config, env.world_size, config_source=args.config)
         start = check_start(config, shards, output, env.world_size, args.resume, args.allow_change)
     except (ConfigError, PreflightError) as error:
@@ -107,12 +109,20 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
         if env.is_main or env.local_rank == 0:
             print(f"error: {error}", file=sys.stderr)
         return PretrainOutcome(exit_code=2, rank=env.rank, world_size=env.world_size, launcher=env.launcher)
+    if env.is_main:
+        logging.getLogger("xkd.train").info(
+            "global batch %d on %d ranks: micro-batch %d x %d accumulation steps per rank (%s)",
+            config.train.global_batch_size, env.world_size, config.train.micro_batch_size,
+            ds_config["gradient_accumulation_steps"],
+            f"derived, at most train.max_micro_batch_size={config.train.max_micro_batch_size}" if derived
+            else "train.micro_batch_size")
     init_process_group(env)
     device = accelerator_device(env.local_rank)
     output.mkdir(parents=True, exist_ok=True)
     options = RunOptions(output=output, ds_config=ds_config, ds_config_path=args.ds_config, resume=start.resume,
                          data_fingerprint=start.data, max_steps=args.max_steps or config.train.max_steps,
-                         extra_params={"data": shards, "launcher": env.launcher}, stop=stop)
+                         extra_params={"data": shards, "launcher": env.launcher, "micro_batch_derived": derived},
+                         stop=stop)
     trainer = Trainer(config, env, device, lambda state: build_train_loader(config, shards, env.rank, env.world_size,
                                                                             state, start.samples), options)
     step = trainer.train()
