@@ -106,3 +106,12 @@ def child_pids(parent: int) -> list[int]:
         if int(fields[1]) == parent:
             children.append(int(stat.parent.name))
     return children
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a test's rendezvous (pid-derived ports collide)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from media import free_port
 from test_pretrain import BIN, ROOT, TINY, check, metrics, run_env
 from xkd.config import ConfigError, load_config
 from xkd.engine.ds_config import per_rank_batch, resolve_ds_config
@@ -62,7 +63,7 @@ def test_slurm_dry_run_of_the_paper_config_on_four_gpu_nodes(tmp_path):
 def test_four_ranks_train_the_tiny_config_and_record_the_derived_batch(sample_shards, tmp_path):
     """torchrun with 4 ranks (2 per core here): global 8 = 4 x 2; the run records what was derived."""
     run = tmp_path / "run"
-    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "4", "--master_port", "0",
+    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "4", "--master_port", str(free_port()),
                              str(ROOT / "launch" / "pretrain.py"), "--data", str(sample_shards), "--output", str(run),
                              "--max-steps", "2"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
     check(result)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from media import TINY_VIEWS, ffmpeg, views_config, write_shard
+from media import TINY_VIEWS, ffmpeg, views_config, write_shard, free_port
 from xkd.data.dali_pipeline import DaliClipLoader
 from xkd.data.sample_check import CorruptSamples, corruption_reason
 from xkd.data.sampler import EpochPlan, slot_candidates
@@ -249,7 +249,7 @@ def expected_counts(samples, damaged: set[str], steps: int, world_size: int = 2,
 def pretrain(loader: str, split: Path, output: Path, steps: int) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "0",
+    command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(ROOT / "launch" / "pretrain.py"), "--data", str(split), "--output", str(output),
                "--max-steps", str(steps), f"data.loader={loader}", "train.checkpoint_every_steps=2",
                "train.visualize_every_steps=0"]

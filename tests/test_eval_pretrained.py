@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from media import free_port
+
 from eval_media import SOUND_FOLDS
 from xkd.config import TrainConfig
 
@@ -51,7 +53,7 @@ def pretrained_run(sample_shards, tmp_path_factory) -> Path:
                  "train.log_every_steps=50"]
     if "visualize_every_steps" in {f.name for f in dataclasses.fields(TrainConfig)}:
         overrides.append("train.visualize_every_steps=0")  # figures are not what this test measures
-    run(BIN / "torchrun", "--nproc_per_node", "2", "--master_port", "0",
+    run(BIN / "torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()),
         ROOT / "launch" / "pretrain.py", "--data", sample_shards, "--output", run_dir,
         "--max-steps", str(STEPS), *overrides)
     run(sys.executable, ROOT / "launch" / "export_encoders.py", run_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from media import child_pids
+from media import child_pids, free_port
 from xkd.config import ConfigError, load_config
 from xkd.engine.ds_config import resolve_ds_config
 
@@ -31,7 +31,7 @@ def run_env(**extra: str) -> dict[str, str]:
 
 
 def torchrun(*args: str) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "0",
+    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
             str(ROOT / "launch" / "pretrain.py"), *args]
 
 
@@ -252,7 +252,7 @@ def test_distributed_checks_zero3_ema_and_centres(tmp_path):
     teachers and students are identical on both ranks after a step."""
     out = tmp_path / "checks.json"
     check(subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port",
-                          "0", str(ROOT / "tests" / "distributed_checks.py"), str(out)],
+                          str(free_port()), str(ROOT / "tests" / "distributed_checks.py"), str(out)],
                          cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600))
     results = json.loads(out.read_text())
     zero3, zero2 = results["zero3"], results["zero2"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from media import free_port
 from test_pretrain import BIN, ROOT, check, metrics, run_env
 from xkd.engine import checkpoint_safety
 
@@ -209,7 +210,7 @@ def test_prestart_errors_on_torchrun_and_slurm_submit(sound_shards, tmp_path):
     """torchrun reports the rank's exit status (its own summary follows); slurm_submit makes the
     same checks before it submits anything."""
     out = tmp_path / "out"
-    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "0",
+    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
                              str(ROOT / "launch" / "pretrain.py"), "--data", str(sound_shards), "--output", str(out)],
                             cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "error: " in result.stderr and "have no video member" in result.stderr
