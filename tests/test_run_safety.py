@@ -215,11 +215,15 @@ def test_prestart_errors_on_torchrun_and_slurm_submit(sound_shards, tmp_path):
                             cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "error: " in result.stderr and "have no video member" in result.stderr
     assert "exitcode  : 2" in result.stderr and not out.exists()
-    result = subprocess.run([sys.executable, "launch/slurm_submit.py", "--gpus-per-node", "0", "--tasks-per-node", "2",
-                             "--data", str(sound_shards), "--output", str(out), "--dry-run"],
-                            cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
-    refused(result, "have no video member", "nothing was submitted")
+    submit = [sys.executable, "launch/slurm_submit.py", "--gpus-per-node", "0", "--tasks-per-node", "2",
+              "--data", str(sound_shards), "--output", str(out)]
+    result = subprocess.run(submit, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    refused(result, "have no video member", "nothing was submitted")  # refused before any cluster is asked
     assert not out.exists()
+    dry_run = subprocess.run(submit + ["--dry-run"], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                             timeout=600)  # still shows the script, with the refusal as a warning
+    assert dry_run.returncode == 0 and "# warning: a real submission would be refused" in dry_run.stdout
+    assert "have no video member" in dry_run.stdout and "#SBATCH --nodes=1" in dry_run.stdout
 
 
 def test_resume_none_does_not_overwrite_checkpoints(trained, sample_shards, tmp_path):

@@ -86,19 +86,85 @@ def discover(local_rank_arg: int | None = None) -> DistributedEnv:
 
 
 def accelerator_device(local_rank: int):
-    """The device this rank computes on: its GPU when CUDA is present, else the CPU."""
+    """The device this rank computes on: its GPU when CUDA is present, else the CPU.
+
+    The GPU is chosen by :func:`xkd.devices.local_device_index` (local rank among all visible
+    GPUs, or GPU 0 when the task sees only its own, e.g. ``srun --gpus-per-task=1``), made
+    current, and refused when the installed torch has no kernels for it."""
     import torch
 
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        from xkd.devices import select_cuda_device
+
+        return select_cuda_device(local_rank)
     return torch.device("cpu")
 
 
-def init_process_group(env: DistributedEnv) -> None:
-    """Start torch.distributed through DeepSpeed: NCCL on GPUs, gloo on CPUs."""
+DEFAULT_TIMEOUT_S = 600.0
+RANK_HOSTS_ENV = "XKD_RANK_HOSTS"  # host name of every rank, comma-separated in rank order (set at start-up)
+
+
+def rank_hosts() -> list[str]:
+    """Host name of each rank (index = rank), as gathered by :func:`init_process_group`; [] before."""
+    return [host for host in os.environ.get(RANK_HOSTS_ENV, "").split(",") if host]
+
+
+def init_process_group(env: DistributedEnv, timeout_s: float | None = None) -> None:
+    """Start torch.distributed through DeepSpeed: NCCL on GPUs, gloo on CPUs.
+
+    ``timeout_s`` (``train.dist_timeout_s``) bounds the rendezvous and every collective: a peer that
+    died (its node crashed, its processes were killed) fails this rank with an error within that
+    time instead of hanging the job. Every rank then learns the host name of every other rank
+    (``XKD_RANK_HOSTS``), so that logs and MLflow can name nodes.
+    """
+    import logging
+    import time
+    from datetime import timedelta
+
     import deepspeed
     import torch
+    import torch.distributed as dist
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    if backend == "nccl":
+        # set_device before NCCL starts, so that it binds the rank's own GPU; DeepSpeed takes
+        # LOCAL_RANK as the GPU index (init_process_group's device_id, the engine's device), which
+        # differs from the node-local rank when a task sees only its own GPUs (srun --gpus-per-task).
+        os.environ["LOCAL_RANK"] = str(accelerator_device(env.local_rank).index)
+    timeout = timedelta(seconds=float(timeout_s or DEFAULT_TIMEOUT_S))
+    started = time.monotonic()
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
+    hosts: list[str] = [socket.gethostname()]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, hosts[0])
+        hosts = [str(host) for host in gathered]
+    os.environ[RANK_HOSTS_ENV] = ",".join(hosts)
+    if env.is_main:
+        logging.getLogger("xkd.distributed").info(
+            "process group up in %.2f s: %s, world size %d on %d node(s) (%s), rendezvous %s:%d, timeout %gs",
+            time.monotonic() - started, backend, env.world_size, len(set(hosts)), ",".join(sorted(set(hosts))),
+            env.master_addr, env.master_port, timeout.total_seconds())
+
+
+def describe_peer_failure(error: BaseException) -> str:
+    """Which node a collective's error points at: gloo names the peer's address ("Connection closed
+    by peer [10.203.0.12]:4242", "Connection reset by peer", timeouts); the address is resolved to a
+    host name and the ranks on that host (from :func:`rank_hosts`) are listed."""
+    import re
+
+    text = str(error)
+    hosts = rank_hosts()
+    named = []
+    for address in dict.fromkeys(re.findall(r"\[?(\d{1,3}(?:\.\d{1,3}){3})\]?:\d+", text)):
+        try:
+            host = socket.gethostbyaddr(address)[0]
+        except OSError:
+            host = address
+        ranks = [str(rank) for rank, name in enumerate(hosts) if name == host or name.split(".")[0] == host]
+        named.append(f"node {host} ({address}{', ranks ' + ','.join(ranks) if ranks else ''})")
+    if named:
+        return "peer " + "; ".join(named)
+    here = socket.gethostname()
+    others = sorted({host for host in hosts if host != here})
+    return f"peer on {', '.join(others) if others else 'this node'} (address not in the error)"

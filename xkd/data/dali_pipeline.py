@@ -230,8 +230,26 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
             outputs.append(fn.transpose(crop, perm=[2, 0, 1], output_layout="CHW"))
         return tuple(outputs)
 
-    return pipeline(batch_size=batch_size, num_threads=num_threads, device_id=0 if on_gpu else None, seed=seed,
-                    prefetch_queue_depth=prefetch, exec_dynamic=True)
+    # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
+    # rank; DALI's CPU threads pinned to the CPUs near that GPU (NVML), as the decode feeds it.
+    return pipeline(batch_size=batch_size, num_threads=num_threads, device_id=pipeline_device_id(device),
+                    seed=seed, prefetch_queue_depth=prefetch, exec_dynamic=True, set_affinity=on_gpu)
+
+
+def pipeline_device_id(device: str) -> int | None:
+    """DALI's ``device_id``: the current CUDA device for a GPU pipeline, None for the CPU backend."""
+    return torch.cuda.current_device() if device == "gpu" else None
+
+
+def check_pipeline_device(pipeline, device: str) -> None:
+    """A GPU pipeline must sit on the rank's current GPU (so its outputs land there, not on cuda:0)."""
+    if device != "gpu":
+        return
+    from xkd.devices import DeviceError, dali_device_error
+
+    message = dali_device_error(pipeline.device_id, torch.cuda.current_device())
+    if message:
+        raise DeviceError(message)
 
 
 def dali_error_summary(error: Exception) -> str:
@@ -280,6 +298,7 @@ class DaliClipLoader:
         self.pipeline = build_pipeline(self.source, self.views, self.batch_size, self.device, self.num_threads,
                                        self.seed)
         self.pipeline.build()
+        check_pipeline_device(self.pipeline, self.device)
 
     def _exclude_failed(self, error: Exception) -> None:
         """DALI failed to decode the batch at the current position: find its corrupt samples

@@ -24,11 +24,12 @@ from xkd.engine import checkpoint, checkpoint_safety
 from xkd.tracking import flatten
 
 # Config keys a resumed run may change freely: logging, checkpoint cadence, where the data lives
-# (its content is checked by fingerprint), loader parallelism, tracking.
+# (its content is checked by fingerprint), loader parallelism, tracking, memory/time trade-offs
+# that leave the maths unchanged (activation checkpointing, the collective timeout).
 RUN_CONTROL_KEYS = (
     "name", "train.max_steps", "train.log_every_steps", "train.checkpoint_every_steps",
     "train.visualize_every_steps", "train.max_consecutive_nonfinite", "data.shards", "data.num_workers",
-    "tracking.",
+    "tracking.", "model.activation_checkpointing", "train.dist_timeout_s",
 )
 DATA_KEY = "dataset"  # --allow-change dataset: accept another data set
 

@@ -89,6 +89,7 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from xkd.data.loader import build_train_loader
+    from xkd.devices import DeviceError, require_precision
     from xkd.distributed import accelerator_device, discover, init_process_group
     from xkd.engine.ds_config import resolve_ds_config, with_micro_batch
     from xkd.engine.preflight import PreflightError, check_start
@@ -104,7 +105,9 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
         config = with_micro_batch(config, env.world_size, config_source=args.config)
         ds_config = resolve_ds_config(args.ds_config, config, env.world_size, config_source=args.config)
         start = check_start(config, shards, output, env.world_size, args.resume, args.allow_change)
-    except (ConfigError, PreflightError) as error:
+        device = accelerator_device(env.local_rank)  # a GPU this torch cannot run, or bf16 below 8.0: refused
+        require_precision(config.train.precision, device)
+    except (ConfigError, PreflightError, DeviceError) as error:
         # One report per node (rank 0 and the first rank of every other node), then exit 2 everywhere.
         if env.is_main or env.local_rank == 0:
             print(f"error: {error}", file=sys.stderr)
@@ -116,8 +119,7 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
             ds_config["gradient_accumulation_steps"],
             f"derived, at most train.max_micro_batch_size={config.train.max_micro_batch_size}" if derived
             else "train.micro_batch_size")
-    init_process_group(env)
-    device = accelerator_device(env.local_rank)
+    init_process_group(env, config.train.dist_timeout_s)
     output.mkdir(parents=True, exist_ok=True)
     options = RunOptions(output=output, ds_config=ds_config, ds_config_path=args.ds_config, resume=start.resume,
                          data_fingerprint=start.data, max_steps=args.max_steps or config.train.max_steps,

@@ -49,13 +49,16 @@ class RunOptions:
     stop: StopRequest | None = None  # signal handling installed by the caller (SLURM task); default SIGTERM/USR1
 
 
-def _agree(nonfinite: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
+def _agree(loss: torch.Tensor, stop: bool, device: torch.device) -> tuple[bool, bool]:
     """All ranks take the same decision: skip the step if any rank saw a non-finite loss,
-    stop if any rank was signalled. One tiny all-reduce per micro-step."""
-    flags = torch.tensor([float(nonfinite), float(stop)], device=device)
+    stop if any rank was signalled. One tiny all-reduce per micro-step; the flags are made on
+    the device (no host copy), so the only host sync is reading the agreed result."""
+    nonfinite = (~torch.isfinite(loss.detach().to(device))).float().reshape(1)
+    flags = torch.cat([nonfinite, nonfinite.new_full((1,), float(stop))])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return bool(flags[0]), bool(flags[1])
+    nonfinite_any, stop_any = flags.tolist()
+    return bool(nonfinite_any), bool(stop_any)
 
 
 def _mean_over_ranks(out: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -87,9 +90,15 @@ class Trainer:
         self.checkpoints = self.output / "checkpoints"
         precision = config.train.precision
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        from xkd.devices import require_precision
+
+        require_precision(precision, device)  # bf16 below compute 8.0: refused, naming train.precision=fp16
 
         torch.manual_seed(config.train.seed)  # identical initial weights on every rank
         self.model = XKD(config)
+        from xkd.models.encoder import set_activation_checkpointing
+
+        set_activation_checkpointing(self.model.student, config.model.activation_checkpointing)
         self.teacher = self.model.teacher.to(device)
         optimizer = student_optimizer(self.model.student, config.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.model.student, optimizer=optimizer,
@@ -243,7 +252,7 @@ class Trainer:
                                        schedule.video_teacher_temperature, schedule.audio_teacher_temperature)
             # The engine's module is in the training precision; so must its inputs be.
             out = self.engine({k: v.to(self.dtype) for k, v in batch.items()}, targets)
-            nonfinite, stop = _agree(not torch.isfinite(out["loss"]).item(), self.stop.requested, self.device)
+            nonfinite, stop = _agree(out["loss"], self.stop.requested, self.device)
             if nonfinite:
                 self.nonfinite_in_a_row += 1
                 self.nonfinite_total += 1

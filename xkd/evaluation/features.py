@@ -8,7 +8,8 @@ dataset (splits then index into them), in batches, on the CPU or a GPU, and writ
     <cache_dir>/<dataset>-<encoder>-<mode><n>-<hash>.safetensors
 
 where ``hash`` covers the encoder file's sha256, the dataset fingerprint (shard sha256s and
-labels), the clip geometry, the augmentation, the seed and the clip count. A second request
+labels), the clip geometry, the augmentation, the seed, the clip count and the precision the
+forward pass ran in (bf16/fp16 autocast on a GPU; fp32 otherwise). A second request
 with the same identity loads the file and runs no forward pass, so a sweep over C, splits or
 classifiers never recomputes features. Writes are atomic (temp file + rename).
 """
@@ -97,7 +98,9 @@ class FeatureSet:
 
 
 def feature_identity(export_dir: str | Path, name: str, dataset: LabeledDataset, spec: ClipSpec, mode: str,
-                     n_clips: int, augment: LinearAugment | None, seed: int, keys: list[str]) -> dict:
+                     n_clips: int, augment: LinearAugment | None, seed: int, keys: list[str],
+                     precision: str = "fp32") -> dict:
+    """What the cached features depend on; ``precision``: the one the forward pass ran in."""
     config = export_config(export_dir)
     identity = {
         "cache_format": CACHE_FORMAT, "feature": FEATURE_KIND, "encoder": name,
@@ -107,6 +110,7 @@ def feature_identity(export_dir: str | Path, name: str, dataset: LabeledDataset,
         "clip": spec.to_dict(), "mode": mode, "n_clips": n_clips,
         "augment": dataclasses.asdict(augment) if augment is not None else None,
         "seed": seed if augment is not None else None,
+        "precision": precision,
         "logmel": {k: getattr(config.views, k) for k in ("audio_sample_rate", "n_fft", "hop_length", "mel_bins",
                                                        "mel_fmin", "mel_fmax", "mel_mean", "mel_std", "mel_log_eps")},
     }
@@ -176,7 +180,14 @@ def extract_features(export_dir: str | Path, name: str, dataset: LabeledDataset,
         augment = None
     items = dataset.items if indices is None else [dataset.items[int(i)] for i in sorted(set(map(int, indices)))]
     keys = [item.key for item in items]
-    identity = feature_identity(export_dir, name, dataset, spec, mode, n_clips, augment, seed, keys)
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision {precision!r}: expected fp32, bf16 or fp16")
+    target = resolve_device(device)
+    from xkd.devices import require_precision
+
+    require_precision(precision, target, key="precision")
+    computed = precision if target.type == "cuda" else "fp32"  # autocast runs on CUDA only
+    identity = feature_identity(export_dir, name, dataset, spec, mode, n_clips, augment, seed, keys, computed)
     path = cache_path(cache_dir or Path(export_dir) / "features", identity)
     cached = _load_cached(path, identity)
     if cached is not None:
@@ -188,7 +199,6 @@ def extract_features(export_dir: str | Path, name: str, dataset: LabeledDataset,
     config = export_config(export_dir)
     views = spec.views(config.views)
     spec.check_tiles(config.model, views)
-    target = resolve_device(device)
     model = (encoder if encoder is not None else load_encoder(Path(export_dir), name)).to(target).eval()
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     clips = EvalClips(items, spec, views, n_clips, augment, seed)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,8 @@ class FinetuneConfig:
     grad_clip: float = 0.0
     seed: int = 0
     num_workers: int = 2
-    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA, compute >= 8.0) | fp16 (autocast + loss scaling; V100)
+    activation_checkpointing: bool = False  # recompute encoder blocks in backward (ViT-L at 224 px x 32 frames)
 
     def replace(self, **changes) -> FinetuneConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -100,6 +102,7 @@ class FinetuneConfig:
         return ClipSpec("audio", seconds=self.seconds)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
 VIDEO = FinetuneConfig()
 PRESETS = {  # paper Table S6 (video) and Table S7 (audio)
     "ucf101": VIDEO,
@@ -349,18 +352,26 @@ def _distributed() -> tuple[int, int]:
         env = discover()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
-            torch.cuda.set_device(env.local_rank)
+            from xkd.devices import select_cuda_device
+
+            # The rank's own GPU (GPU 0 when the task sees only its own), current before NCCL starts;
+            # DeepSpeed reads LOCAL_RANK as the GPU index.
+            os.environ["LOCAL_RANK"] = str(select_cuda_device(env.local_rank).index)
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
     return dist.get_rank(), dist.get_world_size()
 
 
 def _device(rank: int, requested: str = "auto") -> torch.device:
+    """The rank's device: under a process group the GPU :func:`_distributed` made current, else
+    the GPU chosen by :func:`xkd.devices.select_cuda_device` for LOCAL_RANK (0 by default)."""
     if requested not in ("auto", "cuda"):
         return torch.device(requested)
     if torch.cuda.is_available():
-        import os
+        if dist.is_initialized():
+            return torch.device("cuda", torch.cuda.current_device())
+        from xkd.devices import select_cuda_device
 
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count()))))
+        return select_cuda_device(int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
 
@@ -398,6 +409,9 @@ def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_
     if precision == "bf16":
         config["bf16"] = {**config.get("bf16", {}), "enabled": True}
         config["fp16"] = {**config.get("fp16", {}), "enabled": False}
+    elif precision == "fp16":
+        config["fp16"] = {**config.get("fp16", {}), "enabled": True}
+        config["bf16"] = {**config.get("bf16", {}), "enabled": False}
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine, optimizer
 
@@ -420,8 +434,16 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
         raise EvalInputError(f"engine {engine!r}: expected one of {ENGINES}")
     if engine == "deepspeed" and ds_config is None:  # before anything heavy is built
         raise EvalInputError("engine deepspeed needs a DeepSpeed config (--ds-config, e.g. ds_configs/zero2.json)")
+    if config.precision not in PRECISIONS:
+        raise EvalInputError(f"precision {config.precision!r}: expected one of {PRECISIONS}")
     rank, world = _distributed()
     device = _device(rank, device)
+    from xkd.devices import DeviceError, require_precision
+
+    try:
+        require_precision(config.precision, device, key="precision")
+    except DeviceError as error:
+        raise EvalInputError(str(error)) from None
     torch.manual_seed(config.seed)
     np.random.seed(config.seed + rank)
     spec = config.clip_spec(modality, views.video_fps)
@@ -434,6 +456,9 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
     mixing = (config.mixup > 0 or config.cutmix > 0)
     if config.drop_path > 0:
         set_drop_path(encoder, config.drop_path)
+    from xkd.models.encoder import set_activation_checkpointing
+
+    set_activation_checkpointing(encoder, config.activation_checkpointing)
     model = Classifier(encoder, num_classes, config.dropout).to(device)
     groups = param_groups(model, config.weight_decay, config.layer_decay)
     scales = [g.pop("lr_scale") for g in groups]
@@ -456,8 +481,11 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
         criterion = SoftTargetCrossEntropy()
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.precision == "bf16" and device.type == "cuda"
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    autocast = (torch.autocast("cuda", dtype=half) if half is not None and device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
+    # fp16 without DeepSpeed: dynamic loss scaling (DeepSpeed's own scaler does it otherwise).
+    scaler = torch.amp.GradScaler("cuda", enabled=half is torch.float16 and device.type == "cuda" and not use_deepspeed)
 
     input_dtype = next(module.parameters()).dtype if use_deepspeed else torch.float32
     train_set = FinetuneClips(dataset, split.train, modality, spec, clip_views, config, train=True)
@@ -492,10 +520,12 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
                 module.step()
             else:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 if config.grad_clip > 0:
+                    scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
             value = float(loss.detach())
             epoch_loss += value * len(x)
             seen += len(x)
@@ -539,7 +569,10 @@ def _save_weights(model: nn.Module, output: str | Path, dataset: LabeledDataset,
 
 def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
     if world > 1:
-        value = value.clone().float()
+        from xkd.devices import collective_device
+
+        # NCCL reduces only CUDA tensors: a CPU tensor there fails after the first epoch.
+        value = value.detach().to(collective_device(), torch.float32, copy=True)
         dist.all_reduce(value)
         value /= world
     return float(value)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -86,6 +87,16 @@ class ModalityEncoder(nn.Module):
         self.position = PositionEmbedding(grid, size.embed_dim)
         self.blocks = blocks
         self.norm = nn.LayerNorm(size.embed_dim, eps=1e-6)
+        # model.activation_checkpointing: recompute each block in the backward pass instead of
+        # keeping its activations (training with gradients only; see set_activation_checkpointing).
+        self.activation_checkpointing = False
+
+    def _block(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            # Non-reentrant: works with DeepSpeed ZeRO-3 hooks and inputs that need no grad; the RNG
+            # state (stochastic depth) is restored for the recomputation, so results are unchanged.
+            return torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+        return block(h)
 
     def forward(
         self,
@@ -102,7 +113,16 @@ class ModalityEncoder(nn.Module):
         cls = (self.cls_token() + position[:, :1]).expand(tokens.shape[0], -1, -1)
         h = torch.cat([cls, tokens], dim=1)
         for block in self.blocks[:-1]:
-            h = block(h)
+            h = self._block(block, h)
         attention = cls_attention(self.blocks[-1], h) if return_attention else None
-        h = self.norm(self.blocks[-1](h))
+        h = self.norm(self._block(self.blocks[-1], h))
         return EncoderOutput(tokens=h, grid=grid, mask=mask, ids_restore=ids_restore, attention=attention)
+
+
+def set_activation_checkpointing(module: nn.Module, enabled: bool) -> int:
+    """Turn activation checkpointing of the transformer blocks on or off in every
+    :class:`ModalityEncoder` inside ``module``; returns how many encoders were set."""
+    encoders = [m for m in module.modules() if isinstance(m, ModalityEncoder)]
+    for encoder in encoders:
+        encoder.activation_checkpointing = bool(enabled)
+    return len(encoders)
