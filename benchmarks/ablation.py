@@ -1,0 +1,325 @@
+#!/usr/bin/env python
+"""One command for the XKD ablation (issue 12, section 2) on the small audio-visual corpus.
+
+    python benchmarks/ablation.py            # full grid: every arm x 3 seeds   (sized for <= 2 h on 2 CPU cores)
+    python benchmarks/ablation.py --quick    # smaller grid: fewer steps, 1 seed (sized for <= 20 min)
+    python benchmarks/ablation.py --arms ae xkd --seeds 0 1 --steps 300     # any sub-grid
+
+Steps (each is skipped when its output already exists, so a rerun continues):
+
+1. corpus: ``data_prep/make_av_corpus.py`` (seeded; class drives a real 0 A.D. recording and a
+   rendered pattern) unless ``--corpus`` points at one;
+2. shards: ``data_prep/make_shards.py`` for the pretrain, probe-train and probe-test splits;
+3. per arm and seed: pretraining with the real engine (``deepspeed launch/pretrain.py``,
+   ZeRO-2 via ``ds_configs/zero2.json``, 2 CPU ranks over gloo, ``configs/tiny.yaml`` plus the
+   arm's overrides, see ``ARMS``), ``launch/export_encoders.py``, and ``eval/linear_svm.py`` on
+   both modalities (teacher encoders, probe-train -> probe-test, which use real recordings never
+   heard in pretraining); the random-init arm exports ``eval/random_init.py`` instead;
+4. collapse monitors from each run's ``metrics.jsonl`` (mean of the last ``--monitor-window``
+   rows): KL per direction, teacher entropies, reconstruction losses;
+5. one MLflow parent run (experiment ``xkd_ablation``) with a child run per arm (mean/std over
+   seeds, every seed's numbers and the pretraining run ids); ``results.json`` and
+   ``results.md`` (the table, beside the paper's numbers) in ``--work``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PYTHON = sys.executable
+
+# Arm -> config overrides (key=value for launch/pretrain.py). None: no pretraining (random init).
+ARMS: dict[str, dict[str, str] | None] = {
+    "random": None,
+    "recon_v": {"loss.recon_modalities": "video", "loss.kd_weight": "0", "loss.da_weight": "0"},
+    "ae": {"loss.kd_weight": "0", "loss.da_weight": "0"},
+    "ae+kd": {"loss.da_weight": "0"},
+    "ae+da": {"loss.kd_weight": "0"},
+    "xkd": {},  # ae + kd + da: the method
+    "xkd_local": {"model.teacher_view": "local"},  # teachers on the first local view (reference code)
+    "xkd_meanpool": {"model.teacher_pool": "mean"},  # plain mean pool instead of refine
+}
+ARM_LABELS = {
+    "random": "random init", "recon_v": "`recon_v`", "ae": "`ae`", "ae+kd": "`ae+kd`", "ae+da": "`ae+da`",
+    "xkd": "`ae+kd+da` (XKD)", "xkd_local": "XKD, `teacher_view=local`", "xkd_meanpool": "XKD, mean pool (no refine)",
+}
+# Paper, linear SVM top-1 (ViT-B, K400 pretraining, 400-800 epochs): UCF101 (video) and ESC50 (audio);
+# Tables 1-4 of the paper. None: not reported.
+PAPER = {
+    "random": (None, None), "recon_v": (76.1, None), "ae": (76.3, 90.0), "ae+kd": (76.3, None),
+    "ae+da": (77.8, None), "xkd": (84.7, 91.0), "xkd_local": (None, None), "xkd_meanpool": (81.0, 88.0),
+}
+MONITORS = ("kl_video_to_audio", "kl_audio_to_video", "teacher_entropy_video", "teacher_entropy_audio",
+            "recon_video", "recon_audio")
+
+# Grid sizes. Steps at global batch 8; the cosine schedule is fitted to the steps (optim.epochs).
+GRIDS = {
+    "full": {"seeds": [0, 1, 2], "steps": 800, "train_clips": 5, "test_clips": 2},
+    "quick": {"seeds": [0], "steps": 300, "train_clips": 3, "test_clips": 2},
+}
+# The tiny model on the corpus's 64 px, 8 fps clips: global views 2 s (16 frames, 64 px), local 1 s.
+BASE_OVERRIDES = {"train.log_every_steps": "5", "train.visualize_every_steps": "0"}
+EVAL_CLIP = ["--frames", "16", "--size", "64", "--seconds", "2"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the smaller grid (GRIDS['quick'])")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None, help="default: every arm")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the grid's seeds")
+    parser.add_argument("--steps", type=int, default=None, help="pretraining steps per arm (default: the grid's)")
+    parser.add_argument("--work", type=Path, default=None, help="default: runs/ablation/<quick|full>")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="an existing make_av_corpus.py output (default: <work>/../corpus, generated if missing)")
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--train-clips", type=int, default=None, help="augmented clips per probe-train item")
+    parser.add_argument("--test-clips", type=int, default=None, help="clips per probe-test item")
+    parser.add_argument("--monitor-window", type=int, default=5, help="metrics.jsonl rows averaged for the monitors")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for every trained arm (e.g. loss.kd_weight=2)")
+    parser.add_argument("--no-track", action="store_true", help="no MLflow parent/child runs")
+    args = parser.parse_args(argv)
+    grid = GRIDS["quick" if args.quick else "full"]
+    args.grid = "quick" if args.quick else "full"
+    args.arms = args.arms or list(ARMS)
+    args.seeds = args.seeds if args.seeds is not None else grid["seeds"]
+    args.steps = args.steps or grid["steps"]
+    args.train_clips = args.train_clips or grid["train_clips"]
+    args.test_clips = args.test_clips or grid["test_clips"]
+    args.work = args.work or ROOT / "runs" / "ablation" / args.grid
+    args.corpus = args.corpus or ROOT / "runs" / "ablation" / "corpus"
+    args.work, args.corpus = args.work.resolve(), args.corpus.resolve()
+    for item in args.set:
+        if "=" not in item:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+    return args
+
+
+def steps_per_epoch(shards: Path, global_batch: int = 8) -> int:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    samples = manifest.get("num_samples") or manifest.get("samples") or sum(
+        s.get("samples", s.get("num_samples", 0)) for s in manifest.get("shards", []))
+    return max(1, int(samples) // global_batch)
+
+
+def arm_overrides(arm: str, steps: int, spe: int, seed: int, extra: list[str] = ()) -> list[str]:
+    """Every key=value launch/pretrain.py gets for one arm and seed (None for the random arm)."""
+    if ARMS[arm] is None:
+        raise ValueError(f"arm {arm!r} is not pretrained")
+    epochs = max(2, math.ceil(steps / spe))
+    values = {**BASE_OVERRIDES, "train.seed": str(seed), "optim.epochs": str(epochs),
+              "optim.warmup_epochs": str(max(1, round(epochs * 0.1))),
+              "train.checkpoint_every_steps": str(steps), **ARMS[arm]}
+    for item in extra:
+        key, value = item.split("=", 1)
+        values[key] = value
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def run(command: list[str], log: Path, env: dict | None = None) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(log, "a") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if result.returncode != 0:
+        raise RuntimeError(f"failed (exit {result.returncode}, see {log}): {' '.join(command)}")
+    print(f"  {time.time() - started:6.0f} s  {' '.join(command[:3])} ...", flush=True)
+
+
+def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
+    if not (args.corpus / "corpus.json").is_file():
+        print(f"generating the corpus in {args.corpus}", flush=True)
+        run([PYTHON, "data_prep/make_av_corpus.py", "--output", str(args.corpus)], args.work / "logs" / "corpus.log")
+    shards = {}
+    for split in ("pretrain", "probe_train", "probe_test"):
+        out = args.corpus.parent / "shards" / split
+        if not (out / "manifest.json").is_file():
+            run([PYTHON, "data_prep/make_shards.py", "--input", str(args.corpus / split), "--output", str(out),
+                 "--short-side", "64", "--fps", "8", "--workers", "1", "--no-progress"],
+                args.work / "logs" / f"shards_{split}.log")
+        shards[split] = out
+    return shards
+
+
+def latest_export(run_dir: Path) -> Path | None:
+    exports = sorted(p for p in (run_dir / "export").glob("step*") if (p / "config.yaml").is_file())
+    return exports[-1] if exports else None
+
+
+def monitors(run_dir: Path, window: int) -> dict[str, float]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "recon_video" in r][-window:]
+    out = {}
+    for key in MONITORS:
+        values = [float(r[key]) for r in rows if key in r]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def evaluate(args, export: Path, shards: dict[str, Path], out_dir: Path, seed: int) -> dict[str, float]:
+    scores = {}
+    for modality in ("video", "audio"):
+        out = out_dir / f"linear_svm-{modality}.json"
+        if not out.is_file():
+            run([PYTHON, "eval/linear_svm.py", "--checkpoint", str(export), "--modality", modality,
+                 "--data", str(shards["probe_train"]), "--test-data", str(shards["probe_test"]),
+                 "--dataset-name", "av_corpus", *EVAL_CLIP, "--train-clips", str(args.train_clips),
+                 "--test-clips", str(args.test_clips), "--seed", str(seed), "--workers", "0",
+                 "--output", str(out), "--no-track", "--no-progress"], out_dir / "eval.log")
+        record = json.loads(out.read_text())
+        scores[modality] = float(record["mean"]["top1"])  # percent
+    return scores
+
+
+def pretrain(args, arm: str, seed: int, shards: dict[str, Path], spe: int) -> Path:
+    run_dir = args.work / "runs" / arm / f"seed{seed}"
+    if latest_export(run_dir) is None:
+        ckpts = run_dir / "checkpoints"
+        if not any(ckpts.glob(f"step{args.steps:08d}*")):
+            command = [str(BIN / "deepspeed"), "--master_port", str(free_port()), "launch/pretrain.py",
+                       "--config", args.config,
+                       "--ds_config", "ds_configs/zero2.json", "--data", str(shards["pretrain"]),
+                       "--output", str(run_dir), "--max-steps", str(args.steps),
+                       *arm_overrides(arm, args.steps, spe, seed, args.set)]
+            run(command, run_dir / "pretrain.log",
+                env={"LOCAL_SIZE": "2", "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": tracking_uri(args)})
+        run([PYTHON, "launch/export_encoders.py", str(run_dir)], run_dir / "export.log")
+    return run_dir
+
+
+def free_port() -> int:
+    """A free TCP port for the rendezvous (29500 may be taken by another job on a shared machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tracking_uri(args) -> str:
+    return f"sqlite:///{(args.work / 'mlruns.db').resolve()}"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
+    summary = {}
+    for arm, rows in per_seed.items():
+        entry = {"seeds": [r["seed"] for r in rows]}
+        for key in ("video", "audio", *MONITORS):
+            values = [r[key] for r in rows if key in r and r[key] is not None]
+            if values:
+                entry[key] = {**dict(zip(("mean", "std"), mean_std(values))), "n": len(values)}
+        summary[arm] = entry
+    return summary
+
+
+def fmt(entry: dict | None, digits: int = 1) -> str:
+    if not entry or entry["mean"] != entry["mean"]:
+        return "-"
+    if entry.get("n", 2) < 2:  # one seed: no spread to show
+        return f"{entry['mean']:.{digits}f}"
+    return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, dict]) -> str:
+    lines = [
+        "| arm | video top-1 (%) | audio top-1 (%) | paper UCF101 | paper ESC50 | KL v→a | KL a→v "
+        "| H(teacher v) | H(teacher a) | recon v | recon a |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, entry in summary.items():
+        paper_v, paper_a = PAPER[arm]
+        lines.append("| " + " | ".join([
+            ARM_LABELS[arm], fmt(entry.get("video")), fmt(entry.get("audio")),
+            "-" if paper_v is None else f"{paper_v:.1f}", "-" if paper_a is None else f"{paper_a:.1f}",
+            *(fmt(entry.get(k), 2) for k in MONITORS)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def track(args, summary: dict, per_seed: dict, meta: dict) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(args))
+    mlflow.set_experiment("xkd_ablation")
+    with mlflow.start_run(run_name=f"ablation-{args.grid}-{time.strftime('%Y%m%dT%H%M%S')}") as parent:
+        mlflow.log_params({k: str(v)[:500] for k, v in meta.items()})
+        mlflow.log_text(markdown_table(summary), "results.md")
+        for arm, entry in summary.items():
+            with mlflow.start_run(run_name=arm, nested=True):
+                mlflow.set_tags({"xkd.kind": "ablation_arm", "mlflow.parentRunId": parent.info.run_id})
+                mlflow.log_params({"arm": arm, "overrides": json.dumps(ARMS[arm]), "seeds": str(entry["seeds"])})
+                for key, value in entry.items():
+                    if isinstance(value, dict) and value["mean"] == value["mean"]:
+                        mlflow.log_metric(f"{key}_mean", value["mean"])
+                        mlflow.log_metric(f"{key}_std", value["std"])
+                mlflow.log_text(json.dumps(per_seed[arm], indent=1), "per_seed.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    shards = prepare_data(args)
+    spe = steps_per_epoch(shards["pretrain"])
+    per_seed: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    like: Path | None = None
+    trained = [a for a in args.arms if ARMS[a] is not None]
+    for arm in trained + [a for a in args.arms if ARMS[a] is None]:  # random init needs an export to copy
+        for seed in args.seeds:
+            print(f"[{time.time() - started:6.0f} s] arm {arm} seed {seed}", flush=True)
+            if ARMS[arm] is None:
+                run_dir = args.work / "runs" / arm / f"seed{seed}"
+                export = run_dir / "export" / "random_init"
+                if not (export / "config.yaml").is_file():
+                    if like is None:  # nothing trained in this grid: one step to get an export
+                        like = latest_export(pretrain(args, "ae", seed, shards, spe))
+                    run([PYTHON, "eval/random_init.py", "--like", str(like), "--output", str(export),
+                         "--seed", str(seed)], run_dir / "random_init.log")
+                row = {"seed": seed, **evaluate(args, export, shards, run_dir / "eval", seed)}
+            else:
+                run_dir = pretrain(args, arm, seed, shards, spe)
+                export = latest_export(run_dir)
+                like = like or export
+                row = {"seed": seed, **evaluate(args, export, shards, run_dir / "eval", seed),
+                       **monitors(run_dir, args.monitor_window)}
+            per_seed[arm].append(row)
+            print(f"    {json.dumps(row)}", flush=True)
+    summary = summarize({arm: per_seed[arm] for arm in ARMS if arm in per_seed})
+    meta = {"grid": args.grid, "arms": args.arms, "seeds": args.seeds, "steps": args.steps,
+            "steps_per_epoch": spe, "config": args.config, "extra_overrides": args.set,
+            "train_clips": args.train_clips, "test_clips": args.test_clips, "corpus": str(args.corpus),
+            "wall_s": round(time.time() - started, 1)}
+    result = {"meta": meta, "summary": summary, "per_seed": per_seed}
+    (args.work / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.work / "results.md").write_text(markdown_table(summary))
+    if not args.no_track:
+        track(args, summary, per_seed, meta)
+    print(markdown_table(summary))
+    print(f"wall time {time.time() - started:.0f} s; results in {args.work / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""data_prep/make_av_corpus.py: deterministic, disjoint splits, clips decode with sound and picture."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "data_prep"))
+
+import make_av_corpus  # noqa: E402
+
+SMALL = dict(classes=3, per_class={"pretrain": 2, "probe_train": 1, "probe_test": 1}, size=32, fps=8, seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("av") / "corpus"
+    meta = make_av_corpus.generate(out, seed=3, **SMALL)
+    return out, meta
+
+
+def test_deterministic(corpus, tmp_path):
+    out, _ = corpus
+    again = tmp_path / "again"
+    make_av_corpus.generate(again, seed=3, **SMALL)
+    assert make_av_corpus.tree_digest(out) == make_av_corpus.tree_digest(again)
+    other = tmp_path / "other"
+    make_av_corpus.generate(other, seed=4, **SMALL)
+    assert make_av_corpus.tree_digest(out) != make_av_corpus.tree_digest(other)
+
+
+def test_splits_disjoint_and_layout(corpus):
+    out, meta = corpus
+    lists = {s: (out / "splits" / f"{s}.txt").read_text().split() for s in make_av_corpus.SPLITS}
+    assert [len(lists[s]) for s in make_av_corpus.SPLITS] == [6, 3, 3]
+    everything = [p for s in lists.values() for p in s]
+    assert len(set(everything)) == len(everything)
+    for split, paths in lists.items():
+        for rel in paths:
+            assert rel.split("/")[0] == split and (out / rel).is_file()
+            assert Path(rel).parent.name in {c["name"] for c in meta["classes"]}  # label = parent folder
+    # Real recordings: each split uses its own (folds 1-2 / 3 / 4), never shared.
+    used = {s: {c["recording"] for c in meta["clips"] if c["split"] == s} for s in make_av_corpus.SPLITS}
+    assert not used["pretrain"] & used["probe_train"]
+    assert not used["pretrain"] & used["probe_test"]
+    assert not used["probe_train"] & used["probe_test"]
+    for clip in meta["clips"]:
+        assert clip["recording"].split("/")[0] == clip["label"]
+    # Every class has its own (shape, motion, texture), attributes shared across classes.
+    combos = [(c["shape"], c["motion"], c["texture"]) for c in meta["classes"]]
+    assert len(set(combos)) == len(combos)
+    assert json.loads((out / "corpus.json").read_text())["seed"] == 3
+
+
+def test_clips_decode_with_audio_and_video(corpus):
+    out, meta = corpus
+    for clip in meta["clips"]:
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+             "stream=codec_type,nb_read_frames,width,height,duration,sample_rate", "-of", "json", str(out / clip["path"])],
+            capture_output=True, text=True, check=True)
+        streams = {s["codec_type"]: s for s in json.loads(probe.stdout)["streams"]}
+        assert set(streams) == {"video", "audio"}
+        video, audio = streams["video"], streams["audio"]
+        assert int(video["nb_read_frames"]) == 16 and int(video["width"]) == 32 and int(video["height"]) == 32
+        assert int(audio["sample_rate"]) == 16000
+        assert abs(float(audio["duration"]) - 2.0) < 0.1
+        # The sound is really there (not silence).
+        pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out / clip["path"]), "-f", "s16le", "-ac", "1", "-"],
+                             capture_output=True, check=True).stdout
+        assert len(pcm) > 2 * 16000 * 1.9 and max(pcm) > 0
+
+
+def test_class_selection_is_even_and_refuses_nonempty_output(tmp_path):
+    names = make_av_corpus.select_classes(make_av_corpus.DEFAULT_SOUNDS, 8)
+    assert len(names) == len(set(names)) == 8 and names == sorted(names)
+    (tmp_path / "x").write_text("keep")
+    with pytest.raises(SystemExit):
+        make_av_corpus.generate(tmp_path, **SMALL)
