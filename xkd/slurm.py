@@ -19,6 +19,13 @@ Requeue and signals, in each task:
 
 submitit's own USR2 handler (which requeues from inside the signal handler, before our trainer
 could checkpoint) is replaced by ours once the task starts.
+
+Node failures (multi-node jobs): a collective whose peer is gone fails within
+``train.dist_timeout_s``; the surviving task logs the lost node (:func:`is_peer_failure`,
+``xkd.distributed.describe_peer_failure``), requeues the job and exits. When a whole node dies,
+srun may end the step before any task notices: the batch script's teardown (:func:`after_step`)
+then finds the node not responding, names it and requeues. The requeued job starts when enough
+nodes are up and resumes from the last complete checkpoint.
 """
 from __future__ import annotations
 
@@ -76,13 +83,43 @@ class PretrainTask(Checkpointable):
 
         from xkd.engine.run import pretrain
 
-        outcome = pretrain(self.argv, stop=stop)
+        try:
+            outcome = pretrain(self.argv, stop=stop)
+        except Exception as error:
+            if is_peer_failure(error):
+                self._lost_peer(error, job_env, restart)
+            raise
         if outcome.exit_code != 0:
             raise RuntimeError(f"pretraining refused to start (exit code {outcome.exit_code}); see the task's stderr")
         if outcome.completed:
             return {**asdict(outcome), "hostname": socket.gethostname(), "restart": restart}
         self._stopped(outcome, stop.received, job_env, restart)
         raise AssertionError("unreachable")
+
+    def _lost_peer(self, error: BaseException, job_env, restart: int) -> None:
+        """A collective failed because another rank is gone (its node crashed, its processes were
+        killed, or it stopped answering for ``train.dist_timeout_s``): name the node in the log,
+        requeue the job (SLURM restarts it once enough nodes are up; it resumes from the last
+        complete checkpoint) and exit with an error."""
+        from xkd.distributed import describe_peer_failure
+
+        here = f"rank {job_env.global_rank} on {socket.gethostname()}"
+        first_line = str(error).strip().splitlines()[0][:400] if str(error).strip() else type(error).__name__
+        print(f"[xkd.slurm] {here}: lost a peer of job {job_env.job_id}: {describe_peer_failure(error)}; "
+              f"{type(error).__name__}: {first_line}", file=sys.stderr, flush=True)
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        if not isinstance(job_env, SlurmJobEnvironment):
+            raise SystemExit(f"[xkd.slurm] {here}: peer lost; not a SLURM job, nothing requeued") from error
+        if restart >= self.max_requeues:
+            raise SystemExit(f"[xkd.slurm] {here}: peer lost; NOT requeued: already restarted {restart} times "
+                             f"(max_requeues={self.max_requeues})") from error
+        # Every surviving rank asks; the first request requeues the job, the others find it pending.
+        result = subprocess.run(["scontrol", "requeue", str(job_env.job_id)], capture_output=True, text=True)
+        outcome = "requeued" if result.returncode == 0 else f"requeue: {result.stderr.strip() or result.returncode}"
+        print(f"[xkd.slurm] {here}: job {job_env.job_id} {outcome}; it resumes from the last complete checkpoint "
+              "when its nodes are available", file=sys.stderr, flush=True)
+        raise SystemExit(f"[xkd.slurm] {here}: peer lost, job {job_env.job_id} requeued") from error
 
     def _stopped(self, outcome, received: list[str], job_env, restart: int) -> None:
         """Stopped by a signal with a checkpoint at ``outcome.step``: requeue on a time-limit warning
@@ -104,6 +141,71 @@ class PretrainTask(Checkpointable):
             raise SystemExit(f"[xkd.slurm] {where}; requeue failed ({error}). Submit the same command again "
                              "to resume.") from error
         raise SystemExit(f"[xkd.slurm] job {job_env.job_id} requeued; it resumes from step {outcome.step}")
+
+
+PEER_FAILURE_PATTERNS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out",
+                         "timeout", "connection refused", "no route to host", "nccl", "gloo", "socket")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """An error of a collective (gloo/NCCL) because another rank is gone, not a bug of this rank."""
+    try:
+        from torch.distributed import DistError
+    except ImportError:  # older torch
+        DistError = ()  # noqa: N806
+    if DistError and isinstance(error, DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, (RuntimeError, ConnectionError, TimeoutError)) and any(
+        pattern in text for pattern in PEER_FAILURE_PATTERNS)
+
+
+def lost_nodes(timeout_s: float = 5.0) -> dict[str, str]:
+    """Nodes of this job (``$SLURM_JOB_NODELIST``) that are gone: slurmctld lists them as down /
+    not responding, or their slurmd does not accept a connection. {node: why}."""
+    nodes = subprocess.run(["scontrol", "show", "hostnames", os.environ.get("SLURM_JOB_NODELIST", "")],
+                           capture_output=True, text=True).stdout.split()
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    port = int((re.search(r"^SlurmdPort\s*=\s*(\d+)", config, re.M) or [None, 6818])[1])
+    lost = {}
+    for node in nodes:
+        state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+        if state.endswith("*") or state.startswith(("down", "fail", "drain")):
+            lost[node] = f"slurmctld: {state}"
+            continue
+        try:
+            with socket.create_connection((node, port), timeout=timeout_s):
+                pass
+        except OSError as error:
+            lost[node] = f"slurmd port {port}: {error or type(error).__name__}"
+    return lost
+
+
+def after_step(status: int, max_requeues: int) -> int:
+    """Run by the batch script after srun: when the step failed and a node of the job is gone (a
+    node crash kills its tasks and srun then ends the others), log the node and requeue the job."""
+    if status == 0:
+        return 0
+    job = os.environ.get("SLURM_JOB_ID", "?")
+    lost = lost_nodes()
+    here = f"batch script on {socket.gethostname()}"
+    if not lost:
+        print(f"[xkd.slurm] {here}: step of job {job} ended with exit {status}; every node answers (no node "
+              "failure to requeue for)",
+              file=sys.stderr, flush=True)
+        return status
+    named = "; ".join(f"node {node} ({why})" for node, why in lost.items())
+    print(f"[xkd.slurm] {here}: lost a peer of job {job}: {named}; step exit {status}", file=sys.stderr, flush=True)
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if restart >= max_requeues:
+        print(f"[xkd.slurm] {here}: NOT requeued: already restarted {restart} times (max_requeues={max_requeues})",
+              file=sys.stderr, flush=True)
+        return status
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    outcome = "requeued" if result.returncode == 0 else f"requeue: {result.stderr.strip() or result.returncode}"
+    print(f"[xkd.slurm] {here}: job {job} {outcome}; it resumes from the last complete checkpoint when its nodes "
+          "are available", file=sys.stderr, flush=True)
+    return status
 
 
 # ----------------------------------------------------------------------------- the request (login node)
@@ -190,12 +292,16 @@ def check_start_before_submit(config, data: str | None, output: Path, world_size
                               allow_change: list[str] | tuple[str, ...] = ()) -> None:
     """The checks every task makes before its process group starts (data, resume), made here
     first so that a bad --data or a changed run fails now, not after the queue wait."""
+    from xkd.config import ConfigError
+    from xkd.engine.ds_config import with_micro_batch
     from xkd.engine.preflight import PreflightError, check_start
     from xkd.engine.run import resolve_shards
 
     try:
+        # As every task does: the micro-batch derived for this world size is part of the run (checkpoints store it).
+        config = with_micro_batch(config, world_size)
         check_start(config, resolve_shards(data or config.data.shards), output, world_size, "auto", allow_change)
-    except PreflightError as error:
+    except (PreflightError, ConfigError) as error:
         raise SubmitError(f"{error}; nothing was submitted") from error
 
 
@@ -225,9 +331,16 @@ def sbatch_parameters(spec: JobSpec) -> dict[str, Any]:
     params: dict[str, Any] = {
         "job_name": spec.job_name, "nodes": spec.nodes, "ntasks_per_node": spec.ntasks_per_node,
         "cpus_per_task": spec.cpus, "time": spec.time_min, "signal_delay_s": spec.signal_delay_s,
+        # No srun --kill-on-bad-exit: on a time-limit warning the other ranks exit (code 1) while rank 0
+        # requeues the job, which must not be killed first. After a peer failure the requeue ends the step.
         "additional_parameters": {"requeue": True, **spec.sbatch_extra},
         "setup": [f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{spec.cpus}}}",
                   f"export PYTHONPATH={shlex.quote(str(ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        # After srun, on the batch node: a step that failed because a node of the job died (srun kills
+        # the surviving tasks before they can notice) requeues the job; see after_step().
+        "teardown": ["xkd_step_status=$?",
+                     f"{shlex.quote(sys.executable)} -m xkd.slurm after-step \"$xkd_step_status\" {spec.max_requeues}",
+                     'exit "$xkd_step_status"'],
     }
     if spec.gpus_per_node:
         params["gpus_per_node"] = spec.gpus_per_node
@@ -417,3 +530,9 @@ def follow(job, run_dir: Path, uri: str, out: TextIO = sys.stdout, poll_s: float
                 tail.poll()
             return state
         time.sleep(poll_s)
+
+
+if __name__ == "__main__":  # the batch script's teardown: python -m xkd.slurm after-step STATUS MAX_REQUEUES
+    if len(sys.argv) == 4 and sys.argv[1] == "after-step":
+        sys.exit(after_step(int(sys.argv[2]), int(sys.argv[3])))
+    sys.exit("usage: python -m xkd.slurm after-step STATUS MAX_REQUEUES")

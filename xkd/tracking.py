@@ -110,6 +110,10 @@ def training_run_identity(config, data: str, world_size: int) -> tuple[str, str,
             "dataset": dataset, "world_size": str(world_size), "config_name": config.name,
             "config_hash": config_hash(resolved), "git_commit": commit, "mlflow.source.git.commit": commit,
             "xkd.kind": "pretrain"}
+    hosts = [host for host in os.environ.get("XKD_RANK_HOSTS", "").split(",") if host]  # xkd.distributed
+    if hosts:
+        tags["num_nodes"] = str(len(set(hosts)))
+        tags["hosts"] = ",".join(dict.fromkeys(hosts))  # in rank order
     slurm_job = os.environ.get("SLURM_JOB_ID")
     if slurm_job:
         tags["slurm_job_id"] = slurm_job
