@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 from xkd.engine.ds_config import per_rank_batch  # noqa: E402
 from xkd.engine.run import ALLOW_CHANGE_HELP, DEFAULT_CONFIG, DEFAULT_DS_CONFIG, non_negative_int  # noqa: E402
 from xkd.slurm import (JobSpec, SubmitError, check_cluster, check_inputs, check_spec,  # noqa: E402
-                       check_start_before_submit, describe_task, follow, mlflow_link, parse_time, render_sbatch,
+                       check_start_before_submit, describe_task, detected_gpus_per_node, follow, mlflow_link,
+                       parse_time, render_sbatch,
                        submit, task_argv, tracking_uri)
 
 EPILOG = """\
@@ -45,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     job = parser.add_argument_group("job")
     job.add_argument("--nodes", type=int, default=1)
-    job.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU; 0 for a CPU job (gloo)")
+    job.add_argument("--gpus-per-node", default="auto",
+                     help="one task per GPU; 0 for a CPU job (gloo); auto (default): the partition's GPUs per node "
+                          "from sinfo (8 where no cluster answers, e.g. a --dry-run away from the cluster)")
     job.add_argument("--tasks-per-node", type=int, default=None,
                      help="CPU jobs: ranks per node (default: --gpus-per-node, or 1 without GPUs)")
     job.add_argument("--cpus-per-task", type=int, default=None, help="default: 10 with GPUs, 1 without")
@@ -89,10 +92,26 @@ def _extra(items: list[str]) -> dict[str, str]:
     return extra
 
 
+def gpus_per_node(args: argparse.Namespace) -> int:
+    """--gpus-per-node as a number; ``auto`` asks the cluster (a CPU cluster gives 0: gloo tasks)."""
+    if args.gpus_per_node != "auto":
+        try:
+            return int(args.gpus_per_node)
+        except ValueError:
+            raise SubmitError(f"--gpus-per-node {args.gpus_per_node!r}: expected auto or a number") from None
+    detected = None if args.executor == "local" else detected_gpus_per_node(args.partition)
+    if detected is None:
+        detected = 0 if args.executor == "local" else 8
+        print(f"[slurm_submit] --gpus-per-node auto: no cluster answered sinfo; assuming {detected}")
+    else:
+        print(f"[slurm_submit] --gpus-per-node auto: {detected} per node (sinfo)")
+    return detected
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        spec = JobSpec(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
+        spec = JobSpec(nodes=args.nodes, gpus_per_node=gpus_per_node(args), tasks_per_node=args.tasks_per_node,
                        cpus_per_task=args.cpus_per_task, partition=args.partition, account=args.account,
                        qos=args.qos, time_min=parse_time(args.time), mem=args.mem, constraint=args.constraint,
                        job_name=args.job_name, signal_delay_s=args.signal_delay_s, max_requeues=args.max_requeues,

@@ -52,7 +52,8 @@ def test_ds_config_gets_the_derived_values():
 
 
 def test_slurm_dry_run_of_the_paper_config_on_four_gpu_nodes(tmp_path):
-    result = subprocess.run([sys.executable, "launch/slurm_submit.py", "--nodes", "4", "--config", str(K400),
+    result = subprocess.run([sys.executable, "launch/slurm_submit.py", "--nodes", "4", "--gpus-per-node", "8",
+                             "--config", str(K400),
                              "--output", str(tmp_path / "run"), "--dry-run"], cwd=ROOT, env=run_env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

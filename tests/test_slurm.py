@@ -463,3 +463,23 @@ def test_deepspeed_hostfile_launcher_across_nodes_without_ssh(two_nodes, straigh
     assert [process.returncode for process in processes] == [0, 0], "\n".join(out[-3000:] for out in outputs)
     assert "world size 2 on 2 node(s) (xkdnode1,xkdnode2), rendezvous xkdnode1:29511" in outputs[0]
     assert losses(run) == losses(straight_run[0])
+
+
+def test_gres_strings_give_gpus_per_node():
+    from xkd.slurm import gres_gpus
+
+    assert [gres_gpus(g) for g in ("gpu:8", "gpu:v100:8(S:0-1)", "(null)", "gpu:a100:4,gpu:v100:2", "tmpdisk:100")] \
+        == [8, 8, 0, 6, 0]
+
+
+def test_nodes_alone_asks_the_cluster_for_its_gpus(slurm_cluster, sample_shards, tmp_path):
+    """`slurm_submit.py --nodes 2` as typed: this CPU cluster has no GPUs, so a gloo job of one task per
+    node; the tiny config's global batch of 8 is derived as 2 ranks x 4."""
+    result = subprocess.run(SUBMIT + ["--nodes", "2", "--data", str(sample_shards), "--output", str(tmp_path / "run"),
+                                      "--dry-run"], cwd=ROOT, env=submit_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--gpus-per-node auto: 0 per node (sinfo)" in result.stdout
+    assert "#SBATCH --nodes=2" in result.stdout and "#SBATCH --ntasks-per-node=1" in result.stdout
+    assert "--gpus-per-node=" not in result.stdout
+    assert "# batch: global 8 = 2 ranks x micro-batch 4 x 1 accumulation step(s) (derived" in result.stdout

@@ -394,6 +394,29 @@ def _sinfo_partitions() -> tuple[dict[str, dict[str, Any]], str | None]:
     return partitions, default
 
 
+def gres_gpus(gres: str) -> int:
+    """GPUs per node in an sinfo GRES string: ``gpu:8``, ``gpu:v100:8(S:0-1)``, ``(null)`` -> 0."""
+    count = 0
+    for part in gres.split(","):
+        fields = part.split("(")[0].split(":")
+        if fields[0] == "gpu" and len(fields) >= 2 and fields[-1].isdigit():
+            count += int(fields[-1])
+    return count
+
+
+def detected_gpus_per_node(partition: str | None = None) -> int | None:
+    """GPUs per node of ``partition`` (default: the cluster's default) from sinfo; None without a
+    reachable cluster. A partition of mixed nodes counts its smallest GPU node."""
+    try:
+        partitions, default = _sinfo_partitions()
+    except (SubmitError, OSError, subprocess.SubprocessError):
+        return None
+    entry = partitions.get(partition or default or "")
+    if entry is None:
+        return None
+    return min(gres_gpus(gres) for gres in entry["gres"])
+
+
 def check_cluster(spec: JobSpec) -> None:
     """The partition exists and can hold the job (nodes, GPUs): clear messages instead of sbatch's."""
     partitions, default = _sinfo_partitions()
