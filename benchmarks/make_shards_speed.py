@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from xkd.data.inputs import scan_folder  # noqa: E402
 from xkd.data.manifest import ffmpeg_version  # noqa: E402
-from xkd.data.probe import probe_source  # noqa: E402
+from xkd.data.probe import probe_source, probe_video_output  # noqa: E402
 from xkd.data.transcode import CPU_DECODABLE_CODECS, TranscodeSettings, clip_command, silence_command  # noqa: E402
 
 MAKE_SHARDS = REPO / "data_prep" / "make_shards.py"
@@ -58,15 +58,16 @@ def bare_ffmpeg(clips: list[Path], work: Path):
     for n, clip in enumerate(clips):
         info = probe_source(clip)
         video, audio = work / f"{n}.webm", work / f"{n}.flac"
-        cmds = [clip_command(clip, info, settings, video, audio if info.audio else None)]
-        if info.audio is None:
-            cmds.append(silence_command(info.duration or 0.0, settings, audio))
-        jobs.append(cmds)
+        jobs.append((clip_command(clip, info, settings, video, audio if info.audio else None), info, video, audio))
 
     def run() -> None:
-        for cmds in jobs:
-            for cmd in cmds:
-                subprocess.run(cmd, check=True)
+        for command, info, video, audio in jobs:
+            subprocess.run(command, check=True)
+            if info.audio is None:
+                # As make_shards: silence as long as the video that came out (a container without
+                # a duration, e.g. MPEG-1 .mpg, has none to read; "-t 0" would never end).
+                seconds = info.duration or probe_video_output(video).num_frames / settings.fps
+                subprocess.run(silence_command(seconds, settings, audio), check=True)
 
     return run
 
