@@ -46,6 +46,14 @@ def losses_by_step(run_dir: Path) -> dict[int, list[float]]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def check(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
@@ -133,8 +141,16 @@ def test_exact_resume_after_sigkill(sample_shards, tmp_path):
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "latest").is_file() and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
+    # The whole job at once, as a node crash: torchrun starts each rank in its own session, so the
+    # launcher's process group alone would leave the ranks training (and racing the resume).
+    ranks = child_pids(process.pid)
     os.killpg(process.pid, signal.SIGKILL)
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)
     process.wait()
+    deadline = time.time() + 60
+    while any(alive(pid) for pid in ranks) and time.time() < deadline:
+        time.sleep(0.05)
     killed_at = max(losses_by_step(killed))
     assert killed_at < 16, "the run finished before it could be killed"
 
