@@ -53,6 +53,17 @@ PACKAGES=(slurm-wlm slurmdbd munge mariadb-server)
 say() { echo "[slurm_local_cluster] $*"; }
 die() { echo "[slurm_local_cluster] error: $*" >&2; exit 1; }
 
+stop_pidfile() {  # stop_pidfile PIDFILE: TERM the process, KILL it after 15 s, remove the file
+  local pid
+  if alive "$1"; then
+    pid=$(cat "$1")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+
 alive() {  # alive PIDFILE: the pid in the file is a running process
   [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
 }
@@ -335,24 +346,12 @@ stop_daemons() {
   local name pidfile pid k
   for k in $(seq 1 "$NODES"); do
     pidfile=$(slurmd_pidfile "$k")
-    if alive "$pidfile"; then
-      pid=$(cat "$pidfile")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
+    stop_pidfile "$pidfile"
   done
   network_down
   for name in slurmd slurmctld slurmdbd mariadb; do
     pidfile=$DIR/run/$name.pid
-    if alive "$pidfile"; then
-      pid=$(cat "$pidfile")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
+    stop_pidfile "$pidfile"
   done
   if [[ -f $DIR/run/munged.ours ]]; then
     if alive /run/munge/munged.pid; then kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true; fi
