@@ -12,6 +12,9 @@ examples:
   make_shards.py --list kinetics400/train.csv --media-root /data/k400/train --output /shards/k400
   make_shards.py --list balanced_train_segments.csv --media-root /data/audioset --output /shards/as
   make_shards.py --output /shards/k400 --verify          # check a finished split only
+  make_shards.py --input /data/k400/train --output /shards/k400 --slurm --nodes 16 --workers 32 --follow
+      # SLURM: 16 array tasks of 32 CPUs transcode, one job packs (same bytes as one machine);
+      # --dry-run prints the plan and sbatch scripts; the same command again continues or attaches
 
 filename patterns (--filename-pattern, relative to --media-root; Python format syntax,
 a '*' in the file name matches any rest, the first match in sorted order is used):
@@ -97,11 +100,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--verify", action="store_true",
                      help="re-read every shard and check it against the manifest (alone: only verify --output)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    slurm = parser.add_argument_group(
+        "SLURM (--slurm: a job array transcodes, one job packs; output byte-identical to one machine)")
+    slurm.add_argument("--slurm", action="store_true",
+                       help="submit the build to SLURM: --nodes x --tasks-per-node transcoding tasks of --workers "
+                            "CPUs each, then one packing job (xkd/data/slurm_shards.py)")
+    slurm.add_argument("--nodes", type=int, default=1, help="nodes of the transcoding array (default: 1)")
+    slurm.add_argument("--tasks-per-node", type=int, default=1,
+                       help="array tasks per node; each gets --workers CPUs (default: 1)")
+    slurm.add_argument("--partition", default=None, help="default: the cluster's default partition")
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--qos", default=None)
+    slurm.add_argument("--time", default="24:00:00", help="time limit per task (default: 24:00:00)")
+    slurm.add_argument("--mem", default=None, help="memory per task, e.g. 32G (default: the partition's)")
+    slurm.add_argument("--constraint", default=None)
+    slurm.add_argument("--job-name", default="make_shards")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --sbatch exclusive=true (repeatable)")
+    slurm.add_argument("--dry-run", action="store_true",
+                       help="with --slurm: print the task ranges and the sbatch scripts; submit and write nothing")
+    slurm.add_argument("--follow", action="store_true",
+                       help="with --slurm: show overall clips done / skipped until the packing job ends (also "
+                            "attaches to a build already running)")
     args = parser.parse_args(argv)
     if args.input is not None and args.list is not None:
         parser.error("give either --input DIR or --list FILE.csv, not both")
     if args.input is None and args.list is None and not args.verify:
         parser.error("give --input DIR or --list FILE.csv (or --verify alone to check --output)")
+    if (args.dry_run or args.follow) and not args.slurm:
+        parser.error("--dry-run and --follow go with --slurm")
+    if args.slurm and args.verify:
+        parser.error("--verify checks a finished split on this machine: run it without --slurm")
     return args
 
 
@@ -157,6 +186,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"make_shards: warning: --video-codec {args.video_codec} decodes only on GPU (DALI mixed "
                   "backend / NVDEC); DALI's CPU backend reads vp9, vp8 and mjpeg only", file=sys.stderr)
         print(f"make_shards: {len(items)} inputs ({kind}) -> {job.output}", file=sys.stderr)
+        if args.slurm:
+            return _submit_to_slurm(args, job)
+        try:
+            from xkd.data.slurm_shards import refuse_while_building
+            from xkd.slurm import SubmitError
+
+            refuse_while_building(job.output)
+        except SubmitError as err:
+            print(f"make_shards: error: {err}", file=sys.stderr)
+            return 2
         try:
             summary = build_shards(job)
         except OutputRefused as err:
@@ -172,6 +211,26 @@ def main(argv: list[str] | None = None) -> int:
         print(report.text())
         return 0 if report.ok else 1
     return 0
+
+
+def _submit_to_slurm(args: argparse.Namespace, job) -> int:
+    from xkd.data.slurm_shards import ArraySpec, submit
+    from xkd.slurm import SubmitError, parse_time
+
+    try:
+        extra = {}
+        for item in args.sbatch:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SubmitError(f"--sbatch {item!r}: expected KEY=VALUE, e.g. exclusive=true")
+            extra[key.replace("-", "_")] = True if value.lower() == "true" else value
+        spec = ArraySpec(nodes=args.nodes, tasks_per_node=args.tasks_per_node, cpus_per_task=args.workers,
+                         partition=args.partition, account=args.account, qos=args.qos, time_min=parse_time(args.time),
+                         mem=args.mem, constraint=args.constraint, job_name=args.job_name, sbatch_extra=extra)
+        return submit(job, spec, dry_run=args.dry_run, follow_up=args.follow)
+    except (SubmitError, OutputRefused) as err:
+        print(f"make_shards: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

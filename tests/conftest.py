@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from slurm_cluster import slurm_cluster, two_nodes  # noqa: F401  (session fixtures: the real SLURM cluster)
 from xkd.config import XKDConfig, config_from_dict
 
 # Tiny widths (encoder 'tiny' = 64-d, 2 blocks, 4 heads) and small views:

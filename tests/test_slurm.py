@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm_cluster import CLUSTER_SCRIPT
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,48 +25,18 @@ SUBMIT = [sys.executable, str(ROOT / "launch" / "slurm_submit.py")]
 STEPS = 16  # the straight run and the interrupted one train the same steps
 CPU_JOB = ["--gpus-per-node", "0", "--tasks-per-node", "2", "--time", "20", "--max-steps", str(STEPS),
            "train.checkpoint_every_steps=100"]
-CLUSTER_SCRIPT = ROOT / "scripts" / "slurm_local_cluster.sh"
 NODES = ("xkdnode1", "xkdnode2")  # the namespaced nodes of `start --nodes 2`
 DIST_TIMEOUT_S = 20  # train.dist_timeout_s of the multi-node jobs: a silent peer fails a collective within it
 # (below the cluster's SlurmdTimeout, 60 s: the job notices a dead node before slurmctld does)
 # One task on each of the two nodes: world size 2, as CPU_JOB's two tasks on one node.
 TWO_NODE_JOB = ["--nodes", "2", "--gpus-per-node", "0", "--tasks-per-node", "1", "--time", "20"]
 TIMEOUT = f"train.dist_timeout_s={DIST_TIMEOUT_S}"  # overrides go last (after every option)
-MULTI_NODE = {"nodes": 1, "why": ""}  # what the session's cluster has
 
 
 def submit_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """The local cluster, started (or reused) by the real script; SLURM_CONF for every client."""
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster needs root (apt-get, daemons with SlurmUser=root)")
-    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and there is no apt-get to install slurm-wlm")
-    script = CLUSTER_SCRIPT
-    # Two namespaced nodes serve every test: one-node jobs land on one of them.
-    result = subprocess.run(["bash", str(script), "start", "--nodes", "2"], capture_output=True, text=True,
-                            timeout=1200)
-    MULTI_NODE["nodes"] = 2
-    if result.returncode != 0 and re.search(r"network namespace|bridge|needs iproute2", result.stderr):
-        MULTI_NODE.update(nodes=1, why=f"network namespaces refused here: {result.stderr.strip()[-300:]}")
-        result = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, f"{script} start failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    conf = re.search(r"^SLURM_CONF=(.+)$", result.stdout, re.M).group(1)
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    yield conf
-    if "reusing the running cluster" not in result.stdout:  # leave a cluster we did not start running
-        subprocess.run(["bash", str(script), "stop"], capture_output=True, timeout=120)
-    if previous is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = previous
 
 
 def job_ids() -> list[str]:
@@ -263,13 +234,6 @@ def test_requeued_twice_resumes_and_matches_the_straight_run(straight_run, sampl
 
 
 # ----------------------------------------------------------------------------- across nodes
-
-
-@pytest.fixture(scope="module")
-def two_nodes(slurm_cluster) -> str:
-    if MULTI_NODE["nodes"] < 2:
-        pytest.skip(f"no multi-node cluster: {MULTI_NODE['why']}")
-    return slurm_cluster
 
 
 def cluster(*args: str) -> str:

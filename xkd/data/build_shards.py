@@ -36,6 +36,7 @@ from xkd.data.inputs import InputItem, label_map
 from xkd.data.journal import Journal, JournalError, JournalState
 from xkd.data.manifest import ManifestError, ffmpeg_version, read_manifest, tool_versions, write_manifest
 from xkd.data.prepare_clip import ClipPolicy, PreparedSample, prepare_clip
+from xkd.data.prepared_clips import PreparedClips
 from xkd.data.probe import die_with_parent, kill_tools
 from xkd.data.shard_writer import TMP_SUFFIX, ShardWriter, atomic_write_bytes, write_dali_index
 from xkd.data.transcode import CONTAINERS, TranscodeSettings
@@ -344,8 +345,18 @@ class ShardPacker:
             self.writer.abort()
 
 
-def _results_in_order(job: ShardJob, ordered: list[InputItem], start: int, labels: dict[str, int]):
-    """Yield (position, result) for positions start.. in order, transcoding ahead in the pool."""
+def first_positions(ordered: list[InputItem]) -> dict[str, int]:
+    """Source -> its first position: a later copy is a ``duplicate`` (packed once)."""
+    first: dict[str, int] = {}
+    for position, item in enumerate(ordered):
+        first.setdefault(item.source, position)
+    return first
+
+
+def _results_in_order(job: ShardJob, ordered: list[InputItem], start: int, labels: dict[str, int],
+                      prepared: PreparedClips | None = None):
+    """Yield (position, result) for positions start.. in order, transcoding ahead in the pool;
+    clips already transcoded by a SLURM array task (``prepared``) are taken from there."""
     work = job.output / WORK_DIR_NAME
     seen = {item.source for item in ordered[:start]}
     with ProcessPoolExecutor(max_workers=job.workers, initializer=_init_worker,
@@ -362,6 +373,8 @@ def _results_in_order(job: ShardJob, ordered: list[InputItem], start: int, label
                         item.source, sr.DUPLICATE, f"{item.source} is listed more than once; packed once")
                 elif item.path is None:
                     task = sr.SkipRecord(item.source, item.reason, item.missing)
+                elif prepared is not None and (ready := prepared.load(next_position, item)) is not None:
+                    task = ready
                 else:
                     task = pool.submit(prepare_clip, item, labels, job.settings, job.policy,
                                        work / f"{next_position:09d}")
@@ -435,13 +448,15 @@ def build_shards(job: ShardJob) -> BuildSummary:
 
     resumed = len(state.shards)
     start = state.next_input
+    prepared = PreparedClips(job.output)
+    prepared = prepared if prepared.belongs_to(fingerprint) else None
     if state.end is None:
         packer = ShardPacker(job, journal, state)
         bar = tqdm(total=len(ordered), initial=start, unit="clip", desc=f"{job.split} shards",
                    disable=not job.progress, dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
         skipped_count = sum(len(entry["skipped"]) for entry in state.shards)
         try:
-            for position, result in _results_in_order(job, ordered, start, labels):
+            for position, result in _results_in_order(job, ordered, start, labels, prepared):
                 packer.add(position, result)
                 skipped_count += isinstance(result, sr.SkipRecord)
                 bar.set_postfix(shards=packer.shard_index, skipped=skipped_count, refresh=False)
@@ -457,5 +472,7 @@ def build_shards(job: ShardJob) -> BuildSummary:
     skipped = _write_skipped(job.output, state)
     manifest = _manifest(job, state, skipped, labels)
     write_manifest(job.output, manifest)
+    if prepared is not None:
+        prepared.remove()
     return BuildSummary(job.output, manifest["num_inputs"], manifest["num_samples"], manifest["num_skipped"],
                         manifest["num_shards"], resumed, False, manifest["skipped_by_reason"])
