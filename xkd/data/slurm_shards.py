@@ -183,9 +183,10 @@ class PackTask(Checkpointable):
         done = sum(p.get("done", 0) + p.get("already_prepared", 0) for p in progress.values())
         log(f"packing {len(ordered)} inputs into {job.output} ({done} prepared by the array; clips no task "
             f"finished are transcoded here with {job.workers} worker(s))")
+        started = time.perf_counter()
         summary = build_shards(job)
         log(f"done: {summary.num_samples} samples in {summary.num_shards} shards, {summary.num_skipped} skipped "
-            f"of {summary.num_inputs} inputs")
+            f"of {summary.num_inputs} inputs, packed in {time.perf_counter() - started:.2f} s")
         return {"num_samples": summary.num_samples, "num_shards": summary.num_shards,
                 "num_skipped": summary.num_skipped}
 
