@@ -412,11 +412,17 @@ def check_eval(steps: int = 2, micro_batch: int = 2, config_path: Path = VITL_CO
     video = video.to(device).eval()
     clips = torch.randn(4, 3, config.views.video_global_frames, config.views.video_global_size,
                         config.views.video_global_size, device=device)
+    from xkd.devices import tf32_matmuls
+
     with fused_attention_only():
         ref = encode_clips(video, clips, device, None)
         half = encode_clips(video, clips, device, dtype)
+        with tf32_matmuls(True):  # eval --precision tf32
+            tf32 = encode_clips(video, clips, device, None)
     cosine = float(torch.nn.functional.cosine_similarity(ref, half, dim=-1).min())
     require(cosine > 0.99, f"{precision} features differ from fp32 ones (min cosine {cosine:.4f})")
+    tf32_cosine = float(torch.nn.functional.cosine_similarity(ref, tf32, dim=-1).min())
+    require(tf32_cosine > 0.999, f"tf32 features differ from fp32 ones (min cosine {tf32_cosine:.5f})")
     model = Classifier(video, num_classes=101, dropout=0.5).to(device).train()
     set_activation_checkpointing(model, True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -432,7 +438,8 @@ def check_eval(steps: int = 2, micro_batch: int = 2, config_path: Path = VITL_CO
         optimizer.step()
         losses.append(float(loss.detach()))
     require(all(math.isfinite(x) for x in losses), f"non-finite fine-tuning losses: {losses}")
-    result = {"feature_min_cosine_vs_fp32": cosine, "finetune_losses": losses, "micro_batch": micro_batch,
+    result = {"feature_min_cosine_vs_fp32": cosine, "tf32_feature_min_cosine_vs_fp32": tf32_cosine,
+              "finetune_losses": losses, "micro_batch": micro_batch,
               "finetune_geometry": [frames, size, size], "finetune_peak_memory_gib": peak_gib(device)}
     del model, optimizer, video
     if device.type == "cuda":

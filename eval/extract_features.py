@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto")
     group.add_argument("--batch-size", type=cli.positive_int, default=64)
-    group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="autocast of the forward pass on a GPU (fp16 on V100); fp32 elsewhere")
+    group.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default="fp32",
+                       help="forward pass on a GPU: tf32 (TF32 matmuls, A100/H100), bf16 or fp16 autocast (fp16 on "
+                            "V100); fp32 on CPUs")
     group.add_argument("--workers", type=cli.non_negative_int, default=2)
     group.add_argument("--cache-dir", default=None)
     group.add_argument("--no-progress", action="store_true")

@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         ft.add_argument(f"--{name}", type=kind, default=None)
     # --batch-size: when left to the preset and a split has too few training items for it, the
     # largest batch that fits is used (logged, recorded per split); an explicit one is never changed.
-    ft.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                    help="training precision (default: the preset's; fp16 with loss scaling on V100)")
+    ft.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
+                    help="training precision (default: the preset's): tf32 = fp32 with TF32 matmuls (A100/H100); "
+                         "fp16 with loss scaling on V100")
     ft.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto: DDP when launched with several ranks, else one process; deepspeed: needs --ds-config")
     ft.add_argument("--ds-config", default=None, help="DeepSpeed JSON (ZeRO stage, bf16/fp16)")

@@ -133,3 +133,29 @@ def test_pretraining_refuses_audio_only_shards(sound_shards):
     config = load_config("configs/tiny.yaml")
     with pytest.raises(ValueError, match="have no video member"):
         build_train_loader(config, str(sound_shards), 0, 1, {"epoch": 0, "position": 0})
+
+
+def test_read_ahead_reads_the_next_batch_and_changes_nothing(split):
+    """The source reads batch k+1 in background threads while batch k is used; the columns equal a
+    source that reads everything on the calling thread."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from xkd.data.dali_pipeline import ShardSource
+
+    plan = EpochPlan(len(split))
+    plain = ShardSource(split, VIEWS, plan, 2, seed=7)
+    with ThreadPoolExecutor(2) as reader:
+        ahead = ShardSource(split, VIEWS, plan, 2, seed=7, reader=reader)
+        for iteration in range(len(split) // 2):
+            info = SimpleNamespace(iteration=iteration)
+            expected, got = plain(info), ahead(info)
+            for column_expected, column_got in zip(expected, got):
+                assert all(np.array_equal(a, b) for a, b in zip(column_expected, column_got))
+            upcoming = {int(i) for i in plan.indices(0)[(iteration + 1) * 2:(iteration + 2) * 2]}
+            assert {index for index, _ in ahead.ahead} == upcoming  # the next batch is being read
+    assert not ahead.ahead  # the last batch has no successor: every read-ahead row was used
+    dali_batches = [b["audio_global"] for b in dali(split)]  # the loader (with its reader) matches too
+    assert len(dali_batches) == len(split) // 2

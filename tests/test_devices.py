@@ -224,3 +224,20 @@ def test_finetune_refuses_bf16_on_a_v100_and_unknown_precisions(monkeypatch):
     FakeCuda(monkeypatch, count=1, capability=(7, 0), archs=CUDA126_ARCHS, name="Tesla V100")
     with pytest.raises(EvalInputError, match="precision=bf16 needs compute capability >= 8.0.*set precision=fp16"):
         finetune(None, None, None, "audio", None, FinetuneConfig(precision="bf16"))
+
+
+def test_tf32_is_a_gpu_precision_from_ampere_and_restores_torch_defaults():
+    import torch
+
+    from xkd.devices import computed_precision, tf32_matmuls
+
+    assert computed_precision("tf32", "cuda", (8, 0)) == "tf32"  # A100
+    assert computed_precision("tf32", "cuda", (7, 0)) == "fp32"  # V100: no TF32 units
+    assert computed_precision("tf32", "cpu", None) == "fp32"
+    assert computed_precision("bf16", "cpu", None) == "fp32" and computed_precision("fp16", "cuda", (7, 0)) == "fp16"
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with tf32_matmuls(True):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    with tf32_matmuls(False):
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import numpy as np
 import torch
 
 from xkd.ema import ema_update_
@@ -85,9 +86,26 @@ def test_feature_cache_key_includes_precision(sound_shards, random_tiny_export):
     spec = linear_clip_spec("audio")
     keys = [item.key for item in dataset.items[:4]]
     ids = {p: feature_identity(random_tiny_export, "audio_teacher_encoder", dataset, spec, "test", 3, None, 0, keys,
-                               precision=p) for p in ("fp32", "bf16", "fp16")}
-    assert {ids[p]["precision"] for p in ids} == {"fp32", "bf16", "fp16"}
-    assert len({cache_path("/c", identity) for identity in ids.values()}) == 3
+                               precision=p) for p in ("fp32", "tf32", "bf16", "fp16")}
+    assert {ids[p]["precision"] for p in ids} == {"fp32", "tf32", "bf16", "fp16"}
+    assert len({cache_path("/c", identity) for identity in ids.values()}) == 4
+
+
+def test_tf32_on_cpu_computes_and_caches_fp32_features(sound_shards, random_tiny_export, tmp_path):
+    """tf32 (like bf16/fp16 autocast) acts on CUDA only: on CPU the features are fp32 ones, so the
+    fp32 cache entry serves both."""
+    from xkd.evaluation.datasets import load_dataset
+    from xkd.evaluation.features import extract_features
+    from xkd.evaluation.protocol import linear_clip_spec
+
+    dataset = load_dataset(sound_shards, name="sounds")
+    common = dict(n_clips=1, device="cpu", cache_dir=tmp_path, progress=False, indices=np.arange(3))
+    first = extract_features(random_tiny_export, "audio_teacher_encoder", dataset, linear_clip_spec("audio"),
+                             precision="fp32", **common)
+    again = extract_features(random_tiny_export, "audio_teacher_encoder", dataset, linear_clip_spec("audio"),
+                             precision="tf32", **common)
+    assert first.forward_batches > 0 and again.from_cache and again.identity["precision"] == "fp32"
+    assert np.array_equal(first.features, again.features)
 
 
 def test_nonfinite_vote_reads_the_flags_once():

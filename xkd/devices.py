@@ -21,6 +21,8 @@ real CUDA runtime.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import logging
 import os
 import re
@@ -146,6 +148,35 @@ def select_cuda_device(local_rank: int, check_arch: bool = True):
         if message:
             raise DeviceError(message)
     return torch.device("cuda", index)
+
+
+TF32_MIN_CAPABILITY = (8, 0)  # Ampere: TF32 tensor cores
+
+
+def computed_precision(precision: str, device_type: str, capability: tuple[int, int] | None) -> str:
+    """The precision a forward pass really runs in: autocast (bf16, fp16) and TF32 act on CUDA only,
+    and TF32 only from compute 8.0 (below, ``tf32`` is plain fp32). Part of cached features' identity."""
+    if device_type != "cuda":
+        return "fp32"
+    if precision == "tf32" and (capability is None or tuple(capability) < TF32_MIN_CAPABILITY):
+        return "fp32"
+    return precision
+
+
+@contextmanager
+def tf32_matmuls(enabled: bool):
+    """TF32 tensor-core matmuls and convolutions inside the block (fp32 storage, 10-bit mantissa
+    products): ``precision: tf32`` for evaluation on A100/H100, about 2-8x faster than full fp32
+    there. torch's defaults (matmul off, cuDNN on) come back afterwards."""
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def require_precision(precision: str, device, key: str = "train.precision") -> None:

@@ -30,6 +30,7 @@ padded silently.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -94,11 +95,18 @@ class ShardSource:
     Batch ``iteration`` is a pure function of the plan, the known corrupt samples and the
     failures found so far, so DALI's prefetching can neither skip nor repeat samples; the loader
     counts what was consumed. A new epoch, a resume or a new corrupt sample builds a new source.
+
+    Reading (3 open/seek/read per sample and the view parameters) would otherwise run on the
+    thread that calls ``pipeline.run()``, i.e. the training loop's. With a ``reader`` (threads:
+    file reads release the GIL, and CUDA is already initialised, so no forked workers), each call
+    starts reading the next batch's samples in the background; a row is a pure function of
+    (sample, stand-in slot), so what is read ahead is exactly what would be read now.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, plan: EpochPlan, batch_size: int, seed: int,
                  epoch: int = 0, start_position: int = 0, known: frozenset[int] = frozenset(),
-                 failed: dict[int, frozenset[int]] | None = None, augment: bool = True):
+                 failed: dict[int, frozenset[int]] | None = None, augment: bool = True,
+                 reader: Executor | None = None):
         self.samples, self.views, self.plan, self.augment = samples, views, plan, augment
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.start_position = epoch, start_position
@@ -107,6 +115,8 @@ class ShardSource:
         self.failed = failed or {}  # batch position -> samples whose decode failed in that batch
         self.chosen: dict[int, list[tuple[int, int | None]]] = {}  # batch position -> (sample, stand-in for)
         self.found: dict[int, list[tuple[int, str]]] = {}  # batch position -> unreadable samples it met
+        self.reader = reader
+        self.ahead: dict[tuple[int, int | None], Future] = {}  # (sample, stand-in slot) -> its row being read
 
     def batch_position(self, iteration: int) -> int:
         begin = self.start_position + iteration * self.batch_size
@@ -123,7 +133,17 @@ class ShardSource:
             chosen.append((index, stand_in_for))
             rows.append(row)
         self.chosen[begin], self.found[begin] = chosen, found
+        self.read_ahead(begin + self.batch_size)
         return tuple([row[name] for row in rows] for name in SOURCE_COLUMNS)
+
+    def read_ahead(self, begin: int) -> None:
+        """Start reading the batch at ``begin`` (each slot's own sample; stand-ins are rare)."""
+        if self.reader is None or begin + self.batch_size > len(self.order):
+            return
+        for position in range(begin, begin + self.batch_size):
+            key = (int(self.order[position]), None)
+            if key[0] not in self.known and key not in self.ahead:
+                self.ahead[key] = self.reader.submit(self.row, *key)
 
     def slot(self, position: int, skip: frozenset[int], found: list[tuple[int, str]]
              ) -> tuple[int, int | None, dict[str, np.ndarray]]:
@@ -132,7 +152,8 @@ class ShardSource:
             if index in skip or any(index == bad for bad, _ in found):
                 continue
             try:
-                return index, stand_in_for, self.row(index, stand_in_for)
+                ahead = self.ahead.pop((index, stand_in_for), None)
+                return index, stand_in_for, ahead.result() if ahead is not None else self.row(index, stand_in_for)
             except Exception as error:  # a truncated member, a missing one, a bad info vector
                 found.append((index, describe(error)))
         raise NoReadableSample(f"epoch {self.epoch}: no sample of this rank's {len(self.order)} is readable "
@@ -279,6 +300,8 @@ class DaliClipLoader:
         self.corrupt = CorruptSamples(samples, corrupt_state)
         # Batch position -> {sample: reason} of samples whose decode failed there (this epoch).
         self.failed: dict[int, dict[int, str]] = {}
+        # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead).
+        self.reader = ThreadPoolExecutor(max_workers=max(1, min(4, num_threads)), thread_name_prefix="xkd-read")
         self._build()
 
     @property
@@ -294,7 +317,7 @@ class DaliClipLoader:
         self.corrupt.changed = False
         failed = {position: frozenset(bad) for position, bad in self.failed.items()}
         self.source = ShardSource(self.samples, self.views, self.plan, self.batch_size, self.seed, self.epoch,
-                                  self.position, frozenset(self.corrupt.known), failed, self.augment)
+                                  self.position, frozenset(self.corrupt.known), failed, self.augment, self.reader)
         self.pipeline = build_pipeline(self.source, self.views, self.batch_size, self.device, self.num_threads,
                                        self.seed)
         self.pipeline.build()

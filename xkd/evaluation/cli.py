@@ -104,8 +104,9 @@ def add_run_args(parser: argparse.ArgumentParser, features: bool = True) -> None
     group.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     if features:
         group.add_argument("--batch-size", type=positive_int, default=64, help="clips per encoder forward pass")
-        group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                           help="feature extraction autocast on a GPU (fp16 on V100)")
+        group.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default="fp32",
+                           help="feature extraction on a GPU: tf32 (TF32 matmuls, A100/H100), bf16 or fp16 autocast "
+                                "(fp16 on V100); fp32 on CPUs")
         group.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes")
         group.add_argument("--cache-dir", type=Path, default=None, help="default: <checkpoint>/features")
     group.add_argument("--output", type=Path, default=None,

@@ -180,13 +180,14 @@ def extract_features(export_dir: str | Path, name: str, dataset: LabeledDataset,
         augment = None
     items = dataset.items if indices is None else [dataset.items[int(i)] for i in sorted(set(map(int, indices)))]
     keys = [item.key for item in items]
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision {precision!r}: expected fp32, bf16 or fp16")
+    if precision not in ("fp32", "tf32", "bf16", "fp16"):
+        raise ValueError(f"precision {precision!r}: expected fp32, tf32, bf16 or fp16")
     target = resolve_device(device)
-    from xkd.devices import require_precision
+    from xkd.devices import computed_precision, require_precision, tf32_matmuls
 
     require_precision(precision, target, key="precision")
-    computed = precision if target.type == "cuda" else "fp32"  # autocast runs on CUDA only
+    capability = torch.cuda.get_device_capability(target) if target.type == "cuda" else None
+    computed = computed_precision(precision, target.type, capability)  # autocast and TF32 act on CUDA only
     identity = feature_identity(export_dir, name, dataset, spec, mode, n_clips, augment, seed, keys, computed)
     path = cache_path(cache_dir or Path(export_dir) / "features", identity)
     cached = _load_cached(path, identity)
@@ -200,7 +201,7 @@ def extract_features(export_dir: str | Path, name: str, dataset: LabeledDataset,
     views = spec.views(config.views)
     spec.check_tiles(config.model, views)
     model = (encoder if encoder is not None else load_encoder(Path(export_dir), name)).to(target).eval()
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     clips = EvalClips(items, spec, views, n_clips, augment, seed)
     items_per_batch = max(1, batch_size // n_clips)
     loader = DataLoader(clips, batch_size=items_per_batch, shuffle=False, num_workers=num_workers,
@@ -208,12 +209,13 @@ def extract_features(export_dir: str | Path, name: str, dataset: LabeledDataset,
     out, batches = [], 0
     bar = tqdm(total=len(items), unit="item", desc=f"{name} {mode} features", disable=not progress,
                dynamic_ncols=True)
-    for batch in loader:  # (B, n, ...)
-        b, n = batch.shape[:2]
-        features = encode_clips(model, batch.flatten(0, 1), target, dtype)
-        out.append(features.reshape(b, n, -1).cpu().numpy())
-        batches += 1
-        bar.update(b)
+    with tf32_matmuls(computed == "tf32"):
+        for batch in loader:  # (B, n, ...)
+            b, n = batch.shape[:2]
+            features = encode_clips(model, batch.flatten(0, 1), target, dtype)
+            out.append(features.reshape(b, n, -1).cpu().numpy())
+            batches += 1
+            bar.update(b)
     bar.close()
     features = np.concatenate(out).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)

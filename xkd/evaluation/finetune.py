@@ -90,7 +90,9 @@ class FinetuneConfig:
     grad_clip: float = 0.0
     seed: int = 0
     num_workers: int = 2
-    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA, compute >= 8.0) | fp16 (autocast + loss scaling; V100)
+    # fp32 | tf32 (fp32, TF32 matmuls on compute >= 8.0) | bf16 (autocast on CUDA, compute >= 8.0)
+    # | fp16 (autocast + loss scaling; V100)
+    precision: str = "fp32"
     activation_checkpointing: bool = False  # recompute encoder blocks in backward (ViT-L at 224 px x 32 frames)
 
     def replace(self, **changes) -> FinetuneConfig:
@@ -102,7 +104,7 @@ class FinetuneConfig:
         return ClipSpec("audio", seconds=self.seconds)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 VIDEO = FinetuneConfig()
 PRESETS = {  # paper Table S6 (video) and Table S7 (audio)
     "ucf101": VIDEO,
@@ -425,8 +427,19 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
     ``on_epoch(epoch, mean_loss)`` is called on rank 0 after each epoch (for tracking).
     ``adapt_batch``: train with the largest batch that fits when ``config.batch_size`` does not
     (:func:`fit_batch_size`; the eval CLI does so for a preset's batch, not for an explicit one).
+    ``config.precision`` tf32: fp32 with TF32 matmuls (they act on compute >= 8.0 GPUs only).
     Returns the metrics on rank 0 (other ranks get the same object).
     """
+    from xkd.devices import tf32_matmuls
+
+    with tf32_matmuls(config.precision == "tf32"):
+        return _finetune(encoder, dataset, split, modality, views, config, engine, ds_config, output, progress,
+                         on_epoch, device, adapt_batch)
+
+
+def _finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality: str, views: ViewsConfig,
+              config: FinetuneConfig, engine: str, ds_config: dict | str | None, output: str | Path | None,
+              progress: bool, on_epoch, device: str, adapt_batch: bool) -> FinetuneResult:
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
 
