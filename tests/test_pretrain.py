@@ -36,7 +36,9 @@ def torchrun(*args: str) -> list[str]:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows of metrics.jsonl (the probe's step-0 baseline row has no loss)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "loss" in row]
 
 
 def losses_by_step(run_dir: Path) -> dict[int, list[float]]:

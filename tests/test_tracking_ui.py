@@ -36,6 +36,7 @@ BIN = Path(sys.executable).parent
 SERVER = ROOT / "scripts" / "mlflow_server.sh"
 ARTIFACTS = Path(os.environ.get("XKD_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "tracking_ui"
 VISUALS = ("video_reconstruction", "audio_reconstruction", "refine_attention")
+PROBE_METRIC = "probe/sounds/audio/teacher/knn_top1"
 WAIT = 300  # seconds: a bound on waiting for something to happen, not a speed requirement
 
 
@@ -159,12 +160,16 @@ def test_runs_eval_and_ui(mlflow_server, sample_shards, sound_shards, node_modul
     url, _, _ = mlflow_server
     client = MlflowClient(url)
     runs = {}
+    # The ms run probes the bundled sounds every 3 steps (and at step 0); mas has the probe off.
+    probe = {"ms": [f"probe.sets=[{{name: sounds, data: '{sound_shards}', modality: audio, "
+                    f"splits: 'esc50:{ROOT / 'data' / 'sounds' / 'folds.csv'}'}}]", "probe.every_steps=3"],
+             "mas": ["probe.every_steps=0"]}
     for variant, zero in (("ms", 2), ("mas", 3)):  # ZeRO-3: the pictures' forward gathers parameters
         run_dir = tmp_path / variant
         result = subprocess.run(torchrun(free_port(), "--ds_config", str(ROOT / f"ds_configs/zero{zero}.json"),
                                          "--data", str(sample_shards), "--output", str(run_dir),
                                          "--max-steps", "6", f"model.variant={variant}",
-                                         "train.visualize_every_steps=3"),
+                                         "train.visualize_every_steps=3", *probe[variant]),
                                 cwd=ROOT, env=train_env(url), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         runs[variant] = client.get_run((run_dir / "mlflow_run_id").read_text())
@@ -178,6 +183,8 @@ def test_runs_eval_and_ui(mlflow_server, sample_shards, sound_shards, node_modul
         assert (tags["variant"], tags["dataset"], tags["world_size"]) == (variant, "sample_shards", "2")
         assert tags["git_commit"] == git_commit() and tags["config_hash"] in run.info.run_name
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+        knn = [m.step for m in client.get_metric_history(run.info.run_id, PROBE_METRIC)]
+        assert knn == ([0, 3, 6] if variant == "ms" else [])  # the step-0 baseline, then every 3 steps, once each
         files = {a.path for folder in ("config", "visuals/step00000003", "visuals/step00000006")
                  for a in client.list_artifacts(run.info.run_id, folder)}
         assert "config/resolved_config.yaml" in files
@@ -232,7 +239,8 @@ def test_runs_eval_and_ui(mlflow_server, sample_shards, sound_shards, node_modul
     spec = {"base": url, "experimentId": experiment_id, "runNames": names, "out": str(ARTIFACTS),
             "artifactRun": {"id": runs["ms"].info.run_id, "path": "visuals/step00000006/video_reconstruction.png"},
             "evalRun": {"id": child_id, "name": child.info.run_name, "parentId": runs["ms"].info.run_id,
-                        "metric": "top1"}}
+                        "metric": "top1"},
+            "probe": {"filter": "knn_top1", "metric": PROBE_METRIC, "runName": runs["ms"].info.run_name}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     result = subprocess.run(["node", str(ROOT / "tests" / "ui" / "mlflow_ui.js"), str(tmp_path / "spec.json")],
                             env=dict(os.environ, NODE_PATH=str(node_modules)), capture_output=True, text=True,
@@ -249,11 +257,17 @@ def test_runs_eval_and_ui(mlflow_server, sample_shards, sound_shards, node_modul
         assert curves and all(dict(zip(t["x"], t["y"])) == pytest.approx(history) for t in curves)
         assert run.info.run_name in loss_card["text"]  # the legend
 
+    (probe_card,) = [card for card in report["probe"]["cards"] if card["title"] == PROBE_METRIC]
+    history = {m.step: m.value for m in client.get_metric_history(runs["ms"].info.run_id, PROBE_METRIC)}
+    curves = [t for t in probe_card["traces"] if t["name"] == runs["ms"].info.run_name]
+    assert curves and all(dict(zip(t["x"], t["y"])) == pytest.approx(history) for t in curves)
+
     assert report["artifact"]["image"]["width"] > 0
     assert "visuals/step00000006/video_reconstruction.png" in report["artifact"]["text"]
     eval_text = report["eval"]["text"]
     assert all(metric in eval_text for metric in results) and runs["ms"].info.run_name in eval_text
-    for screenshot in ("experiment_runs", "compare_loss_charts", "run_artifact_reconstruction", "eval_child_run"):
+    for screenshot in ("experiment_runs", "compare_loss_charts", "compare_probe_charts", "run_artifact_reconstruction",
+                       "eval_child_run"):
         assert (ARTIFACTS / f"{screenshot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

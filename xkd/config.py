@@ -216,6 +216,32 @@ class TrackingConfig:
 
 
 @dataclass
+class ProbeSet:
+    """One labelled probe set (shards as ``eval/`` takes them; xkd/engine/probe.py)."""
+
+    name: str = ""
+    data: str = ""  # shard directory (relative: from the working directory, else the repo root)
+    modality: str = "audio"  # audio | video
+    labels: list[str] = field(default_factory=list)  # label CSVs overriding the shards' labels (eval --labels)
+    # eval --splits spec (e.g. esc50:data/sounds/folds.csv); its first split is the probe's train/test.
+    # Empty: a fixed split of the set itself (every other item of each class is a test item).
+    splits: str = ""
+
+
+@dataclass
+class ProbeConfig:
+    """Periodic probe of the representation during pretraining (weighted k-NN + linear, as DINO)."""
+
+    every_steps: int = 0  # 0: off; else at step 0 (random-init baseline) and every N steps
+    encoders: list[str] = field(default_factory=lambda: ["teacher"])  # teacher and/or student
+    sets: list[ProbeSet] = field(default_factory=list)
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    batch_size: int = 32  # clips per forward pass
+    budget_fraction: float = 0.05  # warn when probing takes more than this share of the wall time
+
+
+@dataclass
 class XKDConfig:
     name: str = "xkd"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -225,6 +251,7 @@ class XKDConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -457,6 +484,29 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
     _check(t.dist_timeout_s > 0, source, "train.dist_timeout_s", "a positive number of seconds", t.dist_timeout_s)
     _check(d.num_workers >= 0, source, "data.num_workers", "a non-negative integer", d.num_workers)
     _check(d.steps_per_epoch >= 0, source, "data.steps_per_epoch", "a non-negative integer", d.steps_per_epoch)
+    _validate_probe(config.probe, source)
+
+
+def _validate_probe(p: ProbeConfig, source: str) -> None:
+    _check(p.every_steps >= 0, source, "probe.every_steps", "a non-negative integer (0: off)", p.every_steps)
+    _check(bool(p.encoders) and all(e in ("teacher", "student") for e in p.encoders) and
+           len(set(p.encoders)) == len(p.encoders), source, "probe.encoders",
+           "a non-empty list of teacher and/or student", p.encoders)
+    _check(p.knn_k > 0, source, "probe.knn_k", "a positive integer", p.knn_k)
+    _check(p.knn_temperature > 0, source, "probe.knn_temperature", "a positive number", p.knn_temperature)
+    _check(p.batch_size > 0, source, "probe.batch_size", "a positive integer", p.batch_size)
+    _check(0 < p.budget_fraction <= 1, source, "probe.budget_fraction", "a share in (0, 1]", p.budget_fraction)
+    _check(not p.every_steps or bool(p.sets), source, "probe.sets", "at least one probe set when "
+           "probe.every_steps > 0", p.sets)
+    names = [s.name for s in p.sets]
+    for i, probe_set in enumerate(p.sets):
+        key = f"probe.sets[{i}]"
+        _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", probe_set.name)), source, f"{key}.name",
+               "a name of letters, digits, '_', '-' or '.' (it is part of the MLflow metric name)", probe_set.name)
+        _check(names.count(probe_set.name) == 1, source, f"{key}.name", "a name no other probe set has",
+               probe_set.name)
+        _check(bool(probe_set.data), source, f"{key}.data", "a shard directory", probe_set.data)
+        _one_of(probe_set.modality, ("audio", "video"), source, f"{key}.modality")
 
 
 def scaled_lr(config: XKDConfig) -> float:

@@ -84,6 +84,17 @@ function chartCards() {
     await page.screenshot({ path: shot('compare_loss_charts.png') });
     report.compare = { cards: await page.evaluate(chartCards) };
 
+    // 2b. The periodic probe's curves (probe/<set>/<modality>/<encoder>/knn_top1) beside the losses.
+    if (spec.probe) {
+      await search.fill(spec.probe.filter);
+      await until(async () => {
+        const card = (await page.evaluate(chartCards)).find((c) => c.title === spec.probe.metric);
+        return card && card.traces.some((t) => t.name === spec.probe.runName && t.x.length > 1);
+      }, 'a probe chart with the run\'s curve');
+      await page.screenshot({ path: shot('compare_probe_charts.png') });
+      report.probe = { cards: await page.evaluate(chartCards) };
+    }
+
     // 3. A reconstruction grid among the run's artifacts, rendered as an image.
     const artifact = spec.artifactRun;
     await open(page, `${experiment}/runs/${artifact.id}/artifacts/${artifact.path}`,

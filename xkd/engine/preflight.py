@@ -25,11 +25,12 @@ from xkd.tracking import flatten
 
 # Config keys a resumed run may change freely: logging, checkpoint cadence, where the data lives
 # (its content is checked by fingerprint), loader parallelism, tracking, memory/time trade-offs
-# that leave the maths unchanged (activation checkpointing, the collective timeout).
+# that leave the maths unchanged (activation checkpointing, the collective timeout), and the
+# periodic probe (it reads the encoders and never changes the training trajectory).
 RUN_CONTROL_KEYS = (
     "name", "train.max_steps", "train.log_every_steps", "train.checkpoint_every_steps",
     "train.visualize_every_steps", "train.max_consecutive_nonfinite", "data.shards", "data.num_workers",
-    "tracking.", "model.activation_checkpointing", "train.dist_timeout_s",
+    "tracking.", "model.activation_checkpointing", "train.dist_timeout_s", "probe.",
 )
 DATA_KEY = "dataset"  # --allow-change dataset: accept another data set
 
@@ -159,5 +160,12 @@ def check_start(config: XKDConfig, shards: str, output: Path, world_size: int, r
     except (FileNotFoundError, ValueError) as error:
         raise PreflightError(str(error)) from error
     data = data_fingerprint(samples)
+    if config.probe.every_steps:
+        from xkd.engine.probe import ProbeError, load_sets
+
+        try:
+            load_sets(config, warn=False)  # a missing set is skipped (with a warning at start); others refuse
+        except ProbeError as error:
+            raise PreflightError(str(error)) from error
     tag_dir = find_resume_tag(Path(output) / "checkpoints", resume)
     return StartPlan(samples, data, plan_resume(tag_dir, config, world_size, data, list(allowed)))

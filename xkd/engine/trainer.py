@@ -130,6 +130,14 @@ class Trainer:
                                              "total_steps": self.total_steps, **options.extra_params}})
         if options.resume.changes:
             self._record_resume_changes(options.resume)
+        self.probe = None
+        if config.probe.every_steps:
+            from xkd.engine.probe import Probe
+
+            if "student" in config.probe.encoders and self.zero_stage == 3:
+                raise ValueError("probe.encoders: the student cannot be probed under ZeRO-3 (its weights are "
+                                 "partitioned); probe the teacher, or use ZeRO-1/2")
+            self.probe = Probe(config, env.rank, env.world_size, device)
         if env.is_main:
             self._truncate_metrics(self.engine.global_steps)
 
@@ -220,6 +228,22 @@ class Trainer:
         except Exception as error:  # pictures must never stop training
             log.warning("visualisation at step %d failed: %s: %s", step, type(error).__name__, error)
 
+    # ------------------------------------------------------------------ probe
+    def run_probe(self, step: int) -> dict[str, float]:
+        """Probe scores of the current encoders at ``step`` (collective; see xkd/engine/probe.py)."""
+        roles = {"teacher": self.teacher, "student": self.engine.module}
+        encoders = {role: {"video": module.video_encoder, "audio": module.audio_encoder}
+                    for role, module in roles.items()}
+        return self.probe.run(encoders, step)
+
+    def _log_probe_baseline(self, metrics_file) -> None:
+        """The random-init baseline: the probe at step 0, once (a resumed run does not repeat it)."""
+        scores = self.run_probe(0)
+        if self.env.is_main:
+            metrics_file.write(json.dumps({"step": 0, **scores}) + "\n")
+            metrics_file.flush()
+            self.tracker.log_metrics(scores, 0)
+
     # ------------------------------------------------------------------ one step
     def _batches(self):
         while True:
@@ -235,7 +259,11 @@ class Trainer:
                         file=sys.stdout)
         batches = self._batches()
         metrics_file = (self.output / "metrics.jsonl").open("a") if env.is_main else None
+        train_started = time.perf_counter()
+        if self.probe is not None and step == 0 and self.probe.due(0):
+            self._log_probe_baseline(metrics_file)
         step_started, data_wait = time.perf_counter(), 0.0
+        budget_warned = False
         stopped = False
         samples_per_step = config.train.global_batch_size
         while step < self.max_steps:
@@ -275,7 +303,13 @@ class Trainer:
             self.samples_seen += samples_per_step
             progress.update(1)
 
-            if step % config.train.log_every_steps == 0 or step == self.max_steps:
+            probed = self.run_probe(step) if self.probe is not None and self.probe.due(step) else {}
+            if probed and env.is_main and not budget_warned:
+                warning = self.probe.over_budget(time.perf_counter() - train_started)
+                if warning:
+                    log.warning("%s", warning)
+                    budget_warned = True
+            if step % config.train.log_every_steps == 0 or step == self.max_steps or probed:
                 elapsed = time.perf_counter() - step_started
                 record = _mean_over_ranks(out)
                 record.update({
@@ -291,6 +325,7 @@ class Trainer:
                     "epoch": self.loader.state()["epoch"], "nonfinite_skipped": self.nonfinite_total,
                     # Collective: shares every rank's finds, so rank 0's checkpointed loader state holds them all.
                     "corrupt_samples": self.loader.sync_corrupt_samples(),
+                    **probed,
                 })
                 if env.is_main:
                     metrics_file.write(json.dumps({"step": step, **record}) + "\n")
