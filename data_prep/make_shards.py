@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xkd.data.build_shards import OutputRefused, ShardJob, build_shards  # noqa: E402
 from xkd.data.inputs import InputError, read_csv_inputs, scan_folder  # noqa: E402
 from xkd.data.prepare_clip import NO_AUDIO_POLICIES, NO_VIDEO_POLICIES, SHORT_POLICIES, ClipPolicy  # noqa: E402
-from xkd.data.transcode import CPU_DECODABLE_CODECS, VIDEO_CODECS, TranscodeSettings  # noqa: E402
+from xkd.data.transcode import (CPU_DECODABLE_CODECS, KEYFRAME_INTERVAL, LEGACY_KEYFRAME_INTERVAL,  # noqa: E402
+                                VIDEO_CODECS, TranscodeSettings)
 from xkd.data.verify_shards import verify_output  # noqa: E402
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -85,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     media.add_argument("--audio-rate", type=int, default=16000, help="audio sample rate, mono FLAC (default: 16000)")
     media.add_argument("--video-codec", choices=VIDEO_CODECS, default="vp9",
                        help="vp9 (default), vp8 and mjpeg decode on DALI's CPU backend; h264 only on GPU (NVDEC)")
+    media.add_argument("--keyframe-interval", type=int, default=KEYFRAME_INTERVAL, metavar="FRAMES",
+                       help=f"at most this many frames between keyframes (ffmpeg -g; not for mjpeg, all keyframes): "
+                            f"a loader seeking to a window decodes at most FRAMES-1 extra frames (default: "
+                            f"{KEYFRAME_INTERVAL}, 1 s at 8 fps; splits built before this option used "
+                            f"{LEGACY_KEYFRAME_INTERVAL}: resume those with --keyframe-interval {LEGACY_KEYFRAME_INTERVAL})")
     policy = parser.add_argument_group("policies")
     policy.add_argument("--min-duration", type=float, default=4.0, help="seconds (default: 4.0)")
     policy.add_argument("--short-policy", choices=SHORT_POLICIES, default="skip",
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.input is not None or args.list is not None:
         try:
-            settings = TranscodeSettings(args.fps, args.short_side, args.audio_rate, args.video_codec)
+            settings = TranscodeSettings(args.fps, args.short_side, args.audio_rate, args.video_codec,
+                                         args.keyframe_interval)
             policy = ClipPolicy(args.min_duration, args.short_policy, args.no_audio_policy, args.no_video_policy)
             kind, root, items = _load_inputs(args)
             job = ShardJob(

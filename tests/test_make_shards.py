@@ -26,6 +26,7 @@ import soundfile
 from xkd.data import format as fmt
 from xkd.data import skip_reasons as sr
 from xkd.data.build_shards import WORK_DIR_NAME
+from xkd.data.transcode import KEYFRAME_INTERVAL
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_AV = REPO / "data" / "sample" / "av"
@@ -364,3 +365,47 @@ def test_h264_warns_and_is_packed_in_matroska(inputs_dir, tmp_path):
         assert container.format.name.startswith("matroska")
         assert container.streams.video[0].codec_context.name == "h264"
         assert sum(1 for _ in container.decode(video=0)) == json.loads(members["json"])["num_frames"]
+
+
+def keyframe_gaps(video: bytes) -> list[int]:
+    """Frames between consecutive keyframes of a video (and from the last one to the end)."""
+    with av.open(io.BytesIO(video)) as container:
+        flags = [frame.key_frame for frame in container.decode(video=0)]
+    keys = [n for n, key in enumerate(flags) if key]
+    total = len(flags)
+    return [b - a for a, b in zip(keys, [*keys[1:], total])]
+
+
+def test_keyframe_interval_is_the_default_gop_and_recorded(built):
+    manifest = json.loads((built / fmt.MANIFEST_NAME).read_text())
+    assert manifest["video"]["keyframe_interval"] == KEYFRAME_INTERVAL
+    assert manifest["fingerprint"]["keyframe_interval"] == KEYFRAME_INTERVAL
+    for members in all_samples(built).values():
+        assert max(keyframe_gaps(members["webm"])) <= KEYFRAME_INTERVAL
+
+
+def strip_keyframe_interval(fingerprint_file: Path) -> None:
+    """Make a journal or manifest look written before --keyframe-interval existed (GOP 64 then)."""
+    if fingerprint_file.name == fmt.MANIFEST_NAME:  # one JSON document
+        manifest = json.loads(fingerprint_file.read_text())
+        manifest["fingerprint"].pop("keyframe_interval")
+        fingerprint_file.write_text(json.dumps(manifest, indent=2))
+        return
+    lines = fingerprint_file.read_text().splitlines()  # the journal: the fingerprint is on line 1
+    head = json.loads(lines[0])
+    head["fingerprint"].pop("keyframe_interval")
+    fingerprint_file.write_text("\n".join([json.dumps(head), *lines[1:]]) + "\n")
+
+
+@pytest.mark.parametrize("record", [fmt.MANIFEST_NAME, fmt.JOURNAL_NAME])
+def test_a_split_from_before_the_option_resumes_only_with_gop_64(built, inputs_dir, tmp_path, record):
+    old = tmp_path / "old"
+    shutil.copytree(built, old)
+    if record == fmt.JOURNAL_NAME:  # an interrupted run: its journal is what is checked
+        (old / fmt.MANIFEST_NAME).unlink()
+    strip_keyframe_interval(old / record)
+    args = ("--input", inputs_dir, "--output", old, "--no-progress", "--shard-size", "2")
+    refused = run_make_shards(*args, check=False)
+    assert refused.returncode == 2 and f"--keyframe-interval: 64 then, {KEYFRAME_INTERVAL} now" in refused.stderr
+    accepted = run_make_shards(*args, "--keyframe-interval", "64")
+    assert "done" in accepted.stderr or "already complete" in accepted.stderr

@@ -39,7 +39,7 @@ from xkd.data.prepare_clip import ClipPolicy, PreparedSample, prepare_clip
 from xkd.data.prepared_clips import PreparedClips
 from xkd.data.probe import die_with_parent, kill_tools
 from xkd.data.shard_writer import TMP_SUFFIX, ShardWriter, atomic_write_bytes, write_dali_index
-from xkd.data.transcode import CONTAINERS, TranscodeSettings
+from xkd.data.transcode import CONTAINERS, LEGACY_KEYFRAME_INTERVAL, TranscodeSettings
 
 # Per-clip transcode folders, inside the output (same file system). A name of this tool's own,
 # recorded in the journal: a rerun deletes it only when the journal says it is this run's.
@@ -53,7 +53,11 @@ FINGERPRINT_OPTIONS = {
     "seed": "--seed", "min_duration": "--min-duration", "short_policy": "--short-policy",
     "no_audio_policy": "--no-audio-policy", "no_video_policy": "--no-video-policy", "input_kind": "--input/--list",
     "filename_pattern": "--filename-pattern", "ffmpeg": "the ffmpeg version", "format_version": "the format version",
+    "keyframe_interval": "--keyframe-interval",
 }
+# Fingerprint keys added later -> the value every run recorded before them had: an older journal or
+# manifest without the key is compared as if it had that value (resumable only with that setting).
+LEGACY_FINGERPRINT_VALUES = {"keyframe_interval": LEGACY_KEYFRAME_INTERVAL}
 
 
 class OutputRefused(RuntimeError):
@@ -130,7 +134,8 @@ def job_fingerprint(job: ShardJob, ordered: list[InputItem]) -> dict:
         "filename_pattern": job.filename_pattern, "num_inputs": len(ordered), "inputs_sha256": inputs_digest(ordered),
         "shard_size": job.shard_size, "shard_bytes": job.shard_bytes, "seed": job.seed,
         "fps": job.settings.fps, "short_side": job.settings.short_side, "audio_rate": job.settings.audio_rate,
-        "video_codec": job.settings.video_codec, "min_duration": job.policy.min_duration,
+        "video_codec": job.settings.video_codec, "keyframe_interval": job.settings.keyframe_interval,
+        "min_duration": job.policy.min_duration,
         "short_policy": job.policy.short_policy, "no_audio_policy": job.policy.no_audio_policy,
         "ffmpeg": ffmpeg_version(),
         # Only when set: splits built before --no-video-policy existed (always "skip") stay resumable.
@@ -139,7 +144,9 @@ def job_fingerprint(job: ShardJob, ordered: list[InputItem]) -> dict:
 
 
 def fingerprint_differences(old: dict, new: dict) -> list[str]:
-    """Readable list of what differs between two fingerprints."""
+    """Readable list of what differs between two fingerprints (``old`` read back from a journal or
+    manifest; the keys it predates count with their ``LEGACY_FINGERPRINT_VALUES``)."""
+    old = {**LEGACY_FINGERPRINT_VALUES, **old}
     out = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
@@ -420,7 +427,8 @@ def _manifest(job: ShardJob, state: JournalState, skipped: list[dict], labels: d
         "sample_exts": list(fmt.SAMPLE_EXTS),
         "sample_info_fields": list(fmt.SAMPLE_INFO_FIELDS),
         "video": {"codec": job.settings.video_codec, "container": CONTAINERS[job.settings.video_codec],
-                  "fps": job.settings.fps, "short_side": job.settings.short_side},
+                  "fps": job.settings.fps, "short_side": job.settings.short_side,
+                  "keyframe_interval": job.settings.keyframe_interval},
         "audio": {"codec": "flac", "rate": job.settings.audio_rate, "channels": 1},
         "args": {
             "input_kind": job.input_kind, "input_root": job.input_root, "list": job.list_file,

@@ -20,17 +20,23 @@ FFMPEG_TIMEOUT_S = 1800
 VIDEO_CODECS = ("vp9", "vp8", "mjpeg", "h264")
 # Codecs DALI's CPU video decoder handles; h264 needs NVDEC (device="mixed").
 CPU_DECODABLE_CODECS = ("vp9", "vp8", "mjpeg")
-KEYFRAME_INTERVAL = 64  # frames (8 s at 8 fps): a Kinetics clip has 1-2 keyframes
+# Largest distance between keyframes (ffmpeg -g), in frames: 1 s at the default 8 fps, so a loader
+# seeking to a 4 s window decodes at most 7 frames it does not need (PyAV does; DALI 2.4's CPU
+# decoder decodes from frame 0 whatever the GOP). Bytes vs decode cost: benchmarks/gop_choice.py,
+# BENCHMARKS.md "Input pipeline CPU cost". Splits built before --keyframe-interval used 64.
+KEYFRAME_INTERVAL = 8
+LEGACY_KEYFRAME_INTERVAL = 64
 
-# Encoder options per --video-codec (after "-c:v"), and the container each is written in.
+# Encoder options per --video-codec (after "-c:v"; "-g" is added for the inter-frame codecs),
+# and the container each is written in.
 ENCODER_ARGS: dict[str, list[str]] = {
     "vp9": ["libvpx-vp9", "-b:v", "0", "-crf", "32", "-deadline", "good", "-cpu-used", "4", "-row-mt", "0",
-            "-g", str(KEYFRAME_INTERVAL), "-pix_fmt", "yuv420p"],
-    "vp8": ["libvpx", "-b:v", "1M", "-crf", "10", "-deadline", "good", "-cpu-used", "4",
-            "-g", str(KEYFRAME_INTERVAL), "-pix_fmt", "yuv420p"],
+            "-pix_fmt", "yuv420p"],
+    "vp8": ["libvpx", "-b:v", "1M", "-crf", "10", "-deadline", "good", "-cpu-used", "4", "-pix_fmt", "yuv420p"],
     "mjpeg": ["mjpeg", "-q:v", "5", "-pix_fmt", "yuvj420p"],
-    "h264": ["libx264", "-preset", "veryfast", "-crf", "23", "-g", str(KEYFRAME_INTERVAL), "-pix_fmt", "yuv420p"],
+    "h264": ["libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"],
 }
+INTRA_ONLY_CODECS = ("mjpeg",)  # every frame is a keyframe: no -g
 CONTAINERS = {"vp9": "webm", "vp8": "webm", "mjpeg": "matroska", "h264": "matroska"}
 
 _DETERMINISM = ["-threads", "1", "-flags", "+bitexact", "-fflags", "+bitexact",
@@ -43,10 +49,13 @@ class TranscodeSettings:
     short_side: int = 128
     audio_rate: int = 16000
     video_codec: str = "vp9"
+    keyframe_interval: int = KEYFRAME_INTERVAL  # frames between keyframes at most (-g)
 
     def __post_init__(self) -> None:
         if self.video_codec not in VIDEO_CODECS:
             raise ValueError(f"video codec {self.video_codec!r}: expected one of {VIDEO_CODECS}")
+        if self.keyframe_interval < 1:
+            raise ValueError(f"keyframe interval {self.keyframe_interval}: expected at least 1 frame")
         if self.fps <= 0 or self.audio_rate <= 0:
             raise ValueError(f"fps ({self.fps}) and audio rate ({self.audio_rate}) must be positive")
         if self.short_side <= 0 or self.short_side % 2:
@@ -61,12 +70,19 @@ def target_size(display_width: int, display_height: int, short_side: int) -> tup
     return (short_side, height) if display_width <= display_height else (width, short_side)
 
 
+def encoder_args(settings: TranscodeSettings) -> list[str]:
+    """The encoder and its options (after "-c:v"), with the keyframe interval where the codec has one."""
+    codec = settings.video_codec
+    gop = [] if codec in INTRA_ONLY_CODECS else ["-g", str(settings.keyframe_interval)]
+    return [*ENCODER_ARGS[codec], *gop]
+
+
 def video_output_args(info: SourceInfo, settings: TranscodeSettings, video_out: Path) -> list[str]:
     """Options for the video-only output (stream ``0:<video index>``)."""
     width, height = target_size(info.video.display_width, info.video.display_height, settings.short_side)
     filters = f"fps={settings.fps},scale={width}:{height}:flags=bicubic,setsar=1"
     return ["-map", f"0:{info.video.index}", "-an", "-sn", "-dn", "-vf", filters,
-            "-c:v", *ENCODER_ARGS[settings.video_codec], *_DETERMINISM,
+            "-c:v", *encoder_args(settings), *_DETERMINISM,
             "-f", CONTAINERS[settings.video_codec], "-y", str(video_out)]
 
 
