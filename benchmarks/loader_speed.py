@@ -1,23 +1,42 @@
-"""Loader throughput (issue 3): clips/s and CPU ms per clip of the DALI CPU pipeline and the
+"""Loader throughput and CPU cost per sample (issues 3 and 15): the DALI CPU pipeline and the
 PyTorch fallback, producing full batches of global + local views of both modalities.
 
-    OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --shards sample_shards --workers 2
+    OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --shards sample_shards --workers 2 --json loader.json
+    OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --stages    # + per-stage breakdown and floor
 
-Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112). CPU time
-counts this process and its worker processes (getrusage SELF + CHILDREN).
+Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112). CPU time counts
+this process and its worker processes (getrusage SELF + CHILDREN). ``--repeat N`` lists each
+sample N times in the split (distinct indices, so distinct windows and augmentations), so the
+per-epoch costs (a new DALI graph, new DataLoader workers) are spread as over a real split.
+
+``--stages`` adds, per loader, the CPU ms per sample of each stage (benchmarks/torch_stages.py,
+benchmarks/dali_stages.py: their docstrings say how each is measured), the decode-only floor
+(the frames and audio one sample needs, same decoders) and ``cpu_ms_per_sample / floor``.
+Host-to-device copies do not exist on the CPU path (n/a). The JSON (``--json OUT``) has
+``cpu_ms_per_sample`` and ``samples_per_second`` per loader.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import sys
 import time
+from pathlib import Path
 
-from xkd.config import config_from_dict
-from xkd.data.dali_pipeline import DaliClipLoader
-from xkd.data.sampler import EpochPlan
-from xkd.data.shard_index import index_split
-from xkd.data.torch_loader import TorchClipLoader
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dali_stages  # noqa: E402
+import torch_stages  # noqa: E402
+from xkd.config import config_from_dict  # noqa: E402
+from xkd.data.dali_pipeline import DaliClipLoader  # noqa: E402
+from xkd.data.manifest import read_manifest  # noqa: E402
+from xkd.data.sampler import EpochPlan  # noqa: E402
+from xkd.data.shard_index import index_split  # noqa: E402
+from xkd.data.torch_loader import ClipDataset, TorchClipLoader  # noqa: E402
+from xkd.data.transcode import LEGACY_KEYFRAME_INTERVAL  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -31,12 +50,29 @@ def cpu_seconds() -> float:
 def measure(make_loader, epochs: int) -> dict:
     loader = make_loader()
     next(iter(loader))  # start-up (pipeline build, workers) is not throughput
-    clips, started_wall, started_cpu = 0, time.perf_counter(), cpu_seconds()
+    samples, started_wall, started_cpu = 0, time.perf_counter(), cpu_seconds()
     for _ in range(epochs):
         for batch in loader:
-            clips += batch["video_global"].shape[0]
+            samples += batch["video_global"].shape[0]
     wall, cpu = time.perf_counter() - started_wall, cpu_seconds() - started_cpu
-    return {"clips": clips, "clips_per_second": clips / wall, "cpu_ms_per_clip": 1000 * cpu / clips}
+    return {"samples": samples, "samples_per_second": samples / wall, "cpu_ms_per_sample": 1000 * cpu / samples}
+
+
+def stage_report(samples, views, plan, args) -> dict:
+    """Per-stage CPU ms per sample, floor and ratio of both loaders (one thread each)."""
+    dataset = ClipDataset(samples, views, seed=0, epoch=0, indices=plan.indices(0))
+    torch.set_num_threads(1)
+    return {
+        "torch": {"stages": torch_stages.stage_costs(dataset, args.batch_size, args.stage_epochs),
+                  "floor": torch_stages.floor_ms(dataset)},
+        "dali_cpu": {"stages": dali_stages.stage_costs(samples, views, plan, args.batch_size, args.stage_epochs),
+                     "floor": dali_stages.floor_ms(samples, views, plan, args.batch_size, args.stage_epochs)},
+    }
+
+
+def keyframe_interval(shards: str) -> int:
+    """The shards' GOP (make_shards --keyframe-interval; splits from before the option used 64)."""
+    return read_manifest(Path(shards))["video"].get("keyframe_interval", LEGACY_KEYFRAME_INTERVAL)
 
 
 def main() -> None:
@@ -45,9 +81,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DALI threads / DataLoader workers")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1, help="list each sample this many times (default 1)")
+    parser.add_argument("--stages", action="store_true", help="add the per-stage breakdown, floor and ratio")
+    parser.add_argument("--stage-epochs", type=int, default=1, help="epochs per stage measurement (default 1)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     views = config_from_dict({}).views
-    samples = index_split(args.shards)
+    samples = index_split(args.shards) * args.repeat
     plan = EpochPlan(len(samples), seed=0)
     results = {
         "dali_cpu": measure(lambda: DaliClipLoader(samples, views, args.batch_size, plan, seed=0, device="cpu",
@@ -55,8 +95,16 @@ def main() -> None:
         "torch": measure(lambda: TorchClipLoader(samples, views, args.batch_size, args.workers, plan, seed=0),
                          args.epochs),
         "workers": args.workers, "batch_size": args.batch_size, "samples": len(samples),
+        "keyframe_interval": keyframe_interval(args.shards), "host_to_device": "n/a (CPU path)",
     }
-    print(json.dumps(results, indent=2))
+    if args.stages:
+        for name, report in stage_report(samples, views, plan, args).items():
+            results[name].update(report)
+            results[name]["ratio_to_floor"] = results[name]["cpu_ms_per_sample"] / report["floor"]["total"]
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":

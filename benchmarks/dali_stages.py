@@ -1,0 +1,187 @@
+"""Per-stage CPU cost of the DALI CPU pipeline (``xkd.data.dali_pipeline``) and its decode-only floor (issue 15).
+
+DALI 2.4 reports no per-operator time on the CPU backend (its executor statistics are memory
+only), so stages are costed on whole graphs, by process CPU (getrusage: all of DALI's threads):
+
+  - additive: the source alone (a graph that only takes the rows of ``ShardSource``: member reads,
+    info vectors, view parameters), then source + ``decoders.video`` of the window, source +
+    ``decoders.audio``; a decoder's cost is its graph minus the source graph;
+  - knock-out: the production graph (``build_pipeline``, unchanged) built with one operator
+    replaced by a near-free stand-in of the same output shape (``KNOCKOUTS``); the stage's cost is
+    the full graph minus that graph. Stand-ins: identity (colour, blur, normalise), a crop to the
+    output size (resizes), a 16-point STFT padded to n_fft/2 + 1 bins (STFT), the first n_mel bins
+    (mel filter bank), ``mirror=0`` (flip);
+  - collation: ``DaliClipLoader._to_batch`` (DALI outputs to torch tensors), timed on its thread.
+
+What no knock-out covers (slices, gains, log and standardisation, the executor) is "other".
+The floor: ``decoders.video`` / ``decoders.audio`` of whole clips (sequential, no window), per
+frame / per audio sample, times what one sample needs. Used by ``benchmarks/loader_speed.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+
+import numpy as np
+
+from xkd.data.dali_pipeline import SOURCE_COLUMNS, DaliClipLoader, ShardSource
+from xkd.data.format import NUM_AUDIO_SAMPLES, NUM_FRAMES
+from xkd.data.sample_check import read_info
+
+
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _crop_to_size(resize):
+    """fn.resize -> a crop (padded) to the requested size; ``video`` picks the frame resizes (an
+    ROI) or the spectrogram resizes (none)."""
+    from nvidia.dali import fn
+
+    def stand_in(video: bool):
+        def op(data, **kw):
+            if ("roi_start" in kw) != video:
+                return resize(data, **kw)
+            return fn.crop(data, crop=kw["size"], out_of_bounds_policy="pad")
+        return op
+    return stand_in
+
+
+def knockouts() -> dict[str, tuple[str, object]]:
+    """Stage -> (the ``nvidia.dali.fn`` operator replaced, a function of the original giving its stand-in)."""
+    from nvidia.dali import fn
+
+    identity = lambda original: lambda data, **kw: data  # noqa: E731
+
+    def cheap_stft(original):
+        def op(data, **kw):
+            spectrum = original(data, **{**kw, "nfft": 16, "window_length": 16, "window_fn": [1.0] * 16})
+            return fn.pad(spectrum, axes=[0], shape=[kw["nfft"] // 2 + 1])
+        return op
+
+    def first_bins(original):
+        return lambda data, **kw: fn.slice(data, start=[0], shape=[kw["nfilter"]], axes=[0])
+
+    return {
+        "video crop + resize": ("resize", lambda original: _crop_to_size(original)(True)),
+        "spectrogram crop + resize": ("resize", lambda original: _crop_to_size(original)(False)),
+        "colour": ("color_twist", identity),
+        "blur": ("gaussian_blur", identity),
+        "flip": ("crop_mirror_normalize", lambda original: lambda data, **kw: original(data, **{**kw, "mirror": 0})),
+        "normalise + flip + layout": ("crop_mirror_normalize", identity),
+        "log-mel: STFT": ("spectrogram", cheap_stft),
+        "log-mel: mel filter bank": ("mel_filter_bank", first_bins),
+    }
+
+
+@contextlib.contextmanager
+def replaced(name: str, make_stand_in):
+    """``nvidia.dali.fn.<name>`` replaced while graphs are defined (build_pipeline looks ops up then)."""
+    from nvidia.dali import fn
+
+    original = getattr(fn, name)
+    setattr(fn, name, make_stand_in(original))
+    try:
+        yield
+    finally:
+        setattr(fn, name, original)
+
+
+def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float]:
+    """(CPU ms per sample of iterating ``epochs`` epochs after a first batch, of which in ``_to_batch``)."""
+    loader = make_loader()
+    to_batch, collation = loader._to_batch, [0.0]
+
+    def timed_to_batch(outputs):
+        begin = time.thread_time()
+        try:
+            return to_batch(outputs)
+        finally:
+            collation[0] += time.thread_time() - begin
+
+    loader._to_batch = timed_to_batch
+    iterator = iter(loader)
+    next(iterator)
+    samples, collation[0], begin = 0, 0.0, process_cpu()
+    for epoch in range(epochs):
+        for batch in (iterator if epoch == 0 else loader):
+            samples += batch["video_global"].shape[0]
+    return 1000 * (process_cpu() - begin) / samples, 1000 * collation[0] / samples
+
+
+def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: str | None) -> float:
+    """CPU ms per sample of the source alone (``decode`` None) or with one decoder ("video": the
+    window's frames, as the loader; "video_all", "audio": whole clips), one thread."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(enable_conditionals=False)
+    def graph(source):
+        columns = dict(zip(SOURCE_COLUMNS, fn.external_source(
+            source=source, num_outputs=len(SOURCE_COLUMNS), batch=True, batch_info=True, parallel=False)))
+        if decode == "video":
+            return fn.decoders.video(columns["video"], device="cpu", frames=columns["video_frames"], pad_mode="none")
+        if decode == "video_all":
+            return fn.decoders.video(columns["video"], device="cpu")
+        if decode == "audio":
+            return fn.decoders.audio(columns["audio"], sample_rate=views.audio_sample_rate, downmix=True,
+                                     dtype=types.FLOAT)[0]
+        return columns["audio_start"]
+
+    count, begin = 0, None
+    for epoch in range(epochs + 1):  # epoch 0 warms up
+        pipe = graph(ShardSource(samples, views, plan, batch_size, seed=0, epoch=epoch), batch_size=batch_size,
+                     num_threads=1, device_id=None, prefetch_queue_depth=2, exec_dynamic=True)
+        pipe.build()
+        begin = process_cpu() if epoch == 1 else begin
+        try:
+            while True:
+                pipe.run()
+                count += batch_size if epoch else 0
+        except StopIteration:
+            pass
+        del pipe
+    return 1000 * (process_cpu() - begin) / count
+
+
+def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int = 3) -> dict[str, float]:
+    """CPU ms per sample per stage of the DALI CPU pipeline (one thread), median of ``repeats``."""
+    def median(measure) -> float:
+        return float(np.median([measure() for _ in range(repeats)]))
+
+    def loader():
+        return DaliClipLoader(samples, views, batch_size, plan, seed=0, device="cpu", num_threads=1)
+
+    def sub(decode):
+        return median(lambda: subgraph_cpu_ms(samples, views, plan, batch_size, epochs, decode))
+
+    full_runs = [loader_cpu_ms(loader, epochs) for _ in range(repeats)]
+    full = float(np.median([cpu for cpu, _ in full_runs]))
+    source = sub(None)
+    stages = {"source: tar/member read + view parameters": source,
+              "video decode (window)": sub("video") - source, "audio decode (whole FLAC)": sub("audio") - source}
+    for stage, (name, stand_in) in knockouts().items():
+        with replaced(name, stand_in):
+            stages[stage] = full - median(lambda: loader_cpu_ms(loader, epochs)[0])
+    stages["normalise + layout"] = stages.pop("normalise + flip + layout") - stages["flip"]
+    stages["collation (DALI outputs -> torch)"] = float(np.median([c for _, c in full_runs]))
+    stages["other (slices, gains, log + standardise, executor)"] = full - sum(stages.values())
+    stages["total (full graph)"] = full
+    return stages
+
+
+def floor_ms(samples, views, plan, batch_size: int, epochs: int) -> dict[str, float]:
+    """Decode-only CPU ms of what one sample needs with DALI's decoders: the global window's frames
+    (the local windows lie inside it) and the 4 s audio window, at the per-frame / per-sample cost
+    of decoding whole clips (``decoders.video`` without frame indices, ``decoders.audio``)."""
+    infos = [read_info(ref) for ref in samples]
+    frames = np.mean([int(i[NUM_FRAMES]) for i in infos])
+    needed_frames = np.mean([min(int(i[NUM_FRAMES]), views.video_global_frames) for i in infos])
+    audio = np.mean([int(i[NUM_AUDIO_SAMPLES]) for i in infos])
+    window = int(round(views.audio_global_seconds * views.audio_sample_rate))
+    needed_audio = np.mean([min(int(i[NUM_AUDIO_SAMPLES]), window) for i in infos])
+    source = subgraph_cpu_ms(samples, views, plan, batch_size, epochs, None)
+    video = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "video_all") - source) / frames * needed_frames
+    sound = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "audio") - source) / audio * needed_audio
+    return {"video": video, "audio": sound, "total": video + sound}

@@ -1,0 +1,129 @@
+"""Per-stage CPU cost of the PyTorch loader (``xkd.data.torch_loader``) and its decode-only floor (issue 15).
+
+``sample_stages`` runs the steps of :meth:`ClipDataset.load` one by one with the loader's own
+functions, each under a CPU clock (``time.process_time``, one thread: run with
+OMP_NUM_THREADS=1, as a DataLoader worker does), and checks that the views equal ``load``'s.
+``floor_ms`` is the decode-only cost of exactly the frames and audio one sample needs, with the
+same decoders (PyAV video to RGB, soundfile FLAC), from sequential decodes of whole clips.
+Used by ``benchmarks/loader_speed.py``.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+
+from xkd.data.format import AUDIO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT
+from xkd.data.sample_check import read_info
+from xkd.data.torch_loader import VIEW_KEYS, ClipDataset, collate_clips, decode_frames, read_audio
+from xkd.data.torch_views import (color_jitter, crop_resize, crop_spectrogram, finish, gaussian_blur,
+                                  global_audio_view)
+
+STAGES = ("tar/member read", "view parameters", "video decode (window)", "audio decode (window)", "log-mel",
+          "video crop + resize", "spectrogram crop + resize", "colour", "blur", "flip", "normalise + layout",
+          "collation")
+
+
+class StageClock:
+    """CPU seconds (``time.process_time``) accumulated per stage name."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        begin = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.process_time() - begin
+
+
+def video_view(clock: StageClock, frames: torch.Tensor, box, size: int, color, blur: float, flip: bool):
+    """One video view, stage by stage (``global_video_view`` / ``local_video_views``)."""
+    with clock("video crop + resize"):
+        x = crop_resize(frames, box, size)
+    with clock("colour"):
+        x = color_jitter(x, color)
+    if blur > 0:
+        with clock("blur"):
+            x = gaussian_blur(x, blur)
+    if flip:
+        with clock("flip"):
+            x = F.horizontal_flip(x)
+    with clock("normalise + layout"):
+        return finish(x, False)
+
+
+def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
+    """``dataset.load(index)`` split into timed stages; returns the same item."""
+    v, ref = dataset.views, dataset.samples[index]
+    with clock("tar/member read"):
+        info, video, audio = read_info(ref), ref.read(VIDEO_EXT), ref.read(AUDIO_EXT)
+    with clock("view parameters"):
+        p = dataset._params(info, index, None)
+    with clock("video decode (window)"):
+        frames = decode_frames(video, p.video_start, v.video_global_frames, v.video_fps,
+                               stored_frames=int(info[NUM_FRAMES]))
+    with clock("audio decode (window)"):
+        window = read_audio(audio, p.audio_start, int(round(v.audio_global_seconds * v.audio_sample_rate)),
+                            v.audio_sample_rate)
+    with torch.no_grad():
+        video_global = video_view(clock, frames, p.global_box, v.video_global_size, p.global_color, 0.0,
+                                  p.global_flip)
+        video_local = torch.stack([
+            video_view(clock, frames[int(o):int(o) + v.video_local_frames], p.local_boxes[i], v.video_local_size,
+                       p.local_colors[i], float(p.local_blur_sigmas[i]), bool(p.local_flips[i]))
+            for i, o in enumerate(p.local_offsets)])
+        with clock("log-mel"):  # as local_audio_views, split between log-mel and the crops
+            audio_global = global_audio_view(window, p, dataset.logmel)
+            length = int(round(v.audio_local_seconds * v.audio_sample_rate))
+            specs = dataset.logmel(torch.stack([window[int(o):int(o) + length] * float(g)
+                                                for o, g in zip(p.audio_local_offsets, p.audio_local_gains)]))
+        with clock("spectrogram crop + resize"):
+            audio_local = torch.stack([crop_spectrogram(s, b) for s, b in zip(specs, p.audio_local_boxes)])
+    return {"video_global": video_global, "video_local": video_local, "audio_global": audio_global,
+            "audio_local": audio_local, "key": ref.key, "index": index, "found": []}
+
+
+def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str, float]:
+    """CPU ms per sample of each stage over ``epochs`` passes of the dataset, in full batches."""
+    clock = StageClock()
+    first = dataset.load(int(dataset.indices[0]))
+    staged = sample_stages(dataset, int(dataset.indices[0]), StageClock())
+    if not all(torch.equal(first[name], staged[name]) for name in VIEW_KEYS):
+        raise AssertionError("the staged sample differs from ClipDataset.load: torch_stages is out of date")
+    samples = 0
+    for _ in range(epochs):
+        for begin in range(0, len(dataset.indices) - batch_size + 1, batch_size):
+            items = [sample_stages(dataset, int(i), clock) for i in dataset.indices[begin:begin + batch_size]]
+            with clock("collation"):
+                collate_clips(items)
+            samples += batch_size
+    return {stage: 1000 * clock.seconds[stage] / samples for stage in STAGES}
+
+
+def floor_ms(dataset: ClipDataset) -> dict[str, float]:
+    """Decode-only CPU ms of exactly what one sample needs, averaged over the samples: the global
+    window's frames (the local windows lie inside it) and the global audio window, each at the
+    per-frame / per-sample cost of decoding its whole clip sequentially (no seek, no GOP waste)."""
+    v = dataset.views
+    window_samples = int(round(v.audio_global_seconds * v.audio_sample_rate))
+    video, audio = [], []
+    for ref in dataset.samples:
+        info = read_info(ref)
+        stored, samples = int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES])
+        data = ref.read(VIDEO_EXT)
+        begin = time.process_time()
+        decode_frames(data, 0, stored, v.video_fps, seek=False, stored_frames=stored)
+        video.append((time.process_time() - begin) / stored * min(stored, v.video_global_frames))
+        data = ref.read(AUDIO_EXT)
+        begin = time.process_time()
+        read_audio(data, 0, samples, v.audio_sample_rate)
+        audio.append((time.process_time() - begin) / samples * min(samples, window_samples))
+    video_ms, audio_ms = 1000 * float(np.mean(video)), 1000 * float(np.mean(audio))
+    return {"video": video_ms, "audio": audio_ms, "total": video_ms + audio_ms}

@@ -1,0 +1,53 @@
+"""benchmarks/loader_speed.py (issue 15): its JSON, and the stage measurements still fit the loaders."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import dali_stages  # noqa: E402
+import torch_stages  # noqa: E402
+from xkd.config import config_from_dict  # noqa: E402
+from xkd.data.dali_pipeline import DaliClipLoader  # noqa: E402
+from xkd.data.sampler import EpochPlan  # noqa: E402
+from xkd.data.shard_index import index_split  # noqa: E402
+from xkd.data.torch_loader import ClipDataset  # noqa: E402
+
+
+def test_json_has_cost_and_rate_per_loader(sample_shards, tmp_path):
+    out = tmp_path / "loader.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "loader_speed.py"), "--shards", str(sample_shards),
+                    "--workers", "1", "--epochs", "1", "--json", str(out)], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    results = json.loads(out.read_text())
+    for loader in ("dali_cpu", "torch"):
+        assert results[loader]["cpu_ms_per_sample"] > 0 and results[loader]["samples_per_second"] > 0
+    assert results["keyframe_interval"] >= 1
+
+
+def test_torch_stages_reproduce_the_loader_and_cover_every_stage(sample_shards):
+    views = config_from_dict({}).views
+    samples = index_split(sample_shards)
+    dataset = ClipDataset(samples, views, seed=0, epoch=0, indices=EpochPlan(len(samples), seed=0).indices(0))
+    costs = torch_stages.stage_costs(dataset, batch_size=4, epochs=1)  # raises if the views differ from load()
+    assert set(costs) == set(torch_stages.STAGES)
+    assert set(torch_stages.floor_ms(dataset)) == {"video", "audio", "total"}
+
+
+@pytest.mark.parametrize("stage", sorted(dali_stages.knockouts()))
+def test_each_dali_knockout_builds_on_the_production_graph(sample_shards, stage):
+    views = config_from_dict({}).views
+    samples = index_split(sample_shards)
+    plan = EpochPlan(len(samples), seed=0)
+    name, stand_in = dali_stages.knockouts()[stage]
+    with dali_stages.replaced(name, stand_in):
+        cpu_ms, _ = dali_stages.loader_cpu_ms(
+            lambda: DaliClipLoader(samples, views, 4, plan, seed=0, device="cpu", num_threads=1), epochs=1)
+    assert cpu_ms > 0
