@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="default: runs/ablation/<quick|full>")
     parser.add_argument("--corpus", type=Path, default=None,
                         help="an existing make_av_corpus.py output (default: <work>/../corpus, generated if missing)")
+    parser.add_argument("--difficulty", type=float, default=1.0,
+                        help="make_av_corpus.py --difficulty when the corpus is generated (default 1.0)")
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--train-clips", type=int, default=None, help="augmented clips per probe-train item")
     parser.add_argument("--test-clips", type=int, default=None, help="clips per probe-test item")
@@ -140,7 +142,8 @@ def run(command: list[str], log: Path, env: dict | None = None) -> None:
 def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
     if not (args.corpus / "corpus.json").is_file():
         print(f"generating the corpus in {args.corpus}", flush=True)
-        run([PYTHON, "data_prep/make_av_corpus.py", "--output", str(args.corpus)], args.work / "logs" / "corpus.log")
+        run([PYTHON, "data_prep/make_av_corpus.py", "--output", str(args.corpus), "--difficulty", str(args.difficulty)],
+            args.work / "logs" / "corpus.log")
     shards = {}
     for split in ("pretrain", "probe_train", "probe_test"):
         out = args.corpus.parent / "shards" / split

@@ -141,8 +141,10 @@ def load_sound(path: Path, rate: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- audio
 
-def render_audio(rng: np.random.Generator, sound: np.ndarray, samples: int, rate: int) -> tuple[np.ndarray, dict]:
-    """The recording 1-3 times at random offsets and gains, plus coloured noise at a random SNR."""
+def render_audio(rng: np.random.Generator, sound: np.ndarray, samples: int, rate: int,
+                 difficulty: float = 1.0) -> tuple[np.ndarray, dict]:
+    """The recording 1-3 times at random offsets and gains, plus coloured noise at a random SNR
+    (0-15 dB at difficulty 1, raised by 20 dB x (1 - difficulty))."""
     signal = np.zeros(samples)
     repeats = int(rng.integers(1, 4))
     sound = sound[: samples]
@@ -152,7 +154,7 @@ def render_audio(rng: np.random.Generator, sound: np.ndarray, samples: int, rate
         signal[offset: offset + len(piece)] += piece
     colour = rng.uniform(0.0, 0.95)  # 0 white ... 0.95 nearly brown
     noise = lfilter([1.0], [1.0, -colour], rng.standard_normal(samples))
-    snr_db = rng.uniform(0.0, 15.0)
+    snr_db = rng.uniform(0.0, 15.0) + 20.0 * (1.0 - difficulty)
     power = np.mean(signal ** 2) + 1e-12
     noise *= np.sqrt(power / (np.mean(noise ** 2) + 1e-12) / 10 ** (snr_db / 10))
     mix = signal + noise
@@ -336,7 +338,7 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
                 recording = allowed[split][spec.name][int(rng.integers(len(allowed[split][spec.name])))]
                 if recording not in cache:
                     cache[recording] = load_sound(sounds / "clips" / recording, rate)
-                audio, audio_meta = render_audio(rng, cache[recording], samples, rate)
+                audio, audio_meta = render_audio(rng, cache[recording], samples, rate, difficulty)
                 video, video_meta = render_video(rng, spec, size, frames, pool, difficulty)
                 rel = f"{split}/{spec.name}/{spec.name}_{split}_{k:04d}.mp4"
                 encode(output / rel, video, audio, fps, rate)
@@ -382,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--audio-rate", type=int, default=16000)
     parser.add_argument("--difficulty", type=float, default=1.0,
-                        help="video nuisance in [0, 1]: contrast of the class object and pixel noise")
+                        help="nuisance in [0, 1] (default 1): contrast of the class object, pixel noise and "
+                             "the audio SNR (0-15 dB at 1, 20 dB higher at 0)")
     args = parser.parse_args(argv)
     if shutil.which("ffmpeg") is None:
         print("error: ffmpeg not found on PATH", file=sys.stderr)
