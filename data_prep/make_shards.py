@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xkd.data.build_shards import OutputRefused, ShardJob, build_shards  # noqa: E402
 from xkd.data.inputs import InputError, read_csv_inputs, scan_folder  # noqa: E402
 from xkd.data.prepare_clip import NO_AUDIO_POLICIES, NO_VIDEO_POLICIES, SHORT_POLICIES, ClipPolicy  # noqa: E402
-from xkd.data.transcode import (CPU_DECODABLE_CODECS, KEYFRAME_INTERVAL, LEGACY_KEYFRAME_INTERVAL,  # noqa: E402
+from xkd.data.transcode import (CPU_DECODABLE_CODECS, KEYFRAME_INTERVAL,  # noqa: E402
                                 VIDEO_CODECS, TranscodeSettings)
 from xkd.data.verify_shards import verify_output  # noqa: E402
 
@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     media.add_argument("--keyframe-interval", type=int, default=KEYFRAME_INTERVAL, metavar="FRAMES",
                        help=f"at most this many frames between keyframes (ffmpeg -g; not for mjpeg, all keyframes): "
                             f"a loader seeking to a window decodes at most FRAMES-1 extra frames (default: "
-                            f"{KEYFRAME_INTERVAL}, 1 s at 8 fps; splits built before this option used "
-                            f"{LEGACY_KEYFRAME_INTERVAL}: resume those with --keyframe-interval {LEGACY_KEYFRAME_INTERVAL})")
+                            f"{KEYFRAME_INTERVAL}, 8 s at 8 fps: DALI's CPU decoder does not seek; 8 helps the "
+                            "PyTorch loader, see BENCHMARKS.md)")
     policy = parser.add_argument_group("policies")
     policy.add_argument("--min-duration", type=float, default=4.0, help="seconds (default: 4.0)")
     policy.add_argument("--short-policy", choices=SHORT_POLICIES, default="skip",

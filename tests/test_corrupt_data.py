@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,8 +142,10 @@ def test_corruption_reason_accepts_real_shards_and_names_each_damage(sources, sa
                                 sources)
     reasons = {ref.key: corruption_reason(ref) for ref in index_split(str(split))}
     assert {key for key, reason in reasons.items() if reason} == damaged
-    assert reasons["train-000000_speech_jwpIntro_mp4-11c82fa7d7"] == \
-        "video decodes to 6 frames, its info vector says 46"
+    # Where the decoder stops in the overwritten middle depends on the keyframe interval of the shards.
+    decoded = re.fullmatch(r"video decodes to (\d+) frames, its info vector says 46",
+                           reasons["train-000000_speech_jwpIntro_mp4-11c82fa7d7"])
+    assert decoded and 0 < int(decoded.group(1)) < 46, reasons["train-000000_speech_jwpIntro_mp4-11c82fa7d7"]
     assert "frames, its info vector says 240" in reasons["train-000000_graphics_world_mp4-85376daf1b"]
     assert "truncated" in reasons["train-000001_scene_bikes_mp4-e7f981bfd6"]
     assert "has no 'npy' member" in reasons["train-000002_scene_bikes_mp4-e7f981bfd6"]

@@ -20,11 +20,13 @@ FFMPEG_TIMEOUT_S = 1800
 VIDEO_CODECS = ("vp9", "vp8", "mjpeg", "h264")
 # Codecs DALI's CPU video decoder handles; h264 needs NVDEC (device="mixed").
 CPU_DECODABLE_CODECS = ("vp9", "vp8", "mjpeg")
-# Largest distance between keyframes (ffmpeg -g), in frames: 1 s at the default 8 fps, so a loader
-# seeking to a 4 s window decodes at most 7 frames it does not need (PyAV does; DALI 2.4's CPU
-# decoder decodes from frame 0 whatever the GOP). Bytes vs decode cost: benchmarks/gop_choice.py,
-# BENCHMARKS.md "Input pipeline CPU cost". Splits built before --keyframe-interval used 64.
-KEYFRAME_INTERVAL = 8
+# Largest distance between keyframes (ffmpeg -g), in frames: 8 s at the default 8 fps. Measured
+# (benchmarks/gop_choice.py, BENCHMARKS.md "Input pipeline CPU cost"): a 1 s GOP (8) saves a loader
+# that seeks (PyAV) 17 % of the window decode but costs DALI 2.4's CPU decoder, which decodes from
+# frame 0 whatever the GOP, 20 %, and 1.66x the bytes; it also lets a decoder resynchronise after
+# a damaged stretch, which changes what the loaders detect as corrupt. So the default stays 64
+# until DALI's decode seeks to the window; --keyframe-interval 8 is there for PyTorch-loader users.
+KEYFRAME_INTERVAL = 64
 LEGACY_KEYFRAME_INTERVAL = 64
 
 # Encoder options per --video-codec (after "-c:v"; "-g" is added for the inter-frame codecs),
