@@ -25,6 +25,7 @@ from xkd.config import XKDConfig
 from xkd.distributed import DistributedEnv
 from xkd.ema import teacher_student_pairs
 from xkd.engine import checkpoint, checkpoint_safety
+from xkd.engine.data_wait import DataWaitMonitor
 from xkd.engine.ema_gather import ema_update_gathered
 from xkd.engine.params import student_optimizer
 from xkd.engine.preflight import ResumePlan
@@ -259,6 +260,8 @@ class Trainer:
                         file=sys.stdout)
         batches = self._batches()
         metrics_file = (self.output / "metrics.jsonl").open("a") if env.is_main else None
+        input_bound = DataWaitMonitor()
+        last_logged = step
         train_started = time.perf_counter()
         if self.probe is not None and step == 0 and self.probe.due(0):
             self._log_probe_baseline(metrics_file)
@@ -321,12 +324,17 @@ class Trainer:
                     "clips_per_second": samples_per_step * config.train.log_every_steps / max(elapsed, 1e-9),
                     "samples_seen": self.samples_seen,
                     "data_wait_seconds": data_wait, "compute_seconds": elapsed - data_wait,
+                    "data_wait_fraction": data_wait / max(elapsed, 1e-9),
                     "peak_memory_bytes": _peak_memory_bytes(self.device),
                     "epoch": self.loader.state()["epoch"], "nonfinite_skipped": self.nonfinite_total,
                     # Collective: shares every rank's finds, so rank 0's checkpointed loader state holds them all.
                     "corrupt_samples": self.loader.sync_corrupt_samples(),
                     **probed,
                 })
+                warning = input_bound.add(step, step - last_logged, data_wait, elapsed)
+                last_logged = step
+                if env.is_main and warning:
+                    log.warning("%s", warning)
                 if env.is_main:
                     metrics_file.write(json.dumps({"step": step, **record}) + "\n")
                     metrics_file.flush()
