@@ -31,3 +31,15 @@ def test_the_window_slides():
     its 10 windows are at 0.95 and 8 at 0.05: (2 x 0.95 + 8 x 0.05) / 10 = 23 %."""
     warnings = feed(DataWaitMonitor(), [0.05] * 21 + [0.95] * 5)
     assert [step for step, _ in warnings] == [230]
+
+
+def test_console_line_of_a_log_step():
+    """The plain log line written instead of a progress bar when stdout is not a terminal."""
+    from xkd.engine.trainer import console_line
+
+    record = {"loss": 4.01234, "lr": 1e-3, "clips_per_second": 83.25, "data_wait_fraction": 0.124,
+              "peak_memory_bytes": 3 * 2**30}
+    # 20 of 200 steps done in 50 s: 180 steps left at 2.5 s each = 450 s.
+    assert console_line(120, 300, record, wall_s=50.0, steps_done=20) == (
+        "step 120/300 (40.0%) | loss 4.0123 | lr 1.00e-03 | 83.2 samples/s | data wait 12% | mem 3.00 GiB | "
+        "eta 0:07:30")

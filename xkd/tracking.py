@@ -133,6 +133,19 @@ def resolved_config(config, data: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- tracker
 
 
+def ui_links(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Where to look in the MLflow UI: the experiment's training runs, their loss charts side by side
+    (the compare view), and the run. MLflow 3's experiment page otherwise opens on its GenAI overview."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    experiment = f"{base}/#/experiments/{experiment_id}"
+    text = f"runs {experiment}/runs | loss charts {experiment}/runs?compareRunsMode=CHART"
+    if run_id:
+        text += f" | this run {experiment}/runs/{run_id}"
+    if not uri.startswith(("http://", "https://")):
+        text += f" (after: mlflow ui --backend-store-uri {uri})"
+    return text
+
+
 class Tracker:
     """Thin MLflow wrapper; every method is a no-op on ranks other than 0.
 
@@ -167,6 +180,8 @@ class Tracker:
             self.client.update_run(existing, status="RUNNING")
             self.client.log_batch(existing, tags=[RunTag(k, v) for k, v in self.tags.items()])
             self.run_id = existing
+            log.info("MLflow (continued): %s", ui_links(self.uri, self.client.get_run(existing).info.experiment_id,
+                                                        existing))
             return
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
@@ -182,6 +197,7 @@ class Tracker:
         self.run_id_file.parent.mkdir(parents=True, exist_ok=True)
         self.run_id_file.write_text(run.info.run_id)
         self.run_id = run.info.run_id
+        log.info("MLflow: %s", ui_links(self.uri, experiment_id, self.run_id))
 
     def _guard(self, action, force: bool = False, keep: bool = False) -> bool:
         """Run ``action`` against the store (after anything deferred); on failure warn once and back off.

@@ -72,6 +72,16 @@ def _mean_over_ranks(out: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(names, values.tolist()))
 
 
+def console_line(step: int, max_steps: int, record: dict[str, float], wall_s: float, steps_done: int) -> str:
+    """One log line of a training step (as MAE's MetricLogger): progress, loss, lr, speed, input share, memory, ETA."""
+    eta = (max_steps - step) * wall_s / max(steps_done, 1)
+    hours, rest = divmod(int(eta), 3600)
+    return (f"step {step}/{max_steps} ({100 * step / max(max_steps, 1):.1f}%) | loss {record['loss']:.4f} | "
+            f"lr {record['lr']:.2e} | {record['clips_per_second']:.1f} samples/s | "
+            f"data wait {100 * record['data_wait_fraction']:.0f}% | mem {record['peak_memory_bytes'] / 2**30:.2f} GiB | "
+            f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}")
+
+
 def _peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -113,6 +123,11 @@ class Trainer:
         self.steps_per_epoch = config.data.steps_per_epoch or max(1, self.loader.batches_per_epoch // self.accumulation)
         self.total_steps = config.optim.epochs * self.steps_per_epoch
         self.max_steps = min(options.max_steps or self.total_steps, self.total_steps)
+        if options.max_steps > self.total_steps and env.is_main:
+            log.warning("--max-steps %d is beyond the schedule: optim.epochs %d x %d steps per epoch = %d steps; "
+                        "stopping at %d (lengthen the schedule with optim.epochs=N, which also stretches the "
+                        "lr / EMA / temperature schedules)", options.max_steps, config.optim.epochs,
+                        self.steps_per_epoch, self.total_steps, self.total_steps)
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = self.start_state.get("nonfinite_total", 0)
         # Counted, not derived from the step: a deliberate batch-size change on resume keeps it right.
@@ -256,8 +271,11 @@ class Trainer:
         config, env = self.config, self.env
         autocast = (torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" and self.dtype != torch.float32
                     else nullcontext())
-        progress = tqdm(total=self.max_steps, initial=step, disable=not env.is_main, desc="pretrain", dynamic_ncols=True,
-                        file=sys.stdout)
+        # A progress bar on a terminal; in a log file (SLURM .out, nohup) a plain line per log step instead.
+        interactive = env.is_main and sys.stdout.isatty()
+        progress = tqdm(total=self.max_steps, initial=step, disable=not interactive, desc="pretrain",
+                        dynamic_ncols=True, file=sys.stdout)
+        first_step = step
         batches = self._batches()
         metrics_file = (self.output / "metrics.jsonl").open("a") if env.is_main else None
         input_bound = DataWaitMonitor()
@@ -339,6 +357,9 @@ class Trainer:
                     metrics_file.write(json.dumps({"step": step, **record}) + "\n")
                     metrics_file.flush()
                     progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                    if not interactive:
+                        log.info("%s", console_line(step, self.max_steps, record,
+                                                    time.perf_counter() - train_started, step - first_step))
                     self.tracker.log_metrics(record, step)
                 step_started, data_wait = time.perf_counter(), 0.0
             if config.train.visualize_every_steps and step % config.train.visualize_every_steps == 0:
