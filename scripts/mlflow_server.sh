@@ -80,9 +80,15 @@ server_pid() {
   [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && is_our_server "$pid" && echo "$pid"
 }
 
+where_to_look() {  # on stderr: stdout stays the bare URL for $(... start)
+  echo "[mlflow_server] training runs: $URL/#/experiments/<id>/runs; loss charts side by side:" \
+    "$URL/#/experiments/<id>/runs?compareRunsMode=CHART (each run's log prints its own links)" >&2
+}
+
 start() {
   if [[ -n $(server_pid) ]] && healthy; then
     echo "$URL"
+    where_to_look
     return 0
   fi
   if healthy; then
@@ -119,6 +125,7 @@ start() {
     waited=$((waited + 1))
   done
   echo "$URL"
+  where_to_look
 }
 
 stop() {
