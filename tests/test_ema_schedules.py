@@ -93,3 +93,21 @@ def test_epochs_to_steps():
     assert epochs_to_steps(0.5, 7) == 4  # round(3.5) -> 4
     assert epochs_to_steps(1.25, 8) == 10
     assert math.isclose(learning_rate(epochs_to_steps(30, 10), peak=1.0, warmup_steps=300, total_steps=8000), 1.0)
+
+
+def test_evaluation_uses_the_pretraining_schedule():
+    """FC-tuning and fine-tuning take their lr from xkd.schedules.learning_rate: warm-up from 0 at
+    step 0, then cosine (to min_lr for fine-tuning) or fixed. Hand values: peak 1.0, warm-up 4 of 12
+    steps: step 2 -> 0.5; step 8 -> halfway through the cosine -> 0.5 (+ min_lr/2 for fine-tuning)."""
+    import pytest as _pytest
+
+    from xkd.evaluation.fc import FCConfig
+    from xkd.evaluation.fc import lr_at as fc_lr
+    from xkd.evaluation.finetune import FinetuneConfig
+    from xkd.evaluation.finetune import lr_at as finetune_lr
+
+    fc = FCConfig(lr=1.0, schedule="cosine")
+    assert [fc_lr(s, 12, 4, fc) for s in (0, 2, 4, 8, 12)] == _pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
+    assert [fc_lr(s, 12, 4, FCConfig(lr=1.0, schedule="fixed")) for s in (2, 8, 12)] == _pytest.approx([0.5, 1, 1])
+    ft = FinetuneConfig(lr=1.0, min_lr=0.1)
+    assert [finetune_lr(s, 12, 4, ft) for s in (0, 2, 8, 12)] == _pytest.approx([0.0, 0.5, 0.55, 0.1])

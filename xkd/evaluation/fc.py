@@ -24,6 +24,7 @@ from torch import nn
 from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.features import resolve_device
 from xkd.evaluation.metrics import average_clips, classification_metrics
+from xkd.schedules import learning_rate
 
 SCHEDULES = ("fixed", "cosine")
 
@@ -66,13 +67,9 @@ PRESETS = {
 
 
 def lr_at(step: int, total: int, warmup: int, config: FCConfig) -> float:
-    """Learning rate of a step: linear warm-up from 0, then fixed or cosine to 0."""
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.schedule == "fixed":
-        return config.lr
-    progress = (step - warmup) / max(1, total - warmup)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    """Learning rate of a step: linear warm-up from 0, then fixed or cosine to 0 (xkd.schedules, as pretraining)."""
+    return learning_rate(step, peak=config.lr, warmup_steps=warmup,
+                         total_steps=warmup if config.schedule == "fixed" else total)
 
 
 @dataclass

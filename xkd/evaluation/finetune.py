@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import random
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from xkd.evaluation.datasets import LabeledDataset, Split
 from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.metrics import average_clips, classification_metrics
 from xkd.evaluation.protocol import ClipSpec
+from xkd.schedules import learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +174,9 @@ def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> 
 
 
 def lr_at(step: int, total: int, warmup: int, config: FinetuneConfig) -> float:
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.schedule == "fixed":
-        return config.lr
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    """Learning rate of a step: linear warm-up from 0, then fixed or cosine to ``min_lr`` (xkd.schedules)."""
+    return learning_rate(step, peak=config.lr, warmup_steps=warmup,
+                         total_steps=warmup if config.schedule == "fixed" else total, final=config.min_lr)
 
 
 # ----------------------------------------------------------------------------- data
