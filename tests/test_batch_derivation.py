@@ -61,6 +61,7 @@ def test_slurm_dry_run_of_the_paper_config_on_four_gpu_nodes(tmp_path):
     assert "# batch: global 256 = 32 ranks x micro-batch 8 x 1 accumulation step(s) (derived" in result.stdout
 
 
+@pytest.mark.slow
 def test_four_ranks_train_the_tiny_config_and_record_the_derived_batch(sample_shards, tmp_path):
     """torchrun with 4 ranks (2 per core here): global 8 = 4 x 2; the run records what was derived."""
     run = tmp_path / "run"

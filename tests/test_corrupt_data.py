@@ -268,6 +268,7 @@ def metrics(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("loader", ["dali", "torch"])
+@pytest.mark.slow
 def test_two_rank_training_on_a_damaged_split(loader, sources, tmp_path):
     """configs/tiny.yaml on 2 ranks over a split with every kind of damage (16 samples, 6 damaged,
     2 steps per epoch): the run finishes, every step's corrupt_samples (metrics.jsonl and MLflow)

@@ -120,6 +120,7 @@ print("RESULT " + json.dumps(out, default=str))
 """
 
 
+@pytest.mark.slow
 def test_the_gpu_checks_run_on_cpu_with_the_tiny_config(sample_shards):
     """The training, ZeRO-3 resume, evaluation and ZeRO-2/DDP checks are the GPU code with the
     device taken from the process: on CPU with configs/tiny.yaml they run end to end (one gloo

@@ -21,6 +21,8 @@ from xkd.data.inputs import scan_folder
 from xkd.data.prepared_clips import RESULT_NAME, PreparedClips
 from xkd.data.slurm_shards import task_ranges
 
+pytestmark = pytest.mark.slow  # real training, clusters or servers: scripts/test.sh --fast skips them
+
 REPO = Path(__file__).resolve().parents[1]
 MAKE_SHARDS = [sys.executable, str(REPO / "data_prep" / "make_shards.py")]
 ARGS = ["--shard-size", "3", "--workers", "2", "--short-side", "96", "--no-progress"]  # 2 CPUs: a whole node per task

@@ -18,6 +18,8 @@ from media import child_pids, free_port
 from xkd.config import ConfigError, load_config
 from xkd.engine.ds_config import resolve_ds_config
 
+pytestmark = pytest.mark.slow  # real training, clusters or servers: scripts/test.sh --fast skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ROOT / "configs" / "tiny.yaml"

@@ -91,6 +91,7 @@ def probed(sample_shards, sound_shards, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_probe_logged_once_per_probe_step(probed):
     rows = probe_rows(probed / "on")
     assert [row["step"] for row in rows] == [0, 5, 10]  # the random-init baseline, then every 5 steps
@@ -108,6 +109,7 @@ def test_probe_logged_once_per_probe_step(probed):
         assert [m.value for m in history] == [row[key] for row in rows]
 
 
+@pytest.mark.slow
 def test_probe_does_not_change_training(probed):
     """Bitwise: the probe forks the RNG, runs without grad and restores the encoders' modes."""
     on, off = losses_by_step(probed / "on"), losses_by_step(probed / "off")
@@ -116,6 +118,7 @@ def test_probe_does_not_change_training(probed):
     assert not probe_rows(probed / "off")
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_the_probe_curves(probed):
     rows = probe_rows(probed / "resumed")
     assert [row["step"] for row in rows] == [0, 5, 10]  # no second baseline, no repeated step 5

@@ -27,6 +27,8 @@ from media import free_port
 from test_pretrain import BIN, ROOT, check, metrics, run_env
 from xkd.engine import checkpoint_safety
 
+pytestmark = pytest.mark.slow  # real training, clusters or servers: scripts/test.sh --fast skips them
+
 
 class Payload:
     """What an attacker plants: unpickling it runs a shell command that creates ``marker``."""

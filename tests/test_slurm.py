@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from slurm_cluster import CLUSTER_SCRIPT
 
+pytestmark = pytest.mark.slow  # real training, clusters or servers: scripts/test.sh --fast skips them
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = [sys.executable, str(ROOT / "launch" / "slurm_submit.py")]

@@ -156,6 +156,7 @@ def test_tracker_outage_defers_and_buffers(tmp_path, caplog):
     assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_runs_eval_and_ui(mlflow_server, sample_shards, sound_shards, node_modules, tmp_path):
     url, _, _ = mlflow_server
     client = MlflowClient(url)
@@ -271,6 +272,7 @@ def test_runs_eval_and_ui(mlflow_server, sample_shards, sound_shards, node_modul
         assert (ARTIFACTS / f"{screenshot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_server_killed_mid_training(mlflow_server, sample_shards, tmp_path):
     """SIGKILL the server's process group while a run trains: training goes on (and says so once);
     after a restart on the same port and database every step, including the outage's, is in MLflow."""
