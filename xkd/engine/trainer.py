@@ -339,7 +339,8 @@ class Trainer:
                     "audio_teacher_temperature": schedule.audio_teacher_temperature,
                     "loss_scale": float(getattr(self.optimizer, "cur_scale", 1.0) or 1.0),
                     "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
-                    "clips_per_second": samples_per_step * config.train.log_every_steps / max(elapsed, 1e-9),
+                    # Over the window's own steps: a probe step or a resume can end a window early.
+                    "clips_per_second": samples_per_step * (step - last_logged) / max(elapsed, 1e-9),
                     "samples_seen": self.samples_seen,
                     "data_wait_seconds": data_wait, "compute_seconds": elapsed - data_wait,
                     "data_wait_fraction": data_wait / max(elapsed, 1e-9),
