@@ -60,7 +60,8 @@ PAPER = {
 MONITORS = ("kl_video_to_audio", "kl_audio_to_video", "teacher_entropy_video", "teacher_entropy_audio",
             "recon_video", "recon_audio")
 
-# Grid sizes. Steps at global batch 8; the cosine schedule is fitted to the steps (optim.epochs).
+# Grid sizes. Steps at the global batch of the config (8 in tiny.yaml) or of --set train.global_batch_size;
+# the cosine schedule is fitted to the steps (optim.epochs).
 GRIDS = {
     "full": {"seeds": [0, 1, 2], "steps": 800, "train_clips": 5, "test_clips": 2},
     "quick": {"seeds": [0], "steps": 300, "train_clips": 3, "test_clips": 2},
@@ -103,6 +104,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if "=" not in item:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
     return args
+
+
+def global_batch_size(args: argparse.Namespace) -> int:
+    """The pretraining global batch: a ``--set train.global_batch_size=N`` or the config's."""
+    for item in reversed(args.set):
+        key, _, value = item.partition("=")
+        if key == "train.global_batch_size":
+            return int(value)
+    from xkd.config import load_config
+
+    return load_config(ROOT / args.config if not Path(args.config).is_absolute() else args.config).train.global_batch_size
 
 
 def steps_per_epoch(shards: Path, global_batch: int = 8) -> int:
@@ -285,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     shards = prepare_data(args)
-    spe = steps_per_epoch(shards["pretrain"])
+    spe = steps_per_epoch(shards["pretrain"], global_batch_size(args))
     per_seed: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     like: Path | None = None
     trained = [a for a in args.arms if ARMS[a] is not None]

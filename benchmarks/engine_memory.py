@@ -42,7 +42,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CLASSES = ("weights", "master_weights", "adam_moments", "gradients")
 GIB = 1024**3

@@ -23,24 +23,22 @@ import argparse
 import gc
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.engine_memory import parse_zero_overrides  # noqa: E402
-from xkd.config import load_config  # noqa: E402
-from xkd.distributed import discover, init_process_group  # noqa: E402
-from xkd.ema import teacher_student_pairs  # noqa: E402
-from xkd.engine.ds_config import resolve_ds_config  # noqa: E402
-from xkd.engine.ema_gather import ema_update_gathered  # noqa: E402
-from xkd.engine.params import student_optimizer  # noqa: E402
-from xkd.engine.synthetic import synthetic_batch  # noqa: E402
-from xkd.models import XKD  # noqa: E402
+from engine_memory import parse_zero_overrides
+from xkd.config import load_config
+from xkd.distributed import discover, init_process_group
+from xkd.ema import teacher_student_pairs
+from xkd.engine.ds_config import resolve_ds_config
+from xkd.engine.ema_gather import ema_update_gathered
+from xkd.engine.params import student_optimizer
+from xkd.engine.synthetic import synthetic_batch
+from xkd.models import XKD
 
 
 def fixed_lr_optimizer(student, config):

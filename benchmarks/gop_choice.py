@@ -36,10 +36,9 @@ import av
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from xkd.data import format as fmt  # noqa: E402
-from xkd.data.torch_loader import decode_frames  # noqa: E402
+from xkd.data import format as fmt
+from xkd.data.torch_loader import decode_frames
 
 MAKE_SHARDS = REPO / "data_prep" / "make_shards.py"
 POLICY_ARGS = ["--short-policy", "pad", "--no-audio-policy", "silence"]  # every sample clip is packed

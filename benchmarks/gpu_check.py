@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 BUDGET_S = 8 * 60
 VITL_CONFIG = ROOT / "configs" / "xkd_ms_audioset_vitl.yaml"
@@ -321,7 +320,7 @@ def _train_steps(config, engine, optimizer, teacher, pairs, device, steps: int, 
 def check_train(precision: str, steps: int = 8, micro_batch: int = 8, config_path: Path = VITL_CONFIG) -> dict:
     import torch
 
-    from benchmarks.model_flops import step_flops
+    from model_flops import step_flops
     from xkd.summary import build_model
 
     device = start_single_rank()

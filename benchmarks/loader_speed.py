@@ -20,23 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import dali_stages  # noqa: E402
-import torch_stages  # noqa: E402
-from xkd.config import config_from_dict  # noqa: E402
-from xkd.data.dali_pipeline import DaliClipLoader  # noqa: E402
-from xkd.data.manifest import read_manifest  # noqa: E402
-from xkd.data.sampler import EpochPlan  # noqa: E402
-from xkd.data.shard_index import index_split  # noqa: E402
-from xkd.data.torch_loader import ClipDataset, TorchClipLoader  # noqa: E402
-from xkd.data.transcode import LEGACY_KEYFRAME_INTERVAL  # noqa: E402
+import dali_stages
+import torch_stages
+from xkd.config import config_from_dict
+from xkd.data.dali_pipeline import DaliClipLoader
+from xkd.data.manifest import read_manifest
+from xkd.data.sampler import EpochPlan
+from xkd.data.shard_index import index_split
+from xkd.data.torch_loader import ClipDataset, TorchClipLoader
+from xkd.data.transcode import LEGACY_KEYFRAME_INTERVAL
 
 
 def cpu_seconds() -> float:

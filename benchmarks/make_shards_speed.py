@@ -28,12 +28,11 @@ from pathlib import Path
 import av
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from xkd.data.inputs import scan_folder  # noqa: E402
-from xkd.data.manifest import ffmpeg_version  # noqa: E402
-from xkd.data.probe import probe_source, probe_video_output  # noqa: E402
-from xkd.data.transcode import CPU_DECODABLE_CODECS, TranscodeSettings, clip_command, silence_command  # noqa: E402
+from xkd.data.inputs import scan_folder
+from xkd.data.manifest import ffmpeg_version
+from xkd.data.probe import probe_source, probe_video_output
+from xkd.data.transcode import CPU_DECODABLE_CODECS, TranscodeSettings, clip_command, silence_command
 
 MAKE_SHARDS = REPO / "data_prep" / "make_shards.py"
 POLICY_ARGS = ["--short-policy", "pad", "--no-audio-policy", "silence"]  # every sample clip is packed

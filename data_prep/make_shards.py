@@ -45,14 +45,13 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xkd.data.build_shards import OutputRefused, ShardJob, build_shards  # noqa: E402
-from xkd.data.inputs import InputError, read_csv_inputs, scan_folder  # noqa: E402
-from xkd.data.prepare_clip import NO_AUDIO_POLICIES, NO_VIDEO_POLICIES, SHORT_POLICIES, ClipPolicy  # noqa: E402
-from xkd.data.transcode import (CPU_DECODABLE_CODECS, KEYFRAME_INTERVAL,  # noqa: E402
+from xkd.data.build_shards import OutputRefused, ShardJob, build_shards
+from xkd.data.inputs import InputError, read_csv_inputs, scan_folder
+from xkd.data.prepare_clip import NO_AUDIO_POLICIES, NO_VIDEO_POLICIES, SHORT_POLICIES, ClipPolicy
+from xkd.data.transcode import (CPU_DECODABLE_CODECS, KEYFRAME_INTERVAL,
                                 VIDEO_CODECS, TranscodeSettings)
-from xkd.data.verify_shards import verify_output  # noqa: E402
+from xkd.data.verify_shards import verify_output
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
                "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

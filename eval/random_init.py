@@ -13,12 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv: list[str] | None = None) -> int:
     from xkd.evaluation import cli
-    from xkd.evaluation.features import export_initial_encoders
+    from xkd.engine.export import export_initial_encoders
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--like", required=True, type=Path, help="an export directory (its config.yaml is used)")

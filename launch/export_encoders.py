@@ -10,11 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xkd.engine import checkpoint  # noqa: E402
-from xkd.engine.checkpoint_safety import UnsafeCheckpointError  # noqa: E402
-from xkd.engine.export import export_encoders  # noqa: E402
+from xkd.engine import checkpoint
+from xkd.engine.checkpoint_safety import UnsafeCheckpointError
+from xkd.engine.export import export_encoders
 
 
 def main(argv: list[str] | None = None) -> int:

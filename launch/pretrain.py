@@ -7,6 +7,8 @@
     torchrun --nproc_per_node 2 launch/pretrain.py ...    # or srun, or plain python
     python launch/slurm_submit.py --nodes 4 --gpus-per-node 8 ...           # SLURM through submitit
 
+--ds_config and --ds-config are the same option.
+
 Ranks come from the launcher's environment (see xkd/distributed.py). On a CPU-only machine
 the deepspeed launcher starts one process per NUMA node; LOCAL_SIZE=2 asks for two ranks.
 Overrides: any ``key.sub=value`` after the options, e.g. ``train.max_steps=100``.
@@ -14,18 +16,9 @@ The body is xkd.engine.run.pretrain, shared with the SLURM task (xkd/slurm.py).
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from xkd.engine.run import DEFAULT_CONFIG, DEFAULT_DS_CONFIG, build_parser, pretrain  # noqa: E402,F401
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser(__doc__).parse_args(argv)
+from xkd.engine.run import pretrain
 
 
 def main(argv: list[str] | None = None) -> int:

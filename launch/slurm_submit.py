@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from xkd.engine.ds_config import per_rank_batch  # noqa: E402
-from xkd.engine.run import ALLOW_CHANGE_HELP, DEFAULT_CONFIG, DEFAULT_DS_CONFIG, non_negative_int  # noqa: E402
-from xkd.slurm import (JobSpec, SubmitError, check_cluster, check_inputs, check_spec,  # noqa: E402
+from xkd.engine.ds_config import per_rank_batch
+from xkd.engine.run import pretraining_options
+from xkd.slurm import (JobSpec, SubmitError, check_cluster, check_inputs, check_spec,
                        check_start_before_submit, describe_task, detected_gpus_per_node, follow, mlflow_link,
                        parse_time, render_sbatch,
                        submit, task_argv, tracking_uri)
@@ -37,15 +36,17 @@ requeue: SLURM sends SIGUSR2 --signal-delay-s seconds before the time limit; eve
   command again (same --output) also resumes.
 V100 (volta32gb) has no bf16: pass train.precision=fp16 (DeepSpeed fp16 with dynamic loss
   scaling), e.g. --constraint volta32gb train.precision=fp16.
+--resume applies to the first start; a requeued job always resumes from its latest complete checkpoint.
 logs: <output>/slurm/<job id>_<task>_log.out / _log.err (rank 0 is task 0); --follow tails rank 0.
+  submitit's files go to <output>/slurm as well.
 """
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG, parents=[pretraining_options()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     job = parser.add_argument_group("job")
-    job.add_argument("--nodes", type=int, default=1)
+    job.add_argument("--nodes", type=int, default=1, help="nodes of the allocation (default 1)")
     job.add_argument("--gpus-per-node", default="auto",
                      help="one task per GPU; 0 for a CPU job (gloo); auto (default): the partition's GPUs per node "
                           "from sinfo (8 where no cluster answers, e.g. a --dry-run away from the cluster)")
@@ -53,29 +54,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="CPU jobs: ranks per node (default: --gpus-per-node, or 1 without GPUs)")
     job.add_argument("--cpus-per-task", type=int, default=None, help="default: 10 with GPUs, 1 without")
     job.add_argument("--partition", default=None, help="default: the cluster's default partition")
-    job.add_argument("--account", default=None)
-    job.add_argument("--qos", default=None)
+    job.add_argument("--account", default=None, help="sbatch --account (default: none given)")
+    job.add_argument("--qos", default=None, help="sbatch --qos (default: none given)")
     job.add_argument("--time", default="72:00:00", help="time limit: minutes or [D-]HH:MM[:SS] (default 72:00:00)")
     job.add_argument("--mem", default=None, help="memory per node, e.g. 480G (default: the partition's default)")
     job.add_argument("--constraint", default=None, help="node features, e.g. volta32gb")
-    job.add_argument("--job-name", default="xkd")
+    job.add_argument("--job-name", default="xkd", help="SLURM job name (default xkd)")
     job.add_argument("--signal-delay-s", type=int, default=120,
                      help="seconds before the time limit at which the tasks checkpoint and requeue (default 120)")
-    job.add_argument("--max-requeues", type=int, default=10, help="requeues on time limit before giving up")
+    job.add_argument("--max-requeues", type=int, default=10, help="requeues on time limit before giving up (default 10)")
     job.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                      help="any other sbatch option, e.g. --sbatch exclusive=true (repeatable)")
     job.add_argument("--executor", choices=("slurm", "local"), default="slurm",
                      help="local: submitit's LocalExecutor runs the tasks on this machine (implies --follow)")
-    run = parser.add_argument_group("pretraining (as launch/pretrain.py)")
-    run.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML (default: tiny sample config)")
-    run.add_argument("--ds_config", "--ds-config", default=str(DEFAULT_DS_CONFIG), help="DeepSpeed JSON")
-    run.add_argument("--data", default=None, help="shard directory or brace pattern (default: data.shards)")
-    run.add_argument("--output", default=None, help="run directory (default: runs/<config name>); "
-                     "submitit files and logs go to <output>/slurm")
-    run.add_argument("--max-steps", type=non_negative_int, default=0,
-                     help="stop after this global step (0: full schedule)")
-    run.add_argument("--allow-change", action="append", default=[], metavar="KEY", help=ALLOW_CHANGE_HELP)
-    run.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and per-task command; "
                         "submit nothing")
     parser.add_argument("--follow", action="store_true", help="tail rank 0's logs until the job ends")
@@ -121,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(args.output or ROOT / "runs" / config.name).resolve()
         data = args.data and (str(Path(args.data).resolve()) if Path(args.data).exists() else args.data)
         try:
-            check_start_before_submit(config, data, output, spec.world_size, args.allow_change)
+            check_start_before_submit(config, data, output, spec.world_size, args.allow_change, args.resume)
         except SubmitError as error:
             if not args.dry_run:
                 raise
             print(f"# warning: a real submission would be refused: {error}")  # a dry run still shows the script
         argv_task = task_argv(str(Path(args.config).resolve()), str(Path(args.ds_config).resolve()), str(output),
-                              data, args.max_steps, args.overrides, args.allow_change)
+                              data, args.max_steps, args.overrides, args.allow_change, args.resume)
         folder = output / "slurm"
         if args.dry_run:
             print(f"# sbatch script ({folder}/%j_submission.sh once submitted; nothing submitted: --dry-run)")

@@ -132,3 +132,18 @@ def sample_shards() -> Path:
     subprocess.run(["bash", str(REPO / "scripts" / "make_sample_shards.sh"), "--no-progress"], check=True,
                    cwd=REPO, capture_output=True)
     return REPO / "sample_shards"
+
+
+# ----------------------------------------------------------------------------- shared memory
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_allreduce_buffers():
+    """Safety net for DeepSpeed's CPU all-reduce buffers (66 MB of RAM per rank in /dev/shm, named by
+    port): the engine unlinks its own (xkd.distributed.unlink_cpu_allreduce_buffer), but a rank killed
+    during start-up cannot. Names that appeared during the test session are removed at its end."""
+    import os
+
+    pattern = f"deepspeed_allreduce_buffer_{os.getuid()}_*"
+    before = set(Path("/dev/shm").glob(pattern))
+    yield
+    for leftover in set(Path("/dev/shm").glob(pattern)) - before:
+        leftover.unlink(missing_ok=True)

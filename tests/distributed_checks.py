@@ -10,7 +10,6 @@ Rank 0 writes the findings as JSON for the pytest side to assert on.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys

@@ -30,7 +30,7 @@ def build_sound_shards(output: Path) -> Path:
 def write_random_init_export(output: Path) -> Path:
     """An export directory holding the tiny config's step-0 encoders (what pretraining starts from)."""
     from xkd.config import load_config
-    from xkd.evaluation.features import export_initial_encoders
+    from xkd.engine.export import export_initial_encoders
 
     like = output.parent / (output.name + "_config")
     like.mkdir(parents=True, exist_ok=True)

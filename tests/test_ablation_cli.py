@@ -1,16 +1,14 @@
 """benchmarks/ablation.py: argument parsing and arm -> config override mapping (no training)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import ablation  # noqa: E402
-from xkd.config import load_config  # noqa: E402
+import ablation
+from xkd.config import load_config
 
 
 def _config(arm, seed=1, extra=()):

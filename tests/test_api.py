@@ -12,7 +12,7 @@ import torch
 import xkd
 from xkd.data.logmel import LogMel
 from xkd.evaluation.clips import video_test_view
-from xkd.evaluation.features import export_config, load_encoder as eval_encoder
+from xkd.engine.export import export_config, load_encoder as eval_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "data_prep"))
 
-import make_av_corpus  # noqa: E402
+import make_av_corpus
 
 SMALL = dict(classes=3, per_class={"pretrain": 2, "probe_train": 1, "probe_test": 1}, size=32, fps=8, seconds=2.0)
 

@@ -35,7 +35,7 @@ def test_the_window_slides():
 
 def test_console_line_of_a_log_step():
     """The plain log line written instead of a progress bar when stdout is not a terminal."""
-    from xkd.engine.trainer import console_line
+    from xkd.engine.metrics_sink import console_line
 
     record = {"loss": 4.01234, "lr": 1e-3, "clips_per_second": 83.25, "data_wait_fraction": 0.124,
               "peak_memory_bytes": 3 * 2**30}

@@ -85,6 +85,24 @@ def test_accelerator_device_uses_slurm_task_gpu(monkeypatch):
     assert accelerator_device(5) == torch.device("cuda", 5) and fake.set_calls == [5]
 
 
+def test_resolve_device_is_the_one_choice_for_evaluation_and_fine_tuning(monkeypatch):
+    """--device of eval/ and fine-tuning: explicit devices as given; auto picks the rank's GPU as
+    pretraining does (LOCAL_RANK, made current), or the GPU of a running process group; CPU without CUDA."""
+    from xkd.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    fake = FakeCuda(monkeypatch, count=8)
+    monkeypatch.delenv("SLURM_LOCALID", raising=False)
+    monkeypatch.delenv("SLURM_GPUS_PER_TASK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == torch.device("cuda", 3) and fake.set_calls == [3]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    fake.current = 6  # the process group's device wins
+    assert resolve_device("cuda") == torch.device("cuda", 6) and fake.set_calls == [3]
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
 def test_init_process_group_sets_the_device_before_nccl_and_tells_deepspeed(monkeypatch):
     """set_device happens before the process group starts; DeepSpeed reads LOCAL_RANK as the GPU index."""
     import deepspeed
@@ -136,24 +154,29 @@ def test_collectives_run_on_the_backends_device(monkeypatch):
     assert collective_device() == torch.device("cpu")
 
 
-def test_finetune_epoch_mean_is_reduced_on_the_collective_device(monkeypatch):
-    """The epoch loss is a CPU float64 tensor; it is moved to the collective device before the all-reduce."""
-    from xkd.evaluation import finetune
+def test_mean_over_ranks_reduces_on_the_collective_device(monkeypatch):
+    """Pretraining's log record and fine-tuning's epoch loss (a CPU float64 tensor) are averaged by
+    one function, which moves them to the collective device before the all-reduce and leaves the
+    caller's tensors alone."""
+    from xkd.distributed import mean_over_ranks
 
     reduced = []
 
     def all_reduce(tensor, *args, **kwargs):
-        reduced.append((tensor.device, tensor.dtype))
-        tensor.mul_(2)  # two ranks with the same value
+        reduced.append((tensor.device, tensor.dtype, tuple(tensor.shape)))
+        tensor.mul_(2)  # two ranks with the same values
 
     monkeypatch.setattr(devices, "collective_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
-    value = torch.tensor(1.5, dtype=torch.float64)
-    assert finetune._mean_over_ranks(value, world=2) == pytest.approx(1.5)
-    assert reduced == [(torch.device("cpu"), torch.float32)]
+    loss, term = torch.tensor(1.5, dtype=torch.float64), torch.tensor([0.25])
+    assert mean_over_ranks({"loss": loss, "term": term}) == {"loss": pytest.approx(1.5), "term": pytest.approx(0.25)}
+    assert reduced == [(torch.device("cpu"), torch.float32, (2,))]  # one all-reduce for every value
+    assert float(loss) == 1.5 and float(term) == 0.25  # the caller's tensors are not changed in place
     placed = []
     monkeypatch.setattr(devices, "collective_device", lambda: placed.append(1) or torch.device("cpu"))
-    finetune._mean_over_ranks(value, world=2)
+    mean_over_ranks({"loss": loss})
     assert placed == [1]  # the placement is asked of collective_device (cuda:N under NCCL)
 
 

@@ -23,7 +23,8 @@ from xkd.evaluation import svm
 from xkd.evaluation.clips import EvalClips, audio_windows, looped_indices, read_waveform, uniform_starts, video_windows
 from xkd.evaluation.datasets import DatasetError, load_dataset, read_split_spec, resolve_splits
 from xkd.evaluation.fc import FCConfig, train_fc
-from xkd.evaluation.features import export_config, extract_features
+from xkd.engine.export import export_config
+from xkd.evaluation.features import extract_features
 from xkd.evaluation.finetune import (PRESETS, Classifier, FinetuneConfig, _consistent, finetune, param_groups,
                                      spec_masks, time_warp)
 from xkd.evaluation.metrics import average_clips, average_precision, mean_average_precision, topk_accuracy

@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import dali_stages  # noqa: E402
-import torch_stages  # noqa: E402
-from xkd.config import config_from_dict  # noqa: E402
-from xkd.data.dali_pipeline import DaliClipLoader  # noqa: E402
-from xkd.data.sampler import EpochPlan  # noqa: E402
-from xkd.data.shard_index import index_split  # noqa: E402
-from xkd.data.torch_loader import ClipDataset  # noqa: E402
+import dali_stages
+import torch_stages
+from xkd.config import config_from_dict
+from xkd.data.dali_pipeline import DaliClipLoader
+from xkd.data.sampler import EpochPlan
+from xkd.data.shard_index import index_split
+from xkd.data.torch_loader import ClipDataset
 
 
 def test_json_has_cost_and_rate_per_loader(sample_shards, tmp_path):

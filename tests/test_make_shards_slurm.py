@@ -45,7 +45,7 @@ def clips(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "data" / "sample" / "av", root, dirs_exist_ok=True)
     (root / "generated").mkdir()
     for k in range(4):
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25",
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
                         "-f", "lavfi", "-i", f"sine=frequency={300 + 100 * k}:sample_rate=16000", "-t", "20",
                         "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(root / "generated" / f"g{k}.mp4")],
                        check=True)

@@ -65,10 +65,15 @@ def check(result: subprocess.CompletedProcess) -> None:
 def test_bare_deepspeed_command(sample_shards, tmp_path):
     """`deepspeed launch/pretrain.py --ds_config ds_configs/zero2.json`: 2 ranks, checkpoint, MLflow run."""
     run = tmp_path / "runs" / "tiny"
+    buffers_before = set(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*"))
     result = subprocess.run([str(BIN / "deepspeed"), "launch/pretrain.py", "--ds_config", "ds_configs/zero2.json",
                              "--output", str(run), "--max-steps", "3"], cwd=ROOT, env=run_env(),
                             capture_output=True, text=True, timeout=600)
     check(result)
+    # DeepSpeed's launcher sets LOCAL_SIZE, so its CPU shared-memory all-reduce ran; its 66 MB-per-rank
+    # buffers are RAM and must not outlive the run (DeepSpeed itself never unlinks them).
+    assert "their names are unlinked from /dev/shm" in result.stdout + result.stderr
+    assert set(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")) <= buffers_before
     tag = (run / "checkpoints" / "latest").read_text()
     assert tag == "step00000003"
     for name in ("COMPLETE", "xkd_state.pt", "rng_rank0.pt", "rng_rank1.pt", "mp_rank_00_model_states.pt",

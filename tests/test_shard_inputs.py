@@ -147,7 +147,6 @@ def test_csv_inputs_end_to_end(tmp_path):
 
 
 def test_parse_size():
-    sys.path.insert(0, str(MAKE_SHARDS.parent))
     from make_shards import parse_size
 
     assert parse_size("1GB") == 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("1234") == 1234

@@ -2,14 +2,9 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import shutil
-import subprocess
-import sys
-import tarfile
 from dataclasses import replace
-from pathlib import Path
 
 import av
 import numpy as np
@@ -19,11 +14,8 @@ import torch
 import torchaudio
 import torchvision.transforms.v2.functional as F
 
-from xkd.config import config_from_dict
-from xkd.data.format import SAMPLE_INFO_FIELDS
 from xkd.data.logmel import LogMel
 from xkd.data.sampler import EpochPlan
-from xkd.data.shard_index import index_split
 from xkd.data.torch_loader import ClipDataset, TorchClipLoader, collate_clips, decode_frames
 from xkd.data.torch_views import IMAGENET_MEAN, IMAGENET_STD, crop_spectrogram, global_video_view, local_video_views
 from xkd.data.view_params import ColorJitter, draw_view_params, sample_seed

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from xkd.engine.export import export_config
 from xkd.engine.export import load_encoder as _load_exported
-from xkd.evaluation.features import export_config
 
 MODALITIES = ("video", "audio")
 ENCODERS = ("teacher", "student")

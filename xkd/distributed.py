@@ -100,6 +100,32 @@ def accelerator_device(local_rank: int):
     return torch.device("cpu")
 
 
+def resolve_device(requested: str = "auto"):
+    """The device of this process for a ``--device`` option. ``auto`` / ``cuda``: the GPU made
+    current by the process group when one runs, else :func:`accelerator_device` for LOCAL_RANK
+    (0 by default), which is the CPU without CUDA; anything else (``cpu``, ``cuda:1``) as given."""
+    import torch
+    import torch.distributed as dist
+
+    if requested not in ("auto", "cuda"):
+        return torch.device(requested)
+    if torch.cuda.is_available() and dist.is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return accelerator_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def start_from_environment(timeout_s: float | None = None) -> tuple[int, int]:
+    """(rank, world size) of a job whose launcher (torchrun, deepspeed, srun) set WORLD_SIZE > 1,
+    starting its process group as pretraining does (:func:`init_process_group`); (0, 1) otherwise."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        init_process_group(discover(), timeout_s)
+    return dist.get_rank(), dist.get_world_size()
+
+
 DEFAULT_TIMEOUT_S = 600.0
 RANK_HOSTS_ENV = "XKD_RANK_HOSTS"  # host name of every rank, comma-separated in rank order (set at start-up)
 
@@ -140,11 +166,65 @@ def init_process_group(env: DistributedEnv, timeout_s: float | None = None) -> N
         dist.all_gather_object(gathered, hosts[0])
         hosts = [str(host) for host in gathered]
     os.environ[RANK_HOSTS_ENV] = ",".join(hosts)
+    # Every rank has passed DeepSpeed's comm set-up (the gather above is a collective), so every
+    # peer has mapped this rank's shared all-reduce buffer and its name can go.
+    unlinked = unlink_cpu_allreduce_buffer()
     if env.is_main:
         logging.getLogger("xkd.distributed").info(
             "process group up in %.2f s: %s, world size %d on %d node(s) (%s), rendezvous %s:%d, timeout %gs",
             time.monotonic() - started, backend, env.world_size, len(set(hosts)), ",".join(sorted(set(hosts))),
             env.master_addr, env.master_port, timeout.total_seconds())
+        if unlinked:
+            logging.getLogger("xkd.distributed").info(
+                "DeepSpeed's CPU all-reduce buffers stay mapped; their names are unlinked from %s", SHARED_MEMORY)
+
+
+def mean_over_ranks(values: dict) -> dict[str, float]:
+    """Each scalar tensor of ``values`` averaged over the ranks, in one all-reduce (the values
+    themselves with no process group or one rank)."""
+    import torch
+    import torch.distributed as dist
+
+    from xkd.devices import collective_device
+
+    names = list(values)
+    # NCCL reduces only CUDA tensors; a copy, so the caller's tensors are not changed in place.
+    stacked = torch.stack([values[name].detach().float().reshape(()) for name in names]).to(collective_device())
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.tolist()))
+
+
+SHARED_MEMORY = "/dev/shm"
+
+
+def cpu_allreduce_buffer_path(rank: int) -> str:
+    """The file of ``rank``'s buffer for DeepSpeed's CPU shared-memory all-reduce (the ``shm_comm`` op,
+    used when every rank is on one node): named by user id, rendezvous address and port."""
+    return (f"{SHARED_MEMORY}/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+
+
+def unlink_cpu_allreduce_buffer() -> bool:
+    """Remove this rank's DeepSpeed CPU all-reduce buffer name from ``/dev/shm``; True if one was there.
+
+    DeepSpeed creates one 66 MB buffer per rank at comm start-up and never unlinks it, so every CPU
+    run (and every test, each on a fresh port) would leave RAM-backed files behind until the machine
+    runs out of memory. Unlinking only drops the name: the mappings of running ranks stay valid and
+    the memory is freed when the last of them exits, also after a crash or SIGKILL. Call it once every
+    rank has finished DeepSpeed's comm set-up (peers open each other's buffer by name), i.e. after a
+    collective that follows it.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_backend() != "gloo":
+        return False
+    try:
+        os.unlink(cpu_allreduce_buffer_path(dist.get_rank()))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def describe_peer_failure(error: BaseException) -> str:

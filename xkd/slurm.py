@@ -59,9 +59,18 @@ class SubmitError(Exception):
 # ----------------------------------------------------------------------------- the task (runs on the nodes)
 
 
+def resume_latest(argv: list[str]) -> list[str]:
+    """``argv`` with ``--resume auto``: a requeued or restarted job continues from its latest checkpoint."""
+    argv = list(argv)
+    if "--resume" in argv:
+        argv[argv.index("--resume") + 1] = "auto"
+        return argv
+    return argv + ["--resume", "auto"]
+
+
 class PretrainTask(Checkpointable):
     """The submitit callable: one pretraining rank. ``argv`` are launch/pretrain.py's arguments
-    (with ``--resume auto``), so running it again continues the run."""
+    (``--resume`` as given for the first start, ``auto`` after a requeue), so running it again continues the run."""
 
     def __init__(self, argv: list[str], max_requeues: int = 10):
         self.argv = list(argv)
@@ -79,12 +88,13 @@ class PretrainTask(Checkpointable):
         # Rank, local rank, world size and the first node as rendezvous host, for env:// (and DeepSpeed).
         # All GPUs of the node stay visible; xkd.distributed picks cuda:<local rank>.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        print(f"[xkd.slurm] {job_env} restart {restart}: launch/pretrain.py {shlex.join(self.argv)}", flush=True)
+        argv = self.argv if restart == 0 else resume_latest(self.argv)  # --resume TAG/none was for the first start
+        print(f"[xkd.slurm] {job_env} restart {restart}: launch/pretrain.py {shlex.join(argv)}", flush=True)
 
         from xkd.engine.run import pretrain
 
         try:
-            outcome = pretrain(self.argv, stop=stop)
+            outcome = pretrain(argv, stop=stop)
         except Exception as error:
             if is_peer_failure(error):
                 self._lost_peer(error, job_env, restart)
@@ -276,9 +286,11 @@ def check_spec(spec: JobSpec) -> None:
 
 
 def task_argv(config: str, ds_config: str, output: str, data: str | None = None, max_steps: int = 0,
-              overrides: list[str] | tuple[str, ...] = (), allow_change: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """launch/pretrain.py arguments of every task; ``--resume auto`` makes a requeued job continue."""
-    argv = ["--config", config, "--ds_config", ds_config, "--output", output, "--resume", "auto"]
+              overrides: list[str] | tuple[str, ...] = (), allow_change: list[str] | tuple[str, ...] = (),
+              resume: str = "auto") -> list[str]:
+    """launch/pretrain.py arguments of every task. ``resume`` is for the first start: a requeued
+    job resumes ``auto`` (see :meth:`PretrainTask.__call__`)."""
+    argv = ["--config", config, "--ds_config", ds_config, "--output", output, "--resume", resume]
     if data:
         argv += ["--data", data]
     if max_steps:
@@ -289,18 +301,18 @@ def task_argv(config: str, ds_config: str, output: str, data: str | None = None,
 
 
 def check_start_before_submit(config, data: str | None, output: Path, world_size: int,
-                              allow_change: list[str] | tuple[str, ...] = ()) -> None:
+                              allow_change: list[str] | tuple[str, ...] = (), resume: str = "auto") -> None:
     """The checks every task makes before its process group starts (data, resume), made here
     first so that a bad --data or a changed run fails now, not after the queue wait."""
     from xkd.config import ConfigError
     from xkd.engine.ds_config import with_micro_batch
     from xkd.engine.preflight import PreflightError, check_start
-    from xkd.engine.run import resolve_shards
+    from xkd.engine.run import shards_from_repo_root
 
     try:
         # As every task does: the micro-batch derived for this world size is part of the run (checkpoints store it).
         config = with_micro_batch(config, world_size)
-        check_start(config, resolve_shards(data or config.data.shards), output, world_size, "auto", allow_change)
+        check_start(config, shards_from_repo_root(data or config.data.shards), output, world_size, resume, allow_change)
     except (PreflightError, ConfigError) as error:
         raise SubmitError(f"{error}; nothing was submitted") from error
 

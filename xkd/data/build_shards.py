@@ -38,7 +38,8 @@ from xkd.data.manifest import ManifestError, ffmpeg_version, read_manifest, tool
 from xkd.data.prepare_clip import ClipPolicy, PreparedSample, prepare_clip
 from xkd.data.prepared_clips import PreparedClips
 from xkd.data.probe import die_with_parent, kill_tools
-from xkd.data.shard_writer import TMP_SUFFIX, ShardWriter, atomic_write_bytes, write_dali_index
+from xkd.atomic_files import TMP_SUFFIX, atomic_write_bytes
+from xkd.data.shard_writer import ShardWriter, write_dali_index
 from xkd.data.transcode import CONTAINERS, LEGACY_KEYFRAME_INTERVAL, TranscodeSettings
 
 # Per-clip transcode folders, inside the output (same file system). A name of this tool's own,

@@ -53,14 +53,6 @@ SOURCE_COLUMNS = (
 )
 
 
-def dali_available() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
     """Frame indices of a global window: [start, start + length) clamped to the last stored frame."""
     return np.minimum(np.arange(start, start + length), stored_frames - 1).astype(np.int32)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xkd.data import format as fmt
-from xkd.data.shard_writer import atomic_write_bytes
+from xkd.atomic_files import atomic_write_bytes
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import xkd
 from xkd.data import format as fmt
-from xkd.data.shard_writer import atomic_write_bytes
+from xkd.atomic_files import atomic_write_bytes
 
 
 class ManifestError(ValueError):

@@ -28,7 +28,7 @@ from pathlib import Path
 from xkd.data import skip_reasons as sr
 from xkd.data.inputs import InputItem
 from xkd.data.prepare_clip import PreparedSample
-from xkd.data.shard_writer import atomic_write_bytes
+from xkd.atomic_files import atomic_write_bytes
 
 AREA_NAME = ".make_shards.slurm"
 PLAN_NAME = "plan.json"

@@ -17,10 +17,10 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from xkd.atomic_files import TMP_SUFFIX, fsync_dir
 from xkd.data import format as fmt
 from xkd.data.prepare_clip import PreparedSample
 
-TMP_SUFFIX = ".tmp"
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 
@@ -51,25 +51,6 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` via ``path.tmp`` + fsync + rename (readers never see a partial file)."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -153,7 +134,7 @@ class ShardWriter:
         size = self.tmp_path.stat().st_size
         sha = file_sha256(self.tmp_path)
         os.replace(self.tmp_path, self.path)
-        _fsync_dir(self.output_dir)
+        fsync_dir(self.output_dir)
         idx_name = fmt.index_name(self.name)
         write_dali_index(self.path, self.output_dir / idx_name)
         return ShardRecord(name=self.name, index_file=idx_name, samples=self.count, bytes=size, sha256=sha,

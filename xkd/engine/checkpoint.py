@@ -18,7 +18,6 @@ weights-only after a scan for planted code (:mod:`xkd.engine.checkpoint_safety`)
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from xkd.atomic_files import atomic_open, atomic_write_bytes
 from xkd.engine import checkpoint_safety
 
 LATEST = "latest"
@@ -38,22 +38,9 @@ def tag_for_step(step: int) -> str:
     return f"step{step:08d}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_open(path) as handle:
         torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:

@@ -38,19 +38,33 @@ class PretrainOutcome:
         return self.exit_code == 0 and self.step >= self.max_steps
 
 
+def pretraining_options() -> argparse.ArgumentParser:
+    """The options of one pretraining run, as a parent parser: ``launch/pretrain.py`` and
+    ``launch/slurm_submit.py`` take exactly these (``parents=[pretraining_options()]``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("pretraining")
+    group.add_argument("--config", default=str(DEFAULT_CONFIG),
+                       help="experiment YAML (default: configs/tiny.yaml, the sample config)")
+    group.add_argument("--ds-config", dest="ds_config", default=str(DEFAULT_DS_CONFIG),
+                       help="DeepSpeed JSON (default: ds_configs/zero2.json)")
+    # DeepSpeed's own spelling, used by the documented command; the same option, not listed twice.
+    group.add_argument("--ds_config", dest="ds_config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    group.add_argument("--data", default=None, help="shard directory or brace pattern (default: the config's data.shards)")
+    group.add_argument("--output", default=None, help="run directory (default: runs/<config name>)")
+    group.add_argument("--resume", default="auto",
+                       help="auto (default: the latest complete checkpoint in --output, if any), none, or a checkpoint "
+                            "tag directory")
+    group.add_argument("--allow-change", action="append", default=[], metavar="KEY", help=ALLOW_CHANGE_HELP)
+    group.add_argument("--max-steps", type=non_negative_int, default=0,
+                       help="stop after this global step (default 0: the full schedule)")
+    group.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. train.max_steps=100")
+    return parser
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description or __doc__,
+    parser = argparse.ArgumentParser(description=description or __doc__, parents=[pretraining_options()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML (default: tiny sample config)")
-    parser.add_argument("--ds_config", "--ds-config", default=str(DEFAULT_DS_CONFIG), help="DeepSpeed JSON")
-    parser.add_argument("--data", default=None, help="shard directory or brace pattern (default: data.shards)")
-    parser.add_argument("--output", default=None, help="run directory (default: runs/<config name>)")
-    parser.add_argument("--resume", default="auto", help="auto (latest complete checkpoint), none, or a tag dir")
-    parser.add_argument("--allow-change", action="append", default=[], metavar="KEY", help=ALLOW_CHANGE_HELP)
-    parser.add_argument("--max-steps", type=non_negative_int, default=0,
-                        help="stop after this global step (0: full schedule)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     return parser
 
 
@@ -65,7 +79,7 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def resolve_shards(shards: str) -> str:
+def shards_from_repo_root(shards: str) -> str:
     """A relative shard path that does not exist from the working directory is read from the repo root."""
     if not Path(shards).is_absolute() and not Path(shards).exists() and (ROOT / shards).exists():
         return str(ROOT / shards)
@@ -98,7 +112,7 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
     env = discover(args.local_rank)
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {env.rank}] %(name)s %(levelname)s: %(message)s")
-    shards = resolve_shards(args.data or config.data.shards)
+    shards = shards_from_repo_root(args.data or config.data.shards)
     output = Path(args.output or ROOT / "runs" / config.name)
     derived = config.train.micro_batch_size == 0
     try:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +17,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import yaml
-from tqdm import tqdm
 
+from xkd.atomic_files import atomic_write_bytes
 from xkd.config import XKDConfig
-from xkd.distributed import DistributedEnv
+from xkd.distributed import DistributedEnv, mean_over_ranks
 from xkd.ema import teacher_student_pairs
 from xkd.engine import checkpoint, checkpoint_safety
-from xkd.engine.data_wait import DataWaitMonitor
+from xkd.engine.metrics_sink import MetricsSink
 from xkd.engine.ema_gather import ema_update_gathered
 from xkd.engine.params import student_optimizer
 from xkd.engine.preflight import ResumePlan
@@ -62,26 +60,6 @@ def _agree(loss: torch.Tensor, stop: bool, device: torch.device) -> tuple[bool, 
     return bool(nonfinite_any), bool(stop_any)
 
 
-def _mean_over_ranks(out: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Loss components and monitors averaged over ranks (one all-reduce, at log steps only)."""
-    names = list(out)
-    values = torch.stack([out[name].detach().float() for name in names])
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return dict(zip(names, values.tolist()))
-
-
-def console_line(step: int, max_steps: int, record: dict[str, float], wall_s: float, steps_done: int) -> str:
-    """One log line of a training step (as MAE's MetricLogger): progress, loss, lr, speed, input share, memory, ETA."""
-    eta = (max_steps - step) * wall_s / max(steps_done, 1)
-    hours, rest = divmod(int(eta), 3600)
-    return (f"step {step}/{max_steps} ({100 * step / max(max_steps, 1):.1f}%) | loss {record['loss']:.4f} | "
-            f"lr {record['lr']:.2e} | {record['clips_per_second']:.1f} samples/s | "
-            f"data wait {100 * record['data_wait_fraction']:.0f}% | mem {record['peak_memory_bytes'] / 2**30:.2f} GiB | "
-            f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}")
-
-
 def _peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -90,6 +68,16 @@ def _peak_memory_bytes(device: torch.device) -> int:
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: batch[k].to(device=device, dtype=dtype, non_blocking=True) for k in BATCH_KEYS}
+
+
+@dataclass
+class StepOutcome:
+    """What one micro-step of :meth:`Trainer.train_step` produced."""
+
+    losses: dict[str, torch.Tensor]  # the loss and its terms / monitors, this rank's values
+    targets: Any  # the teachers' outputs (for the refine-attention picture)
+    stop: bool  # some rank was signalled: checkpoint and exit after this step
+    optimizer_stepped: bool  # the accumulation boundary: the optimizer and the teachers moved
 
 
 class Trainer:
@@ -156,6 +144,8 @@ class Trainer:
             self.probe = Probe(config, env.rank, env.world_size, device)
         if env.is_main:
             self._truncate_metrics(self.engine.global_steps)
+        self.autocast = (torch.autocast("cuda", dtype=self.dtype) if device.type == "cuda" and self.dtype != torch.float32
+                         else nullcontext())
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> dict[str, Any]:
@@ -199,7 +189,7 @@ class Trainer:
                 break  # a line cut by a crash: nothing after it is trusted
             kept.append(line if line.endswith(b"\n") else line + b"\n")
         if len(kept) != len(lines):
-            checkpoint.atomic_write_bytes(path, b"".join(kept))
+            atomic_write_bytes(path, b"".join(kept))
             log.info("metrics.jsonl: dropped %d rows after step %d (they are logged again)", len(lines) - len(kept),
                      step)
 
@@ -252,130 +242,103 @@ class Trainer:
                     for role, module in roles.items()}
         return self.probe.run(encoders, step)
 
-    def _log_probe_baseline(self, metrics_file) -> None:
-        """The random-init baseline: the probe at step 0, once (a resumed run does not repeat it)."""
-        scores = self.run_probe(0)
-        if self.env.is_main:
-            metrics_file.write(json.dumps({"step": 0, **scores}) + "\n")
-            metrics_file.flush()
-            self.tracker.log_metrics(scores, 0)
-
     # ------------------------------------------------------------------ one step
     def _batches(self):
         while True:
             yield from self.loader
 
+    def train_step(self, batch: dict[str, torch.Tensor], schedule) -> StepOutcome | None:
+        """One micro-step: teacher targets, the student's forward and losses, the ranks' vote, backward,
+        the optimizer step at the accumulation boundary and then the EMA teachers (docs/method.md).
+        None when every rank skipped it for a non-finite loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = schedule.learning_rate
+        with torch.no_grad(), self.autocast:  # fp32 teachers, autocast on GPUs
+            targets = self.teacher(*teacher_views(batch, self.config.model.teacher_view),
+                                   schedule.video_teacher_temperature, schedule.audio_teacher_temperature)
+        # The engine's module is in the training precision; so must its inputs be.
+        losses = self.engine({k: v.to(self.dtype) for k, v in batch.items()}, targets)
+        nonfinite, stop = _agree(losses["loss"], self.stop.requested, self.device)
+        if nonfinite:
+            self._skip_nonfinite()
+            return None
+        self.nonfinite_in_a_row = 0
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(losses["loss"])
+        self.engine.step()
+        if boundary:
+            ema_update_gathered(self.ema_pairs, schedule.ema_momentum, self.zero_stage)
+            self.samples_seen += self.config.train.global_batch_size
+        return StepOutcome(losses, targets, stop, boundary)
+
+    def _skip_nonfinite(self) -> None:
+        step = self.engine.global_steps
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        if self.env.is_main:
+            log.warning("non-finite loss at step %d: step skipped (%d in a row)", step, self.nonfinite_in_a_row)
+        if self.nonfinite_in_a_row >= self.config.train.max_consecutive_nonfinite:
+            self.save(step)
+            raise FloatingPointError(
+                f"{self.nonfinite_in_a_row} non-finite losses in a row at step {step}; the last good state "
+                f"is saved in {self.checkpoints / checkpoint.tag_for_step(step)}")
+
+    def step_metrics(self, losses: dict[str, torch.Tensor], schedule) -> dict[str, float]:
+        """The log-step record before timing: losses and monitors averaged over ranks, schedules and
+        run state (collective: every rank calls it at the same steps)."""
+        record = mean_over_ranks(losses)  # one all-reduce, at log steps only
+        record.update({
+            "lr": schedule.learning_rate, "ema_momentum": schedule.ema_momentum,
+            "video_teacher_temperature": schedule.video_teacher_temperature,
+            "audio_teacher_temperature": schedule.audio_teacher_temperature,
+            "loss_scale": float(getattr(self.optimizer, "cur_scale", 1.0) or 1.0),
+            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "samples_seen": self.samples_seen,
+            "peak_memory_bytes": _peak_memory_bytes(self.device),
+            "epoch": self.loader.state()["epoch"], "nonfinite_skipped": self.nonfinite_total,
+            # Collective: shares every rank's finds, so rank 0's checkpointed loader state holds them all.
+            "corrupt_samples": self.loader.sync_corrupt_samples(),
+        })
+        return record
+
     def train(self) -> int:
         """Run until max_steps (or a stop signal); returns the global step reached."""
-        step = self.engine.global_steps
-        config, env = self.config, self.env
-        autocast = (torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" and self.dtype != torch.float32
-                    else nullcontext())
-        # A progress bar on a terminal; in a log file (SLURM .out, nohup) a plain line per log step instead.
-        interactive = env.is_main and sys.stdout.isatty()
-        progress = tqdm(total=self.max_steps, initial=step, disable=not interactive, desc="pretrain",
-                        dynamic_ncols=True, file=sys.stdout)
-        first_step = step
-        batches = self._batches()
-        metrics_file = (self.output / "metrics.jsonl").open("a") if env.is_main else None
-        input_bound = DataWaitMonitor()
-        last_logged = step
-        train_started = time.perf_counter()
+        config, step = self.config, self.engine.global_steps
+        sink = MetricsSink(self.output, self.tracker, self.env.is_main, step, self.max_steps,
+                           config.train.global_batch_size)
         if self.probe is not None and step == 0 and self.probe.due(0):
-            self._log_probe_baseline(metrics_file)
-        step_started, data_wait = time.perf_counter(), 0.0
-        budget_warned = False
-        stopped = False
-        samples_per_step = config.train.global_batch_size
+            sink.write(0, self.run_probe(0))  # the random-init baseline, once (a resumed run does not repeat it)
+        batches = self._batches()
+        budget_warned = stopped = False
         while step < self.max_steps:
             schedule = schedule_at(step, config, self.steps_per_epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = schedule.learning_rate
-
-            waited = time.perf_counter()
-            batch = _to_device(next(batches), self.device, torch.float32)
-            data_wait += time.perf_counter() - waited
-
-            with torch.no_grad(), autocast:  # fp32 teachers, autocast on GPUs
-                targets = self.teacher(*teacher_views(batch, config.model.teacher_view),
-                                       schedule.video_teacher_temperature, schedule.audio_teacher_temperature)
-            # The engine's module is in the training precision; so must its inputs be.
-            out = self.engine({k: v.to(self.dtype) for k, v in batch.items()}, targets)
-            nonfinite, stop = _agree(out["loss"], self.stop.requested, self.device)
-            if nonfinite:
-                self.nonfinite_in_a_row += 1
-                self.nonfinite_total += 1
-                if env.is_main:
-                    log.warning("non-finite loss at step %d: step skipped (%d in a row)", step, self.nonfinite_in_a_row)
-                if self.nonfinite_in_a_row >= config.train.max_consecutive_nonfinite:
-                    self.save(step)
-                    raise FloatingPointError(
-                        f"{self.nonfinite_in_a_row} non-finite losses in a row at step {step}; the last good state "
-                        f"is saved in {self.checkpoints / checkpoint.tag_for_step(step)}")
+            with sink.waiting_for_data():
+                batch = _to_device(next(batches), self.device, torch.float32)
+            outcome = self.train_step(batch, schedule)
+            if outcome is None or not outcome.optimizer_stepped:
                 continue
-            self.nonfinite_in_a_row = 0
-            boundary = self.engine.is_gradient_accumulation_boundary()
-            self.engine.backward(out["loss"])
-            self.engine.step()
-            if not boundary:
-                continue
-            ema_update_gathered(self.ema_pairs, schedule.ema_momentum, self.zero_stage)
             step = self.engine.global_steps
-            self.samples_seen += samples_per_step
-            progress.update(1)
+            sink.step_done()
 
             probed = self.run_probe(step) if self.probe is not None and self.probe.due(step) else {}
-            if probed and env.is_main and not budget_warned:
-                warning = self.probe.over_budget(time.perf_counter() - train_started)
+            if probed and self.env.is_main and not budget_warned:
+                warning = self.probe.over_budget(sink.seconds_since_start())
                 if warning:
                     log.warning("%s", warning)
                     budget_warned = True
             if step % config.train.log_every_steps == 0 or step == self.max_steps or probed:
-                elapsed = time.perf_counter() - step_started
-                record = _mean_over_ranks(out)
-                record.update({
-                    "lr": schedule.learning_rate, "ema_momentum": schedule.ema_momentum,
-                    "video_teacher_temperature": schedule.video_teacher_temperature,
-                    "audio_teacher_temperature": schedule.audio_teacher_temperature,
-                    "loss_scale": float(getattr(self.optimizer, "cur_scale", 1.0) or 1.0),
-                    "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
-                    # Over the window's own steps: a probe step or a resume can end a window early.
-                    "clips_per_second": samples_per_step * (step - last_logged) / max(elapsed, 1e-9),
-                    "samples_seen": self.samples_seen,
-                    "data_wait_seconds": data_wait, "compute_seconds": elapsed - data_wait,
-                    "data_wait_fraction": data_wait / max(elapsed, 1e-9),
-                    "peak_memory_bytes": _peak_memory_bytes(self.device),
-                    "epoch": self.loader.state()["epoch"], "nonfinite_skipped": self.nonfinite_total,
-                    # Collective: shares every rank's finds, so rank 0's checkpointed loader state holds them all.
-                    "corrupt_samples": self.loader.sync_corrupt_samples(),
-                    **probed,
-                })
-                warning = input_bound.add(step, step - last_logged, data_wait, elapsed)
-                last_logged = step
-                if env.is_main and warning:
-                    log.warning("%s", warning)
-                if env.is_main:
-                    metrics_file.write(json.dumps({"step": step, **record}) + "\n")
-                    metrics_file.flush()
-                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                    if not interactive:
-                        log.info("%s", console_line(step, self.max_steps, record,
-                                                    time.perf_counter() - train_started, step - first_step))
-                    self.tracker.log_metrics(record, step)
-                step_started, data_wait = time.perf_counter(), 0.0
+                sink.log(step, {**self.step_metrics(outcome.losses, schedule), **probed})
             if config.train.visualize_every_steps and step % config.train.visualize_every_steps == 0:
-                self.visualize(step, batch, targets)
+                self.visualize(step, batch, outcome.targets)
 
-            if stop:
+            if outcome.stop:
                 self.save(step)
                 stopped = True
-                if env.is_main:
+                if self.env.is_main:
                     log.warning("stop requested by signal: checkpoint saved at step %d, exiting", step)
                 break
             if step % config.train.checkpoint_every_steps == 0 or step == self.max_steps:
                 self.save(step)
-        progress.close()
-        if metrics_file:
-            metrics_file.close()
+        sink.close()
         self.tracker.finish("KILLED" if stopped else "FINISHED")
         return step

@@ -26,7 +26,8 @@ from xkd.config import ConfigError
 from xkd.evaluation.datasets import DatasetError, LabeledDataset, Split, load_dataset, origin_split, read_split_spec
 from xkd.evaluation.datasets import require_modality, resolve_splits
 from xkd.evaluation.errors import EvalInputError
-from xkd.evaluation.features import FeatureSet, checkpoint_hash, export_config, extract_features
+from xkd.engine.export import encoder_sha256, export_config
+from xkd.evaluation.features import FeatureSet, extract_features
 from xkd.evaluation.protocol import DEFAULT_TEST_CLIPS, DEFAULT_TRAIN_CLIPS, ENCODER_ROLES, MODALITIES, ClipSpec
 from xkd.evaluation.protocol import encoder_name, linear_clip_spec
 from xkd.evaluation.results import EvalRecord, publish
@@ -163,7 +164,7 @@ def split_features(args: argparse.Namespace, dataset: LabeledDataset, splits: li
 def record(args: argparse.Namespace, protocol: str, dataset: LabeledDataset, modality: str, splits: list[dict],
            mean: dict, params: dict) -> EvalRecord:
     names = [encoder_name(m, args.encoder) for m in modality.split("+")]
-    sha = ",".join(checkpoint_hash(args.checkpoint, n) for n in names)
+    sha = ",".join(encoder_sha256(args.checkpoint, n) for n in names)
     return EvalRecord(protocol=protocol, dataset=dataset.name, modality=modality, encoder=args.encoder,
                       checkpoint=str(Path(args.checkpoint).resolve()), checkpoint_sha256=sha, splits=splits,
                       mean=mean, params={"dataset_items": len(dataset), "classes": dataset.num_classes,

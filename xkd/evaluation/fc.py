@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from xkd.evaluation.errors import EvalInputError
-from xkd.evaluation.features import resolve_device
+from xkd.distributed import resolve_device
 from xkd.evaluation.metrics import average_clips, classification_metrics
 from xkd.schedules import learning_rate
 

@@ -25,53 +25,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from xkd.config import XKDConfig, config_from_dict
-from xkd.data.shard_writer import file_sha256
-from xkd.engine.export import ENCODER_NAMES, load_encoder
+from xkd.engine.export import encoder_sha256, export_config, load_encoder
 from xkd.evaluation.clips import EvalClips
+from xkd.distributed import resolve_device
 from xkd.evaluation.datasets import LabeledDataset
-from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.protocol import ClipSpec, LinearAugment
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 FEATURE_KIND = "mean of last-layer patch tokens after the final LayerNorm (CLS excluded)"
-
-
-def export_config(export_dir: str | Path) -> XKDConfig:
-    """The resolved training config stored with an export (``config.yaml``)."""
-    path = Path(export_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{export_dir}: not an export directory of launch/export_encoders.py "
-                                "(no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise EvalInputError(f"{path}: not valid YAML ({error})") from None
-    return config_from_dict(data, source=str(path))
-
-
-def checkpoint_hash(export_dir: str | Path, name: str) -> str:
-    """sha256 of an exported encoder's safetensors file (the identity of its weights)."""
-    path = Path(export_dir) / f"{name}.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no exported encoder {name!r} (export with launch/export_encoders.py)")
-    return file_sha256(path)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -104,7 +73,7 @@ def feature_identity(export_dir: str | Path, name: str, dataset: LabeledDataset,
     config = export_config(export_dir)
     identity = {
         "cache_format": CACHE_FORMAT, "feature": FEATURE_KIND, "encoder": name,
-        "checkpoint_sha256": checkpoint_hash(export_dir, name),
+        "checkpoint_sha256": encoder_sha256(export_dir, name),
         "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "items": len(keys),
         "items_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
         "clip": spec.to_dict(), "mode": mode, "n_clips": n_clips,
@@ -225,27 +194,3 @@ def extract_features(export_dir: str | Path, name: str, dataset: LabeledDataset,
     os.replace(tmp, path)
     log.info("wrote %s (%s)", path, features.shape)
     return FeatureSet(features, keys, identity, path, forward_batches=batches)
-
-
-def export_initial_encoders(like: str | Path, output: str | Path, seed: int | None = None) -> dict[str, Path]:
-    """Write the step-0 encoders of ``like``'s config (the random-init baseline) in the export format.
-
-    The weights are exactly those the pretraining started from: ``torch.manual_seed(train.seed)``
-    then ``XKD(config)``, as in the trainer (teachers are copies of the students at step 0).
-    """
-    from xkd.models.xkd import XKD
-
-    config = export_config(like)
-    torch.manual_seed(config.train.seed if seed is None else seed)
-    model = XKD(config)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    parts = {"video_student_encoder": model.student.video_encoder, "audio_student_encoder": model.student.audio_encoder,
-             "video_teacher_encoder": model.teacher.video_encoder, "audio_teacher_encoder": model.teacher.audio_encoder}
-    paths = {}
-    for name in ENCODER_NAMES:
-        state = {k: v.detach().float().contiguous().clone() for k, v in parts[name].state_dict().items()}
-        paths[name] = output / f"{name}.safetensors"
-        save_file(state, str(paths[name]), metadata={"step": "0", "source": f"random init like {like}"})
-    (output / "config.yaml").write_text((Path(like) / "config.yaml").read_text())
-    return paths

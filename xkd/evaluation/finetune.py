@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from xkd.config import ViewsConfig
+from xkd.distributed import mean_over_ranks, resolve_device, start_from_environment, unlink_cpu_allreduce_buffer
 from xkd.data.logmel import LogMel
 from xkd.data.torch_views import crop_resize, finish
 from xkd.data.view_params import random_resized_box
@@ -338,42 +338,6 @@ def fit_batch_size(config: FinetuneConfig, train_items: int, world: int, split: 
     return largest
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), starting the process group when a launcher set WORLD_SIZE > 1."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        from xkd.distributed import discover
-
-        env = discover()
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            from xkd.devices import select_cuda_device
-
-            # The rank's own GPU (GPU 0 when the task sees only its own), current before NCCL starts;
-            # DeepSpeed reads LOCAL_RANK as the GPU index.
-            os.environ["LOCAL_RANK"] = str(select_cuda_device(env.local_rank).index)
-        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _device(rank: int, requested: str = "auto") -> torch.device:
-    """The rank's device: under a process group the GPU :func:`_distributed` made current, else
-    the GPU chosen by :func:`xkd.devices.select_cuda_device` for LOCAL_RANK (0 by default)."""
-    if requested not in ("auto", "cuda"):
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        if dist.is_initialized():
-            return torch.device("cuda", torch.cuda.current_device())
-        from xkd.devices import select_cuda_device
-
-        return select_cuda_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def _read_ds_config(path: str | Path) -> dict:
     """A DeepSpeed JSON given by the user (--ds-config): a missing or malformed file names itself."""
     import json
@@ -412,6 +376,9 @@ def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_
         config["fp16"] = {**config.get("fp16", {}), "enabled": True}
         config["bf16"] = {**config.get("bf16", {}), "enabled": False}
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()  # every rank is past DeepSpeed's comm set-up before the buffer names go
+    unlink_cpu_allreduce_buffer()
     return engine, optimizer
 
 
@@ -446,8 +413,8 @@ def _finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modalit
         raise EvalInputError("engine deepspeed needs a DeepSpeed config (--ds-config, e.g. ds_configs/zero2.json)")
     if config.precision not in PRECISIONS:
         raise EvalInputError(f"precision {config.precision!r}: expected one of {PRECISIONS}")
-    rank, world = _distributed()
-    device = _device(rank, device)
+    rank, world = start_from_environment()
+    device = resolve_device(device)
     from xkd.devices import DeviceError, require_precision
 
     try:
@@ -541,7 +508,7 @@ def _finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modalit
             seen += len(x)
             step += 1
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
-        mean = _mean_over_ranks(epoch_loss / max(1, seen), world)
+        mean = mean_over_ranks({"loss": epoch_loss / max(1, seen)})["loss"]
         losses.append(mean)
         if rank == 0:
             log.info("epoch %d: mean training loss %.4f", epoch + 1, mean)
@@ -575,17 +542,6 @@ def _save_weights(model: nn.Module, output: str | Path, dataset: LabeledDataset,
             save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(path),
                       metadata={"classes": "\n".join(dataset.classes), "modality": modality})
     return str(path)
-
-
-def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
-    if world > 1:
-        from xkd.devices import collective_device
-
-        # NCCL reduces only CUDA tensors: a CPU tensor there fails after the first epoch.
-        value = value.detach().to(collective_device(), torch.float32, copy=True)
-        dist.all_reduce(value)
-        value /= world
-    return float(value)
 
 
 @torch.no_grad()
