@@ -59,6 +59,8 @@ import numpy as np
 import soundfile
 from scipy.signal import lfilter, resample_poly
 
+from xkd.cli_help import HelpFormatter
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOUNDS = ROOT / "data" / "sounds"
 VERSION = 1
@@ -371,18 +373,18 @@ def tree_digest(root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--output", type=Path, required=True, help="new or empty folder")
     parser.add_argument("--sounds", type=Path, default=DEFAULT_SOUNDS, help="the bundled sound set (folds.csv, clips/)")
     parser.add_argument("--classes", type=int, default=8, help="number of classes, evenly spaced in sorted order")
-    parser.add_argument("--pretrain-per-class", type=int, default=30)
-    parser.add_argument("--probe-train-per-class", type=int, default=10)
-    parser.add_argument("--probe-test-per-class", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-per-class", type=int, default=30, help="pretraining clips per class")
+    parser.add_argument("--probe-train-per-class", type=int, default=10, help="probe training clips per class")
+    parser.add_argument("--probe-test-per-class", type=int, default=10, help="probe test clips per class")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything drawn (same seed, same bytes)")
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    parser.add_argument("--fps", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--audio-rate", type=int, default=16000)
+    parser.add_argument("--fps", type=int, default=8, help="video frame rate")
+    parser.add_argument("--seconds", type=float, default=4.0, help="clip length")
+    parser.add_argument("--audio-rate", type=int, default=16000, help="audio sample rate (Hz)")
     parser.add_argument("--difficulty", type=float, default=1.0,
                         help="nuisance in [0, 1] (default 1): contrast of the class object, pixel noise and "
                              "the audio SNR (0-15 dB at 1, 20 dB higher at 0)")

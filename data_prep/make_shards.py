@@ -45,12 +45,21 @@ import shutil
 import sys
 from pathlib import Path
 
-
+from xkd.cli_help import HelpFormatter
 from xkd.data.build_shards import OutputRefused, ShardJob, build_shards
 from xkd.data.inputs import InputError, read_csv_inputs, scan_folder
-from xkd.data.prepare_clip import NO_AUDIO_POLICIES, NO_VIDEO_POLICIES, SHORT_POLICIES, ClipPolicy
-from xkd.data.transcode import (CPU_DECODABLE_CODECS, KEYFRAME_INTERVAL,
-                                VIDEO_CODECS, TranscodeSettings)
+from xkd.data.prepare_clip import (
+    NO_AUDIO_POLICIES,
+    NO_VIDEO_POLICIES,
+    SHORT_POLICIES,
+    ClipPolicy,
+)
+from xkd.data.transcode import (
+    CPU_DECODABLE_CODECS,
+    KEYFRAME_INTERVAL,
+    VIDEO_CODECS,
+    TranscodeSettings,
+)
 from xkd.data.verify_shards import verify_output
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -66,7 +75,7 @@ def parse_size(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     src = parser.add_argument_group("inputs (one of --input / --list)")
     src.add_argument("--input", type=Path, help="folder of clips, recursive; label = parent folder name")
     src.add_argument("--list", type=Path, help="Kinetics or AudioSet CSV (kind detected from the header)")
@@ -114,12 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     slurm.add_argument("--tasks-per-node", type=int, default=1,
                        help="array tasks per node; each gets --workers CPUs (default: 1)")
     slurm.add_argument("--partition", default=None, help="default: the cluster's default partition")
-    slurm.add_argument("--account", default=None)
-    slurm.add_argument("--qos", default=None)
+    slurm.add_argument("--account", default=None, help="sbatch --account (default: none given)")
+    slurm.add_argument("--qos", default=None, help="sbatch --qos (default: none given)")
     slurm.add_argument("--time", default="24:00:00", help="time limit per task (default: 24:00:00)")
     slurm.add_argument("--mem", default=None, help="memory per task, e.g. 32G (default: the partition's)")
-    slurm.add_argument("--constraint", default=None)
-    slurm.add_argument("--job-name", default="make_shards")
+    slurm.add_argument("--constraint", default=None, help="node features, e.g. a CPU type (default: none)")
+    slurm.add_argument("--job-name", default="make_shards", help="SLURM job name of the array and the packing job")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --sbatch exclusive=true (repeatable)")
     slurm.add_argument("--dry-run", action="store_true",

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from xkd.cli_help import HelpFormatter
+
 
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
@@ -24,19 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     from xkd.evaluation import cli
     from xkd.evaluation.fc import PRESETS, SCHEDULES, train_fc
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     cli.add_checkpoint_args(parser)
     cli.add_data_args(parser)
     cli.add_clip_args(parser)
     fc = parser.add_argument_group("FC-tuning")
-    fc.add_argument("--preset", choices=sorted(PRESETS), default="fsd50k")
-    fc.add_argument("--epochs", type=int)
-    fc.add_argument("--fc-batch-size", type=int, help="clip features per step")
-    fc.add_argument("--lr", type=float)
-    fc.add_argument("--weight-decay", type=float)
-    fc.add_argument("--dropout", type=float)
-    fc.add_argument("--schedule", choices=SCHEDULES)
-    fc.add_argument("--warmup-epochs", type=float)
+    fc.add_argument("--preset", choices=sorted(PRESETS), default="fsd50k",
+                    help="protocol defaults of the dataset (xkd/evaluation/fc.py PRESETS); the flags below override them")
+    fc.add_argument("--epochs", type=int, help="training epochs of the FC layer (default: the preset's)")
+    fc.add_argument("--batch-size", type=int, help="clip features per optimizer step (default: the preset's)")
+    fc.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    fc.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the preset's)")
+    fc.add_argument("--dropout", type=float, help="dropout before the FC layer (default: the preset's)")
+    fc.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule after warm-up (default: the preset's)")
+    fc.add_argument("--warmup-epochs", type=float, help="linear warm-up from 0 (default: the preset's)")
     fc.add_argument("--standardize", action="store_true", default=None, help="z-score the feature dimensions")
     cli.add_run_args(parser)
     args = parser.parse_args(argv)
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         cli.check_inputs(args, [args.modality])
-        config = PRESETS[args.preset].replace(epochs=args.epochs, batch_size=args.fc_batch_size, lr=args.lr,
+        config = PRESETS[args.preset].replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                               weight_decay=args.weight_decay, dropout=args.dropout,
                                               schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                                               standardize=args.standardize, seed=args.seed)

@@ -25,6 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from xkd.cli_help import HelpFormatter
+
 
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
@@ -34,18 +36,30 @@ def main(argv: list[str] | None = None) -> int:
     from xkd.evaluation.finetune import ENGINES, PRESETS, finetune
     from xkd.evaluation.protocol import encoder_name
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     cli.add_checkpoint_args(parser)
     cli.add_data_args(parser)
     ft = parser.add_argument_group("fine-tuning")
-    ft.add_argument("--preset", choices=sorted(PRESETS), required=True)
-    for name, kind in (("epochs", cli.positive_int), ("batch-size", cli.positive_int), ("lr", float),
-                       ("min-lr", float), ("warmup-epochs", float), ("weight-decay", float), ("layer-decay", float),
-                       ("dropout", float), ("drop-path", float), ("label-smoothing", float), ("mixup", float),
-                       ("cutmix", float), ("randaug", str), ("size", cli.positive_int), ("frames", cli.positive_int),
-                       ("seconds", cli.positive_float), ("test-clips", cli.positive_int), ("grad-clip", float),
-                       ("seed", int), ("workers", cli.non_negative_int)):
-        ft.add_argument(f"--{name}", type=kind, default=None)
+    ft.add_argument("--preset", choices=sorted(PRESETS), required=True,
+                    help="the dataset's protocol (xkd/evaluation/finetune.py PRESETS); the flags below override it")
+    # Each override defaults to the preset's value (None here).
+    for name, kind, what in (
+            ("epochs", cli.positive_int, "training epochs"),
+            ("batch-size", cli.positive_int, "items per optimizer step over all ranks; left to the preset, a split "
+                                            "too small for it uses the largest that fits"),
+            ("lr", float, "peak learning rate"), ("min-lr", float, "final learning rate of the cosine"),
+            ("warmup-epochs", float, "linear warm-up from 0"), ("weight-decay", float, "AdamW weight decay"),
+            ("layer-decay", float, "layer-wise lr decay per block from the head down"),
+            ("dropout", float, "dropout before the classifier"), ("drop-path", float, "stochastic depth rate"),
+            ("label-smoothing", float, "label smoothing of the cross-entropy"),
+            ("mixup", float, "mixup alpha (0: off)"), ("cutmix", float, "cutmix alpha (0: off)"),
+            ("randaug", str, "timm RandAugment config, e.g. rand-m9-mstd0.5-inc1 (\"\": off)"),
+            ("size", cli.positive_int, "video clip size in pixels"), ("frames", cli.positive_int, "video frames per clip"),
+            ("seconds", cli.positive_float, "audio clip seconds"),
+            ("test-clips", cli.positive_int, "uniformly spaced clips per test item"),
+            ("grad-clip", float, "gradient norm clipping (0: off)"), ("seed", int, "seed of the run"),
+            ("workers", cli.non_negative_int, "data loading processes")):
+        ft.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: the preset's)")
     # --batch-size: when left to the preset and a split has too few training items for it, the
     # largest batch that fits is used (logged, recorded per split); an explicit one is never changed.
     ft.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
@@ -54,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--engine", choices=ENGINES, default="auto",
                     help="auto: DDP when launched with several ranks, else one process; deepspeed: needs --ds-config")
     ft.add_argument("--ds-config", default=None, help="DeepSpeed JSON (ZeRO stage, bf16/fp16)")
-    ft.add_argument("--weights-dir", type=Path, default=None, help="save the fine-tuned weights per split here")
+    ft.add_argument("--weights-dir", type=Path, default=None,
+                    help="save the fine-tuned weights per split here (default: not saved)")
     ft.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     cli.add_run_args(parser, features=False)
     args = parser.parse_args(argv)

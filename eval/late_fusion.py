@@ -13,22 +13,29 @@ from __future__ import annotations
 import argparse
 import sys
 
+from xkd.cli_help import HelpFormatter
+
 
 def main(argv: list[str] | None = None) -> int:
     from xkd.evaluation import cli
-    from xkd.evaluation.fusion import check_aligned, check_both_modalities, check_windows, fuse
+    from xkd.evaluation.fusion import (
+        check_aligned,
+        check_both_modalities,
+        check_windows,
+        fuse,
+    )
     from xkd.evaluation.svm import C_GRID, SVMConfig, evaluate_split, summarize
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     cli.add_checkpoint_args(parser, modality=False)
     cli.add_data_args(parser)
     cli.add_clip_args(parser)
     svm = parser.add_argument_group("SVM")
-    svm.add_argument("--c-grid", type=float, nargs="+", default=list(C_GRID))
+    svm.add_argument("--c-grid", type=float, nargs="+", default=list(C_GRID), help="SVM C values to choose from (default: 1e-5 ... 1)")
     svm.add_argument("--choose-c-on-test", action="store_true", help="reference-code behaviour (optimistic)")
-    svm.add_argument("--cv-folds", type=int, default=5)
-    svm.add_argument("--max-iter", type=int, default=10000)
-    svm.add_argument("--jobs", type=int, default=1)
+    svm.add_argument("--cv-folds", type=int, default=5, help="folds of the C cross-validation")
+    svm.add_argument("--max-iter", type=int, default=10000, help="iterations of each LinearSVC fit")
+    svm.add_argument("--jobs", type=int, default=1, help="parallel SVM fits")
     cli.add_run_args(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()

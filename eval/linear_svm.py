@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from xkd.cli_help import HelpFormatter
+
 
 def main(argv: list[str] | None = None) -> int:
     from xkd.evaluation import cli
     from xkd.evaluation.svm import C_GRID, SVMConfig, evaluate_split, summarize
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     cli.add_checkpoint_args(parser)
     cli.add_data_args(parser)
     cli.add_clip_args(parser)
@@ -34,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="reference-code behaviour: report the best test accuracy over the C grid (optimistic)")
     svm.add_argument("--cv-folds", type=int, default=5, help="folds of the C cross-validation (default 5)")
     svm.add_argument("--no-standardize", action="store_true", help="do not z-score the feature dimensions")
-    svm.add_argument("--max-iter", type=int, default=10000)
-    svm.add_argument("--jobs", type=int, default=1, help="parallel SVM fits")
+    svm.add_argument("--max-iter", type=int, default=10000, help="iterations of each LinearSVC fit")
+    svm.add_argument("--jobs", type=int, default=1, help="parallel SVM fits (default 1)")
     cli.add_run_args(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()

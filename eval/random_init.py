@@ -13,14 +13,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from xkd.cli_help import HelpFormatter
+
 
 def main(argv: list[str] | None = None) -> int:
-    from xkd.evaluation import cli
     from xkd.engine.export import export_initial_encoders
+    from xkd.evaluation import cli
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--like", required=True, type=Path, help="an export directory (its config.yaml is used)")
-    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path, help="export directory to write")
     parser.add_argument("--seed", type=int, default=None, help="default: the config's train.seed")
     args = parser.parse_args(argv)
 

@@ -14,13 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from xkd.cli_help import HelpFormatter
+
 
 def main(argv: list[str] | None = None) -> int:
     from xkd.evaluation import cli
     from xkd.evaluation.report import render
     from xkd.evaluation.results import read_results
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("results", nargs="+", help="result JSON files or folders holding them")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown here")
     args = parser.parse_args(argv)

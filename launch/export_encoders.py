@@ -10,14 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-
+from xkd.cli_help import HelpFormatter
 from xkd.engine import checkpoint
 from xkd.engine.checkpoint_safety import UnsafeCheckpointError
 from xkd.engine.export import export_encoders
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("source", help="a checkpoint tag directory, or a run directory (uses its latest checkpoint)")
     parser.add_argument("--output", default=None, help="default: <run>/export/<tag>")
     args = parser.parse_args(argv)

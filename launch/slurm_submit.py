@@ -21,12 +21,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from xkd.cli_help import HelpFormatter
 from xkd.engine.ds_config import per_rank_batch
 from xkd.engine.run import pretraining_options
-from xkd.slurm import (JobSpec, SubmitError, check_cluster, check_inputs, check_spec,
-                       check_start_before_submit, describe_task, detected_gpus_per_node, follow, mlflow_link,
-                       parse_time, render_sbatch,
-                       submit, task_argv, tracking_uri)
+from xkd.slurm import (
+    JobSpec,
+    SubmitError,
+    check_cluster,
+    check_inputs,
+    check_spec,
+    check_start_before_submit,
+    describe_task,
+    detected_gpus_per_node,
+    follow,
+    mlflow_link,
+    parse_time,
+    render_sbatch,
+    submit,
+    task_argv,
+    tracking_uri,
+)
 
 EPILOG = """\
 requeue: SLURM sends SIGUSR2 --signal-delay-s seconds before the time limit; every task saves a
@@ -44,7 +58,7 @@ logs: <output>/slurm/<job id>_<task>_log.out / _log.err (rank 0 is task 0); --fo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG, parents=[pretraining_options()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     job = parser.add_argument_group("job")
     job.add_argument("--nodes", type=int, default=1, help="nodes of the allocation (default 1)")
     job.add_argument("--gpus-per-node", default="auto",

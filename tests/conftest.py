@@ -92,6 +92,7 @@ def random_batch():
 
 
 # ----------------------------------------------------------------------------- real media
+import os  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -126,12 +127,26 @@ def random_tiny_export(tmp_path_factory):
     return eval_media.write_random_init_export(tmp_path_factory.mktemp("random_init") / "export")
 
 
+def _make_sample_shards(output: Path) -> Path:
+    result = subprocess.run(["bash", str(REPO / "scripts" / "make_sample_shards.sh"), "--no-progress"], cwd=REPO,
+                            env={**os.environ, "SAMPLE_SHARDS": str(output)}, capture_output=True, text=True)
+    assert result.returncode == 0, f"make_sample_shards.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return output
+
+
 @pytest.fixture(scope="session")
-def sample_shards() -> Path:
-    """The built-in sample shards, made by the real make_shards (idempotent)."""
-    subprocess.run(["bash", str(REPO / "scripts" / "make_sample_shards.sh"), "--no-progress"], check=True,
-                   cwd=REPO, capture_output=True)
-    return REPO / "sample_shards"
+def sample_shards(tmp_path_factory) -> Path:
+    """The built-in sample clips sharded by the real make_shards, in a temporary folder (named like
+    the quickstart's, since run names and MLflow tags carry the folder's name)."""
+    return _make_sample_shards(tmp_path_factory.mktemp("sample") / "sample_shards")
+
+
+@pytest.fixture(scope="session")
+def quickstart_shards() -> Path:
+    """The repository's sample_shards/, exactly as the README's first command makes it, for the
+    tests of commands typed exactly as documented (they read the config's data.shards). The only
+    test fixture that writes into the checkout (an ignored folder the quickstart makes anyway)."""
+    return _make_sample_shards(REPO / "sample_shards")
 
 
 # ----------------------------------------------------------------------------- shared memory
@@ -147,3 +162,20 @@ def no_leftover_allreduce_buffers():
     yield
     for leftover in set(Path("/dev/shm").glob(pattern)) - before:
         leftover.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- failed commands
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that fails in ``subprocess.run(..., capture_output=True, check=True)`` (or on its
+    timeout) shows the command's captured stdout and stderr in its report, not only the exit code."""
+    outcome = yield
+    report = outcome.get_result()
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, (subprocess.CalledProcessError, subprocess.TimeoutExpired)):
+        command = " ".join(map(str, error.cmd)) if isinstance(error.cmd, (list, tuple)) else str(error.cmd)
+        for name in ("stdout", "stderr"):
+            text = getattr(error, name, None)
+            if text:
+                text = text.decode(errors="replace") if isinstance(text, bytes) else text
+                report.sections.append((f"{name} of the failed command: {command[:160]}", text[-6000:]))

@@ -81,15 +81,16 @@ def test_short_clip_padded_with_its_last_frame_like_torch_loader(split):
 
 
 def test_two_ranks_disjoint_and_complete(split):
-    seen = []
+    """What DALI delivered (each batch carries its samples' indices), not what the plan promised."""
+    delivered = []
     for rank in range(2):
         plan = EpochPlan(len(split), world_size=2, rank=rank, seed=3)
         loader = DaliClipLoader(split, VIEWS, 1, plan, seed=3, device="cpu")
-        batches = list(loader)
-        assert len(batches) == plan.samples_per_rank
-        seen.append(set(plan.indices(0).tolist()))
-    assert not (seen[0] & seen[1])
-    assert seen[0] | seen[1] == set(range(len(split)))
+        indices = [int(i) for batch in loader for i in batch["sample_index"]]
+        assert indices == plan.indices(0).tolist()[:len(indices)] and len(indices) == plan.samples_per_rank
+        delivered.append([split[i].key for i in indices])
+    assert not set(delivered[0]) & set(delivered[1])
+    assert sorted(delivered[0] + delivered[1]) == sorted(ref.key for ref in split)
 
 
 def test_resume_mid_epoch_gives_identical_batches(split):
@@ -122,6 +123,12 @@ def test_corrupt_sample_replaced_and_counted(clips, tmp_path, caplog):
         batches += list(loader)  # the next epoch meets it again: not logged again
     assert [b["video_global"].shape[0] for b in batches] == [2] * (2 * (len(split) // 2))
     assert all(torch.isfinite(b["video_global"]).all() for b in batches)
+    ramp = next(i for i, ref in enumerate(split) if ref.key == "ramp")
+    delivered = [int(i) for b in batches for i in b["sample_index"]]
+    assert ramp not in delivered  # a stand-in took its place
+    per_epoch = len(delivered) // 2
+    for epoch in (delivered[:per_epoch], delivered[per_epoch:]):  # every other sample, each at least once as itself
+        assert len(split) % 2 == 0 and set(epoch) == set(range(len(split))) - {ramp}
     assert loader.corrupt_samples == 1
     assert caplog.text.count("skipping corrupt sample 'ramp'") == 1 and "broken-000000.tar" in caplog.text
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from media import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,13 +20,21 @@ def test_zero_memory_classes_match_hand_computed_bytes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "benchmarks/engine_memory.py", "--config", "configs/tiny.yaml",
                              "--stages", "0,2", "--precisions", "bf16", "--master-port",
-                             str(31500 + os.getpid() % 1000), "--json", str(out)],
+                             str(free_port()), "--json", str(out)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| bf16 | 2 |" in result.stdout
     rows = {(r["stage"], r["rank"]): r for r in json.loads(out.read_text())}
     params = rows[0, 0]["student_params"]
-    assert params == 597_120
+    # The benchmark counts what the engine holds; the model built here, without DeepSpeed, must agree.
+    import torch
+
+    from xkd.config import load_config
+    from xkd.models import XKD
+
+    torch.manual_seed(0)
+    student = XKD(load_config(ROOT / "configs" / "tiny.yaml")).student
+    assert params == sum(p.numel() for p in student.parameters() if p.requires_grad) > 0
 
     zero0 = rows[0, 0]["before_step"]
     assert zero0["weights_bytes"] == 2 * params  # bf16 module weights

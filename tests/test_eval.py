@@ -131,9 +131,18 @@ def test_c_is_chosen_by_cross_validation_on_the_training_split():
     # Reference-code option: the scores are the test accuracies of each C.
     on_test = svm.evaluate_split("s", features[train], labels[train], features[test][:, :3], labels[test], 6,
                                  svm.SVMConfig(standardize=False, c_selection="test"))
+    # Derived with scikit-learn alone: one LinearSVC per C on every training clip, an item's score the
+    # mean of its 3 test clips' decision functions, top-1 = the argmax is the label.
+    from sklearn.svm import LinearSVC
+
+    x_train = features[train].reshape(-1, features.shape[-1])
+    y_train = np.repeat(labels[train], features.shape[1])
     for c in config.c_grid:
-        model, _ = svm._fit(features[train], labels[train], c, config)
-        top1 = 100 * topk_accuracy(svm.item_scores(model, features[test][:, :3], 6), labels[test], 1)
+        reference = LinearSVC(C=c, max_iter=config.max_iter, dual="auto", random_state=config.seed)
+        reference.fit(x_train, y_train)
+        clips = features[test][:, :3]
+        decision = reference.decision_function(clips.reshape(-1, clips.shape[-1])).reshape(len(test), 3, -1)
+        top1 = 100 * np.mean(reference.classes_[decision.mean(axis=1).argmax(axis=1)] == labels[test])
         assert on_test.selection_scores[f"{c:g}"] == pytest.approx(top1)
     assert on_test.c_selection == "test"
 
@@ -349,7 +358,10 @@ def test_finetune_video_224_with_mixup_cutmix_randaug(sample_shards, random_tiny
     result = finetune(encoder, dataset, split, "video", export_config(random_tiny_export).views, config,
                       output=tmp_path / "weights", progress=False)
     assert np.isfinite(result.epoch_losses[0]) and result.steps == 3
-    assert 0 <= result.metrics["top1"] <= 100 and (tmp_path / "weights" / "finetuned.safetensors").is_file()
+    # Scored on exactly the test list's items: top-1 is a whole number of them.
+    correct = result.metrics["top1"] * len(sources[6:]) / 100
+    assert correct == pytest.approx(round(correct)) and 0 <= round(correct) <= len(sources[6:])
+    assert (tmp_path / "weights" / "finetuned.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------- report

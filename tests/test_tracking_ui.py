@@ -4,7 +4,7 @@
   runs (variants ms and mas, 2 ranks) and an evaluation child run log to it, and headless
   Debian chromium (driven by playwright-core) shows both runs on the experiment page and their
   loss curves in the compare (chart) view. Screenshots, the UI report and the logged pictures
-  are kept in ``test-artifacts/tracking_ui/`` (or ``$XKD_TEST_ARTIFACTS``).
+  are kept in ``$TMPDIR/xkd-test-artifacts/tracking_ui/`` (or ``$XKD_TEST_ARTIFACTS/tracking_ui/``).
 * Killing the server mid-training does not stop training; the metrics of the outage and those
   logged after the server is back arrive.
 
@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ from xkd.tracking import git_commit
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SERVER = ROOT / "scripts" / "mlflow_server.sh"
-ARTIFACTS = Path(os.environ.get("XKD_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "tracking_ui"
+# Outside the checkout; kept after the run so the screenshots can be looked at.
+ARTIFACTS = Path(os.environ.get("XKD_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "xkd-test-artifacts") / "tracking_ui"
 VISUALS = ("video_reconstruction", "audio_reconstruction", "refine_attention")
 PROBE_METRIC = "probe/sounds/audio/teacher/knn_top1"
 WAIT = 300  # seconds: a bound on waiting for something to happen, not a speed requirement

@@ -49,7 +49,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SOURCE_COLUMNS = (
     "video", "audio", "video_frames", "audio_start", "global_box", "global_flip", "global_color",
     "local_offsets", "local_boxes", "local_flips", "local_colors", "local_blur", "audio_gain",
-    "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
+    "audio_local_offsets", "audio_local_gains", "audio_local_boxes", "sample_index",
 )
 
 
@@ -157,7 +157,9 @@ class ShardSource:
         params = draw_view_params(view_rng(self.seed, self.epoch, index, stand_in_for), self.views,
                                   int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]),
                                   int(info[WIDTH]), self.augment)
-        return source_columns(ref, params, self.views, int(info[NUM_FRAMES]))
+        # The sample's index rides through the graph, so a batch says which samples it holds.
+        return {**source_columns(ref, params, self.views, int(info[NUM_FRAMES])),
+                "sample_index": np.array(index, dtype=np.int64)}
 
 
 class OneSample:
@@ -241,7 +243,7 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
             crop = fn.resize(crop, size=[views.mel_bins, views.audio_local_frames], interp_type=types.INTERP_CUBIC,
                              antialias=False)
             outputs.append(fn.transpose(crop, perm=[2, 0, 1], output_layout="CHW"))
-        return tuple(outputs)
+        return (*outputs, columns["sample_index"])
 
     # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
     # rank; DALI's CPU threads pinned to the CPUs near that GPU (NVML), as the decode feeds it.
@@ -364,7 +366,8 @@ class DaliClipLoader:
             "video_global": tensors[0],
             "video_local": torch.stack(tensors[1 : 1 + n_video], dim=1),
             "audio_global": tensors[1 + n_video],
-            "audio_local": torch.stack(tensors[2 + n_video :], dim=1),
+            "audio_local": torch.stack(tensors[2 + n_video : -1], dim=1),
+            "sample_index": tensors[-1].reshape(-1),  # index into the loader's samples (not a model input)
         }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

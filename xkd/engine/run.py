@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from xkd.cli_help import HelpFormatter
 from xkd.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +64,7 @@ def pretraining_options() -> argparse.ArgumentParser:
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description or __doc__, parents=[pretraining_options()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 

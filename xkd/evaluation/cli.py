@@ -70,7 +70,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, modality: bool = True) 
     group.add_argument("--encoder", choices=ENCODER_ROLES, default="teacher",
                        help="which exported encoder (default: teacher, docs/method.md §6)")
     if modality:
-        group.add_argument("--modality", choices=MODALITIES, required=True)
+        group.add_argument("--modality", choices=MODALITIES, required=True, help="which encoder to evaluate")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -90,25 +90,26 @@ def add_clip_args(parser: argparse.ArgumentParser, train_clips: bool = True) -> 
     group = parser.add_argument_group("clips (docs/method.md §6)")
     group.add_argument("--frames", type=positive_int, default=32, help="video frames per clip at --fps (default 32)")
     group.add_argument("--size", type=positive_int, default=112, help="video clip size in pixels (default 112)")
-    group.add_argument("--fps", type=positive_int, default=8)
+    group.add_argument("--fps", type=positive_int, default=8, help="video frame rate of the clips (default 8)")
     group.add_argument("--seconds", type=positive_float, default=4.0, help="audio clip seconds (default 4)")
     if train_clips:
         group.add_argument("--train-clips", type=positive_int, default=None,
                            help="augmented clips per training item (default: video 25, audio 10)")
     group.add_argument("--test-clips", type=positive_int, default=DEFAULT_TEST_CLIPS,
                        help="uniformly spaced clips per test item (default 3; FSD50K uses 8)")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=int, default=0, help="seed of the clip augmentations and the classifier (default 0)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, features: bool = True) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     if features:
-        group.add_argument("--batch-size", type=positive_int, default=64, help="clips per encoder forward pass")
+        group.add_argument("--forward-batch-size", type=positive_int, default=64,
+                           help="clips per encoder forward pass of the feature extraction (default 64)")
         group.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default="fp32",
                            help="feature extraction on a GPU: tf32 (TF32 matmuls, A100/H100), bf16 or fp16 autocast "
                                 "(fp16 on V100); fp32 on CPUs")
-        group.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes")
+        group.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
         group.add_argument("--cache-dir", type=Path, default=None, help="default: <checkpoint>/features")
     group.add_argument("--output", type=Path, default=None,
                        help="result JSON (default: <run>/eval/<protocol>-<dataset>-<modality>-<encoder>.json)")
@@ -116,7 +117,7 @@ def add_run_args(parser: argparse.ArgumentParser, features: bool = True) -> None
                        help="pretraining run directory (default: found above --checkpoint via mlflow_run_id)")
     group.add_argument("--tracking-uri", default="", help="MLflow URI (default: MLFLOW_TRACKING_URI or the run's store)")
     group.add_argument("--no-track", action="store_true", help="only write the JSON, no MLflow child runs")
-    group.add_argument("--no-progress", action="store_true")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
 
 
 def setup_logging() -> None:
@@ -151,7 +152,7 @@ def split_features(args: argparse.Namespace, dataset: LabeledDataset, splits: li
     require_modality(dataset, split_items(splits), modality)
     name = encoder_name(modality, args.encoder)
     spec = clip_spec(args, modality)
-    common = dict(seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
+    common = dict(seed=args.seed, batch_size=args.forward_batch_size, device=args.device, precision=args.precision,
                   num_workers=args.workers, cache_dir=args.cache_dir, progress=not args.no_progress)
     n_train = train_clips or args.train_clips or DEFAULT_TRAIN_CLIPS[modality]
     train = extract_features(args.checkpoint, name, dataset, spec, mode="train", n_clips=n_train,

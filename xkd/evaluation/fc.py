@@ -48,7 +48,7 @@ class FCConfig:
             raise EvalInputError(f"FC-tuning schedule {self.schedule!r}: expected one of {SCHEDULES}")
         for option, value, ok, expected in (
                 ("--epochs", self.epochs, self.epochs >= 1, "at least 1"),
-                ("--fc-batch-size", self.batch_size, self.batch_size >= 1, "at least 1"),
+                ("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"),
                 ("--lr", self.lr, self.lr > 0, "positive"),
                 ("--weight-decay", self.weight_decay, self.weight_decay >= 0, "0 or more"),
                 ("--dropout", self.dropout, 0 <= self.dropout < 1, "in [0, 1)"),
