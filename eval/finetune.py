@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto: DDP when launched with several ranks, else one process; deepspeed: needs --ds-config")
     ft.add_argument("--ds-config", default=None, help="DeepSpeed JSON (ZeRO stage, bf16/fp16)")
     ft.add_argument("--weights-dir", type=Path, default=None,
-                    help="save the fine-tuned weights per split here (default: not saved)")
+                    help="save the fine-tuned weights per split here, and the training state after every epoch: "
+                         "the same command continues an interrupted run (default: not saved)")
     ft.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     cli.add_run_args(parser, features=False)
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from xkd.evaluation.clips import EvalClips, audio_windows, looped_indices, read_
 from xkd.evaluation.datasets import DatasetError, load_dataset, read_split_spec, resolve_splits
 from xkd.evaluation.fc import FCConfig, train_fc
 from xkd.engine.export import export_config
+from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.features import extract_features
 from xkd.evaluation.finetune import (PRESETS, Classifier, FinetuneConfig, _consistent, finetune, param_groups,
                                      spec_masks, time_warp)
@@ -339,6 +340,41 @@ def test_finetune_loss_decreases_tiny_audio(sound_shards, random_tiny_export):
     assert len(result.epoch_losses) == 6 and result.engine == "single"
     assert result.epoch_losses[-1] < result.epoch_losses[0] - 0.1
     assert set(result.metrics) == {"top1", "top5"}
+
+
+def test_finetune_resumes_after_its_last_epoch_exactly(sound_shards, random_tiny_export, tmp_path):
+    """An interrupted fine-tuning run given the same output continues after its last finished epoch
+    and ends where an uninterrupted run ends (mixup and dropout on: their draws are seeded per epoch,
+    workers persist); a different configuration refuses that state."""
+    dataset = load_dataset(sound_shards, name="sounds")
+    (split,) = resolve_splits(dataset, read_split_spec(f"esc50:{SOUND_FOLDS}"), ["fold1"])
+    config = PRESETS["esc50"].replace(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=1.0, num_workers=1,
+                                      mixup=0.5, dropout=0.2)
+    views = export_config(random_tiny_export).views
+
+    def run(output, on_epoch=None, run_config=config):
+        encoder = load_encoder(random_tiny_export, "audio_teacher_encoder")
+        return finetune(encoder, dataset, split, "audio", views, run_config, output=output, progress=False,
+                        on_epoch=on_epoch)
+
+    straight = run(tmp_path / "straight")
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_two(epoch, loss):
+        if epoch == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(tmp_path / "resumed", stop_after_two)
+    epochs_seen = []
+    resumed = run(tmp_path / "resumed", lambda epoch, loss: epochs_seen.append(epoch))
+    assert epochs_seen == [3]  # epochs 1 and 2 were not trained again
+    assert resumed.epoch_losses == straight.epoch_losses and resumed.steps == straight.steps
+    assert resumed.metrics == straight.metrics
+    with pytest.raises(EvalInputError, match="another run .*config"):
+        run(tmp_path / "resumed", run_config=config.replace(lr=1e-3))
 
 
 def test_finetune_video_224_with_mixup_cutmix_randaug(sample_shards, random_tiny_export, tmp_path):

@@ -27,6 +27,7 @@ deepspeed), or DeepSpeed (``engine="deepspeed"`` with a ds_config: ZeRO, bf16/fp
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -253,7 +254,10 @@ class FinetuneClips(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int | tuple[int, int]):
+        """Item ``i``, or ``(i, epoch)`` as :class:`EpochShuffle` yields them (persistent workers
+        keep their own copy of this object, so the epoch travels with the index)."""
+        i, epoch = i if isinstance(i, tuple) else (i, self.epoch)
         item = self.dataset.items[int(self.indices[i])]
         target = torch.as_tensor(self.targets[i])
         with torch.no_grad():
@@ -265,7 +269,7 @@ class FinetuneClips(Dataset):
                     clips = [self.logmel(w[None]) for w in audio_windows(item, starts, self.spec,
                                                                           self.views.audio_sample_rate)]
                 return torch.stack(clips), target
-            rng = clip_rng(self.config.seed, item.key, 0, self.epoch)
+            rng = clip_rng(self.config.seed, item.key, 0, epoch)
             start = np.array([random_start(rng, item.duration, self.spec.seconds)])
             if self.modality == "video":
                 return self._video(video_windows(item, start, self.spec)[0], rng), target
@@ -385,8 +389,12 @@ def _deepspeed_engine(model: nn.Module, optimizer, ds_config: dict | str, micro_
 def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality: str, views: ViewsConfig,
              config: FinetuneConfig, engine: str = "auto", ds_config: dict | str | None = None,
              output: str | Path | None = None, progress: bool = True, on_epoch=None,
-             device: str = "auto", adapt_batch: bool = False) -> FinetuneResult:
+             device: str = "auto", adapt_batch: bool = False, resume: bool = True) -> FinetuneResult:
     """Fine-tune ``encoder`` on ``split.train`` and evaluate on ``split.test`` (see the module docstring).
+
+    ``output``: the fine-tuned weights, and after every epoch the training state in ``output/resume``
+    (weights, optimizer, loss scaler or the DeepSpeed checkpoint); with ``resume`` a run given the
+    same ``output`` and configuration continues after its last finished epoch.
 
     ``on_epoch(epoch, mean_loss)`` is called on rank 0 after each epoch (for tracking).
     ``adapt_batch``: train with the largest batch that fits when ``config.batch_size`` does not
@@ -398,12 +406,12 @@ def finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality
 
     with tf32_matmuls(config.precision == "tf32"):
         return _finetune(encoder, dataset, split, modality, views, config, engine, ds_config, output, progress,
-                         on_epoch, device, adapt_batch)
+                         on_epoch, device, adapt_batch, resume)
 
 
 def _finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modality: str, views: ViewsConfig,
               config: FinetuneConfig, engine: str, ds_config: dict | str | None, output: str | Path | None,
-              progress: bool, on_epoch, device: str, adapt_batch: bool) -> FinetuneResult:
+              progress: bool, on_epoch, device: str, adapt_batch: bool, resume: bool) -> FinetuneResult:
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
 
@@ -441,15 +449,13 @@ def _finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modalit
     scales = [g.pop("lr_scale") for g in groups]
     for g in groups:
         g.pop("layer")
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-    use_deepspeed = engine == "deepspeed"
-    if use_deepspeed:
-        module, optimizer = _deepspeed_engine(model, optimizer, ds_config, micro, world, config.precision,
-                                              config.grad_clip)
-    elif world > 1:
-        module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Fused AdamW, as pretraining (one kernel per group instead of a loop over tensors).
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True)
+    if engine == "deepspeed":
+        trainer = DeepSpeedSteps(model, *_deepspeed_engine(model, optimizer, ds_config, micro, world,
+                                                          config.precision, config.grad_clip))
     else:
-        module = model
+        trainer = TorchSteps(model, optimizer, device, world, config.precision, config.grad_clip)
     mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.label_smoothing,
                   num_classes=num_classes, multi_label=multi_label) if mixing else None
     if multi_label:
@@ -458,28 +464,33 @@ def _finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modalit
         criterion = SoftTargetCrossEntropy()
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-    autocast = (torch.autocast("cuda", dtype=half) if half is not None and device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
-    # fp16 without DeepSpeed: dynamic loss scaling (DeepSpeed's own scaler does it otherwise).
-    scaler = torch.amp.GradScaler("cuda", enabled=half is torch.float16 and device.type == "cuda" and not use_deepspeed)
 
-    input_dtype = next(module.parameters()).dtype if use_deepspeed else torch.float32
     train_set = FinetuneClips(dataset, split.train, modality, spec, clip_views, config, train=True)
-    sampler_items = len(split.train) // world
-    steps_per_epoch = sampler_items // micro  # >= 1: fit_batch_size made sure of it
+    sampler = EpochShuffle(len(split.train), rank, world, config.seed)
+    loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True,
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=config.num_workers > 0)
+    steps_per_epoch = len(sampler) // micro  # >= 1: fit_batch_size made sure of it
     total, warmup = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
-    step, losses = 0, []
-    for epoch in range(config.epochs):
-        module.train()
-        train_set.epoch = epoch
-        order = np.random.default_rng(np.random.SeedSequence([config.seed, epoch, 0xF7])).permutation(len(split.train))
-        mine = order[rank::world][:sampler_items]
-        loader = DataLoader(torch.utils.data.Subset(train_set, mine.tolist()), batch_size=micro, shuffle=False,
-                            drop_last=True, num_workers=config.num_workers, pin_memory=device.type == "cuda")
+    resume_dir = Path(output) / "resume" if output is not None else None
+    identity = {"config": dataclasses.asdict(config), "split": split.name, "modality": modality, "engine": trainer.name,
+                "world_size": world}
+    start_epoch, losses = trainer.load(resume_dir, identity) if resume and resume_dir is not None else (0, [])
+    if start_epoch and rank == 0:
+        log.info("fine-tuning resumes after epoch %d of %d (%s)", start_epoch, config.epochs, resume_dir)
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, config.epochs):
+        trainer.module.train()
+        sampler.epoch = epoch  # yields (item, epoch): the epoch reaches persistent workers with each index
+        batches = iter(loader)  # first: starting the workers draws their seed from the global generator
+        # Dropout, drop-path and mixup draw from generators seeded per epoch, so a resumed run draws
+        # exactly what an uninterrupted one would.
+        epoch_seed = int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0])
+        torch.manual_seed(epoch_seed)
+        np.random.seed(epoch_seed)
         epoch_loss, seen = torch.zeros((), dtype=torch.float64), 0
-        bar = tqdm(loader, desc=f"finetune epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0,
-                   dynamic_ncols=True)
+        bar = tqdm(batches, total=len(loader), desc=f"finetune epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress or rank != 0, dynamic_ncols=True)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if mixup is not None:
@@ -487,22 +498,12 @@ def _finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modalit
                 x, y = mixup(x.flatten(1, -3) if x.ndim == 5 else x, y)  # video: cutmix box over all frames
                 x = x.reshape(shape)
             lr = lr_at(step, total, warmup, config)
-            for group, scale in zip(optimizer.param_groups, scales):
+            for group, scale in zip(trainer.optimizer.param_groups, scales):
                 group["lr"] = lr * scale
-            with autocast:
-                logits = module(x.to(input_dtype) if use_deepspeed else x)
+            with trainer.autocast():
+                logits = trainer.module(x.to(trainer.input_dtype))
                 loss = criterion(logits.float(), y.float() if multi_label else y)
-            if use_deepspeed:
-                module.backward(loss)
-                module.step()
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+            trainer.backward_and_step(loss)
             value = float(loss.detach())
             epoch_loss += value * len(x)
             seen += len(x)
@@ -510,17 +511,124 @@ def _finetune(encoder: nn.Module, dataset: LabeledDataset, split: Split, modalit
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
         mean = mean_over_ranks({"loss": epoch_loss / max(1, seen)})["loss"]
         losses.append(mean)
+        if resume_dir is not None:
+            trainer.save(resume_dir, epoch + 1, losses, identity)
         if rank == 0:
             log.info("epoch %d: mean training loss %.4f", epoch + 1, mean)
             if on_epoch is not None:
                 on_epoch(epoch + 1, mean)
 
-    metrics = evaluate(module, dataset, split, modality, clip_views, spec, config, rank, world, device, progress,
-                       input_dtype)
-    weights = _save_weights(model, output, dataset, modality, rank, use_deepspeed) if output is not None else None
+    metrics = evaluate(trainer.module, dataset, split, modality, clip_views, spec, config, rank, world, device,
+                       progress, trainer.input_dtype)
+    weights = _save_weights(model, output, dataset, modality, rank, engine == "deepspeed") if output is not None else None
     return FinetuneResult(metrics=metrics, epoch_losses=losses, steps=step, config=dataclasses.asdict(config),
-                          world_size=world, engine="deepspeed" if use_deepspeed else ("ddp" if world > 1 else "single"),
-                          weights=weights, requested_batch_size=requested)
+                          world_size=world, engine=trainer.name, weights=weights, requested_batch_size=requested)
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """This rank's share of one seeded permutation per epoch (set ``epoch`` before iterating): the
+    same items in the same order whether the loader is new or its workers persist."""
+
+    def __init__(self, items: int, rank: int, world: int, seed: int):
+        self.items, self.rank, self.world, self.seed, self.epoch = items, rank, world, seed, 0
+
+    def __len__(self) -> int:
+        return self.items // self.world
+
+    def __iter__(self):
+        order = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, 0xF7])).permutation(self.items)
+        return iter([(int(i), self.epoch) for i in order[self.rank::self.world][:len(self)]])
+
+
+class TorchSteps:
+    """One process or DDP: autocast on GPUs (bf16/fp16), dynamic loss scaling for fp16, clipping."""
+
+    def __init__(self, model: nn.Module, optimizer, device: torch.device, world: int, precision: str, grad_clip: float):
+        self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
+        self.name = "ddp" if world > 1 else "single"
+        self.module = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                           else None) if world > 1 else model)
+        self.half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.half is torch.float16)
+        self.input_dtype = torch.float32
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.half) if self.half is not None else torch.autocast("cpu", enabled=False)
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def save(self, folder: Path, epochs_done: int, losses: list[float], identity: dict) -> None:
+        """After an epoch: weights, optimizer and scaler (rank 0; the ranks hold the same state)."""
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return
+        from xkd.engine.checkpoint import atomic_torch_save
+
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                           "scaler": self.scaler.state_dict(), "epochs_done": epochs_done, "losses": losses,
+                           "identity": json.dumps(identity, sort_keys=True)}, folder / "finetune_state.pt")
+
+    def load(self, folder: Path, identity: dict) -> tuple[int, list[float]]:
+        """(epochs done, their losses) from the last save, or (0, []) when there is none."""
+        path = folder / "finetune_state.pt"
+        if not path.is_file():
+            return 0, []
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        _same_run(path, state["identity"], identity)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        return int(state["epochs_done"]), list(state["losses"])
+
+
+class DeepSpeedSteps:
+    """A DeepSpeed engine (ZeRO, its own fp16/bf16 and loss scaling, clipping from the ds_config)."""
+
+    name = "deepspeed"
+
+    def __init__(self, model: nn.Module, engine, optimizer):
+        self.model, self.module, self.optimizer = model, engine, optimizer
+        self.input_dtype = next(engine.parameters()).dtype
+
+    def autocast(self):
+        return torch.autocast("cpu", enabled=False)  # the engine's module is already in its precision
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        self.module.backward(loss)
+        self.module.step()
+
+    def save(self, folder: Path, epochs_done: int, losses: list[float], identity: dict) -> None:
+        self.module.save_checkpoint(str(folder), tag="latest_epoch", client_state={
+            "epochs_done": epochs_done, "losses": losses, "identity": json.dumps(identity, sort_keys=True)})
+
+    def load(self, folder: Path, identity: dict) -> tuple[int, list[float]]:
+        if not (folder / "latest_epoch").is_dir():
+            return 0, []
+        from xkd.engine import checkpoint_safety
+
+        with checkpoint_safety.weights_only_loads():
+            _, client = self.module.load_checkpoint(str(folder), tag="latest_epoch")
+        _same_run(folder / "latest_epoch", client["identity"], identity)
+        return int(client["epochs_done"]), list(client["losses"])
+
+
+def _same_run(path: Path, saved: str, identity: dict) -> None:
+    """Resume only the run that was saved: same configuration, split, modality, engine and ranks."""
+    if saved != json.dumps(identity, sort_keys=True):
+        old = json.loads(saved)
+        changed = sorted(k for k in {**old, **identity} if old.get(k) != identity.get(k))
+        raise EvalInputError(f"{path}: a fine-tuning state of another run (differs in {', '.join(changed)}); "
+                             "give another output directory or remove it to start over")
 
 
 def _save_weights(model: nn.Module, output: str | Path, dataset: LabeledDataset, modality: str, rank: int,
