@@ -21,7 +21,6 @@ from xkd.cli_help import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
 
     from xkd.evaluation import cli
     from xkd.evaluation.fc import PRESETS, SCHEDULES, train_fc
@@ -58,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             result = train_fc(train.take(dataset, split.train), dataset.targets(split.train),
                               test.take(dataset, split.test), dataset.targets(split.test), dataset.num_classes,
                               dataset.multi_label, config, device=args.device)
-            entries.append({"split": split.name, "metrics": result.metrics,
-                            "params": {"epochs": config.epochs, "lr": config.lr, **split.describe()},
-                            "epoch_losses": result.losses})
-        mean = {k: float(np.mean([e["metrics"][k] for e in entries])) for k in entries[0]["metrics"]}
+            entries.append(result.entry(split))
+        mean = cli.mean_over_splits(entries)
         params = {"preset": args.preset, **result.config, "train_clips": train.features.shape[1],
                   "test_clips": test.features.shape[1], "clip": train.identity["clip"]}
         return cli.finish(args, cli.record(args, "fc_tune", dataset, args.modality, entries, mean, params))

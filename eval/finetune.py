@@ -29,7 +29,6 @@ from xkd.cli_help import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
 
     from xkd.engine.export import load_encoder
     from xkd.evaluation import cli
@@ -97,14 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             result = finetune(encoder, dataset, split, args.modality, views, config, engine=args.engine,
                               ds_config=args.ds_config, output=weights, progress=not args.no_progress,
                               device=args.device, adapt_batch=args.batch_size is None)
-            entries.append({"split": split.name, "metrics": result.metrics,
-                            "params": {"epochs": config.epochs, "lr": config.lr, "engine": result.engine,
-                                       "world_size": result.world_size, "batch_size": result.config["batch_size"],
-                                       "batch_size_requested": result.requested_batch_size, **split.describe()},
-                            "epoch_losses": result.epoch_losses, "weights": result.weights})
+            entries.append(result.entry(split))
         if dist.is_initialized() and dist.get_rank() != 0:
             return 0
-        mean = {k: float(np.mean([e["metrics"][k] for e in entries])) for k in entries[0]["metrics"]}
+        mean = cli.mean_over_splits(entries)
         params = {"preset": args.preset, **result.config, "batch_size_requested": config.batch_size}
         return cli.finish(args, cli.record(args, "finetune", dataset, args.modality, entries, mean, params))
 

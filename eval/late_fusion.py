@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                    [audio_test.take(dataset, split.test), video_test.take(dataset, split.test)])
             results.append(evaluate_split(split.name, train_x, dataset.targets(split.train), test_x,
                                           dataset.targets(split.test), dataset.num_classes, config))
-        entries = [{"split": r.split, "metrics": {"top1": r.top1, "top5": r.top5},
-                    "params": {"C": r.C, "c_selection": r.c_selection, "train_items": r.train_items,
-                               "test_items": r.test_items}, "selection_scores": r.selection_scores}
-                   for r in results]
+        entries = [result.entry() for result in results]
         params = {"c_grid": list(config.c_grid), "c_selection": config.c_selection,
                   "train_clips": audio_train.features.shape[1], "test_clips": audio_test.features.shape[1]}
         return cli.finish(args, cli.record(args, "late_fusion", dataset, "audio+video", entries, summarize(results),

@@ -56,11 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(evaluate_split(split.name, train.take(dataset, split.train), dataset.targets(split.train),
                                           test.take(dataset, split.test), dataset.targets(split.test),
                                           dataset.num_classes, config))
-        entries = [{"split": r.split, "metrics": {"top1": r.top1, "top5": r.top5},
-                    "params": {"C": r.C, "c_selection": r.c_selection, "train_items": r.train_items,
-                               "test_items": r.test_items, "missing_entries": s.missing},
-                    "selection_scores": r.selection_scores, "not_converged": r.not_converged}
-                   for r, s in zip(results, splits)]
+        entries = [result.entry(split.missing) for result, split in zip(results, splits)]
         params = {"c_grid": list(config.c_grid), "c_selection": config.c_selection, "cv_folds": config.cv_folds,
                   "standardize": config.standardize, "train_clips": train.features.shape[1],
                   "test_clips": test.features.shape[1], "clip": train.identity["clip"], "seed": args.seed}

@@ -172,6 +172,11 @@ def record(args: argparse.Namespace, protocol: str, dataset: LabeledDataset, mod
                                          "multi_label": dataset.multi_label, **params})
 
 
+def mean_over_splits(entries: list[dict]) -> dict[str, float]:
+    """Each metric averaged over the splits' entries."""
+    return {key: float(np.mean([entry["metrics"][key] for entry in entries])) for key in entries[0]["metrics"]}
+
+
 def finish(args: argparse.Namespace, result: EvalRecord) -> int:
     path = publish(result, args.checkpoint, args.output, args.run, args.tracking_uri, track=not args.no_track)
     print(f"{result.protocol} {result.dataset} {result.modality} ({result.encoder}):")

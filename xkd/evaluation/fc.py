@@ -81,6 +81,12 @@ class FCResult:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def entry(self, split) -> dict:
+        """This split's entry of the result JSON / MLflow child run."""
+        return {"split": split.name, "metrics": self.metrics,
+                "params": {"epochs": self.config["epochs"], "lr": self.config["lr"], **split.describe()},
+                "epoch_losses": self.losses}
+
 
 def train_fc(train: np.ndarray, train_targets: np.ndarray, test: np.ndarray, test_targets: np.ndarray,
              num_classes: int, multi_label: bool, config: FCConfig = FCConfig(), device: str = "auto") -> FCResult:

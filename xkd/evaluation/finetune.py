@@ -310,6 +310,14 @@ class FinetuneResult:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def entry(self, split: Split) -> dict:
+        """This split's entry of the result JSON / MLflow child run."""
+        return {"split": split.name, "metrics": self.metrics,
+                "params": {"epochs": self.config["epochs"], "lr": self.config["lr"], "engine": self.engine,
+                           "world_size": self.world_size, "batch_size": self.config["batch_size"],
+                           "batch_size_requested": self.requested_batch_size, **split.describe()},
+                "epoch_losses": self.epoch_losses, "weights": self.weights}
+
 
 def fit_batch_size(config: FinetuneConfig, train_items: int, world: int, split: str = "train",
                    adapt: bool = False) -> int:

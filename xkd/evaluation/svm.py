@@ -78,6 +78,15 @@ class SVMSplitResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def entry(self, missing_entries: int | None = None) -> dict:
+        """This split's entry of the result JSON / MLflow child run."""
+        params = {"C": self.C, "c_selection": self.c_selection, "train_items": self.train_items,
+                  "test_items": self.test_items}
+        if missing_entries is not None:
+            params["missing_entries"] = missing_entries
+        return {"split": self.split, "metrics": {"top1": self.top1, "top5": self.top5}, "params": params,
+                "selection_scores": self.selection_scores, "not_converged": self.not_converged}
+
 
 def _fit(features: np.ndarray, labels: np.ndarray, C: float, config: SVMConfig):
     """Fit on (N, n, D) item clips with (N,) labels; returns the model and whether it converged."""
