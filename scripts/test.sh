@@ -10,6 +10,7 @@ bash scripts/setup_env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [[ ${1:-} == --fast ]]; then
   shift
-  exec .venv/bin/python -m pytest -q -m "not slow" "$@" tests
+  exec .venv/bin/python -m pytest -q --durations=15 -m "not slow" "$@" tests
 fi
-exec .venv/bin/python -m pytest -q "$@" tests
+# --durations: the slowest tests are listed at the end, to keep the fast loop fast.
+exec .venv/bin/python -m pytest -q --durations=15 "$@" tests
