@@ -15,6 +15,7 @@ from media import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_zero_memory_classes_match_hand_computed_bytes(tmp_path):
     out = tmp_path / "memory.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -329,6 +329,7 @@ def test_spectrogram_augment_and_consistent_randaug():
     assert all(np.array_equal(np.asarray(out[0]), np.asarray(o)) for o in out[1:])
 
 
+@pytest.mark.slow
 def test_finetune_loss_decreases_tiny_audio(sound_shards, random_tiny_export):
     dataset = load_dataset(sound_shards, name="sounds")
     (split,) = resolve_splits(dataset, read_split_spec(f"esc50:{SOUND_FOLDS}"), ["fold1"])
@@ -342,6 +343,7 @@ def test_finetune_loss_decreases_tiny_audio(sound_shards, random_tiny_export):
     assert set(result.metrics) == {"top1", "top5"}
 
 
+@pytest.mark.slow
 def test_finetune_resumes_after_its_last_epoch_exactly(sound_shards, random_tiny_export, tmp_path):
     """An interrupted fine-tuning run given the same output continues after its last finished epoch
     and ends where an uninterrupted run ends (mixup and dropout on: their draws are seeded per epoch,

@@ -131,13 +131,13 @@ def test_head_output_monitors_hand_computed():
 
 def test_model_reports_head_monitors(tiny_config, random_batch):
     """The student's output dict (every key of which the trainer logs) carries the new monitors."""
-    from xkd.engine.trainer import _mean_over_ranks
+    from xkd.distributed import mean_over_ranks
     from xkd.models import XKD
 
     config = tiny_config(loss={"mmd_distance_scale": "dim"})
     torch.manual_seed(0)
     out = XKD(config)(random_batch(config, 2), 0.1, 0.07)
-    record = _mean_over_ranks(out)
+    record = mean_over_ranks(out)
     for key in ("head_cosine_video", "head_cosine_audio", "head_sqdist_cross"):
         assert key in record and math.isfinite(record[key]), key
         assert not out[key].requires_grad

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from xkd.config import config_from_dict
@@ -80,6 +81,7 @@ def test_cli_prints_json(tmp_path):
     assert printed["video_head"] == 64 * 32 + 32 + 2 * 32 + 32 * 32 + 32 + 2 * 32 + 32 * 16 + 16 + 64 * 16
 
 
+@pytest.mark.slow
 def test_vit_b_forward_backward_on_cpu():
     """One real training pass of the paper model (ViT-B MS, batch 2, default views).
 
