@@ -3,6 +3,7 @@ PyTorch fallback, producing full batches of global + local views of both modalit
 
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --shards sample_shards --workers 2 --json loader.json
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --stages    # + per-stage breakdown and floor
+    OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --samples-per-decode 4 --json k4.json
 
 Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112). CPU time counts
 this process and its worker processes (getrusage SELF + CHILDREN). ``--repeat N`` lists each
@@ -14,6 +15,11 @@ benchmarks/dali_stages.py: their docstrings say how each is measured), the decod
 (the frames and audio one sample needs, same decoders) and ``cpu_ms_per_sample / floor``.
 Host-to-device copies do not exist on the CPU path (n/a). The JSON (``--json OUT``) has
 ``cpu_ms_per_sample`` and ``samples_per_second`` per loader.
+
+``--samples-per-decode K`` (``data.samples_per_decode``): each decoded clip gives K samples, so a
+batch of ``--batch-size`` samples (a multiple of K) holds batch / K clips; costs stay per sample.
+The stage breakdown and the floor are those of K = 1 (one sample per decode); the floor of K is
+that divided by K.
 """
 from __future__ import annotations
 
@@ -80,25 +86,32 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=1, help="list each sample this many times (default 1)")
+    parser.add_argument("--samples-per-decode", type=int, default=1,
+                        help="training samples per decoded clip (data.samples_per_decode; default 1)")
     parser.add_argument("--stages", action="store_true", help="add the per-stage breakdown, floor and ratio")
     parser.add_argument("--stage-epochs", type=int, default=1, help="epochs per stage measurement (default 1)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
+    if args.samples_per_decode < 1 or args.batch_size % args.samples_per_decode:
+        parser.error(f"--batch-size {args.batch_size} must be a multiple of --samples-per-decode "
+                     f"{args.samples_per_decode} (a batch holds whole clips)")
     views = config_from_dict({}).views
     samples = index_split(args.shards) * args.repeat
-    plan = EpochPlan(len(samples), seed=0)
+    plan = EpochPlan(len(samples), seed=0, samples_per_decode=args.samples_per_decode)
     results = {
         "dali_cpu": measure(lambda: DaliClipLoader(samples, views, args.batch_size, plan, seed=0, device="cpu",
                                                    num_threads=args.workers), args.epochs),
         "torch": measure(lambda: TorchClipLoader(samples, views, args.batch_size, args.workers, plan, seed=0),
                          args.epochs),
         "workers": args.workers, "batch_size": args.batch_size, "samples": len(samples),
+        "samples_per_decode": args.samples_per_decode,
         "keyframe_interval": keyframe_interval(args.shards), "host_to_device": "n/a (CPU path)",
     }
-    if args.stages:
-        for name, report in stage_report(samples, views, plan, args).items():
+    if args.stages:  # per stage at one sample per decode; the floor per sample of K is 1/K of K = 1's
+        for name, report in stage_report(samples, views, EpochPlan(len(samples), seed=0), args).items():
             results[name].update(report)
-            results[name]["ratio_to_floor"] = results[name]["cpu_ms_per_sample"] / report["floor"]["total"]
+            floor = report["floor"]["total"] / args.samples_per_decode
+            results[name]["ratio_to_floor"] = results[name]["cpu_ms_per_sample"] / floor
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -60,12 +60,12 @@ def video_view(clock: StageClock, frames: torch.Tensor, box, size: int, color, b
 
 
 def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
-    """``dataset.load(index)`` split into timed stages; returns the same item."""
+    """``dataset.load(index)`` (one sample per decode) split into timed stages; returns the same sample."""
     v, ref = dataset.views, dataset.samples[index]
     with clock("tar/member read"):
         info, video, audio = read_info(ref), ref.read(VIDEO_EXT), ref.read(AUDIO_EXT)
     with clock("view parameters"):
-        p = dataset._params(info, index, None)
+        (p,) = dataset._params(info, index, None)  # one sample per decode (k = 1)
     with clock("video decode (window)"):
         frames = decode_frames(video, p.video_start, v.video_global_frames, v.video_fps,
                                stored_frames=int(info[NUM_FRAMES]))
@@ -87,13 +87,13 @@ def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
         with clock("spectrogram crop + resize"):
             audio_local = torch.stack([crop_spectrogram(s, b) for s, b in zip(specs, p.audio_local_boxes)])
     return {"video_global": video_global, "video_local": video_local, "audio_global": audio_global,
-            "audio_local": audio_local, "key": ref.key, "index": index, "found": []}
+            "audio_local": audio_local, "key": ref.key, "index": index}
 
 
 def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str, float]:
     """CPU ms per sample of each stage over ``epochs`` passes of the dataset, in full batches."""
     clock = StageClock()
-    first = dataset.load(int(dataset.indices[0]))
+    (first,) = dataset.load(int(dataset.indices[0]))
     staged = sample_stages(dataset, int(dataset.indices[0]), StageClock())
     if not all(torch.equal(first[name], staged[name]) for name in VIEW_KEYS):
         raise AssertionError("the staged sample differs from ClipDataset.load: torch_stages is out of date")
@@ -102,7 +102,7 @@ def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str,
         for begin in range(0, len(dataset.indices) - batch_size + 1, batch_size):
             items = [sample_stages(dataset, int(i), clock) for i in dataset.indices[begin:begin + batch_size]]
             with clock("collation"):
-                collate_clips(items)
+                collate_clips([{"samples": [item], "found": []} for item in items])
             samples += batch_size
     return {stage: 1000 * clock.seconds[stage] / samples for stage in STAGES}
 

@@ -117,8 +117,9 @@ import eval_media  # noqa: E402
 
 @pytest.fixture(scope="session")
 def sound_shards(tmp_path_factory):
-    """The bundled labelled sound effects as audio-only shards (real make_shards run)."""
-    return eval_media.build_sound_shards(tmp_path_factory.mktemp("sound_shards") / "shards")
+    """The bundled labelled sound effects as audio-only shards (real make_shards run, cached per
+    version of its inputs and code: ``eval_media.cached_sound_shards``)."""
+    return eval_media.cached_sound_shards(tmp_path_factory.mktemp("sound_shards") / "shards")
 
 
 @pytest.fixture(scope="session")

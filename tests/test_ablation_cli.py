@@ -30,7 +30,8 @@ def test_grids_and_defaults():
 
 
 def test_every_arm_of_the_issue_is_there():
-    assert set(ablation.ARMS) == {"random", "recon_v", "ae", "ae+kd", "ae+da", "xkd", "xkd_local", "xkd_meanpool"}
+    assert set(ablation.ARMS) == {"random", "recon_v", "ae", "ae+kd", "ae+da", "xkd", "xkd_local", "xkd_meanpool",
+                                  "xkd_k4"}
     assert ablation.ARMS["random"] is None
     with pytest.raises(ValueError):
         ablation.arm_overrides("random", 10, 5, 0)
@@ -55,6 +56,14 @@ def test_arm_overrides_resolve_to_the_right_config(arm, expected):
     # The cosine schedule covers the steps: 250 steps at 30 steps/epoch -> 9 epochs.
     assert config.optim.epochs == 9 and 1 <= config.optim.warmup_epochs <= config.optim.epochs
     assert config.train.checkpoint_every_steps == 250
+
+
+def test_samples_per_decode_arm_has_the_same_steps_in_as_many_fewer_epochs():
+    """k = 4: an epoch reads each clip 4 times (4x the steps), so 250 steps at 30 clip-batches per
+    epoch are 3 epochs of 120 steps; the schedule still spans the steps, as for k = 1 (9 x 30)."""
+    config = _config("xkd_k4")
+    assert config.data.samples_per_decode == 4 and config.loss.kd_weight == 1.0
+    assert config.optim.epochs == 3 and config.train.checkpoint_every_steps == 250
 
 
 def test_extra_overrides_apply_to_every_arm():

@@ -100,6 +100,7 @@ def folds_of(labels, n_folds=4):
     return [(np.nonzero(fold != f)[0], np.nonzero(fold == f)[0]) for f in range(n_folds)]
 
 
+@pytest.mark.slow
 def test_planted_signal_near_perfect_and_shuffled_labels_near_chance():
     features, labels = planted()
     test_features = features[:, :3]

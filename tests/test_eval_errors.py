@@ -1,10 +1,13 @@
 """The eval CLIs on bad input (issue 11, item 10): one ``error: ...`` line, exit status 2, no traceback.
 
-Every tool runs as a subprocess, as a user types it, on real data: the bundled sound effects as
+Every tool runs its ``main`` with the argument list a user types, in this process (an interpreter
+start and the torch import per case would cost more than the cases themselves), on real data:
+the bundled sound effects as
 audio-only shards (22 classes, 176 clips, made by the real make_shards) and the step-0 encoders
 of configs/tiny.yaml in the export format. Each case asserts exit status 2, an ``error:`` line
 on stderr that names the option or file at fault, and no traceback. Errors of argparse (a value
 outside an option's range) read ``<tool>.py: error: argument --x: ...``, as for any option.
+Two cases run the tool as a subprocess, exactly as typed, to check the same contract end to end.
 
 The fine-tuning preset's batch on a set too small for it is adapted (the largest batch that
 fits, logged and recorded in the results), while an explicit --batch-size that does not fit is
@@ -12,8 +15,12 @@ refused with the sizes that fit.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
+import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -29,11 +36,43 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_tool(tool: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python eval/<tool>.py ARGS`` from the repository root."""
+    """``python eval/<tool>.py ARGS`` from the repository root, as a subprocess."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, str(ROOT / "eval" / f"{tool}.py"), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def call_tool(tool: str, *args) -> subprocess.CompletedProcess:
+    """``eval/<tool>.py``'s ``main(ARGS)`` in this process, from the repository root: its exit status
+    (argparse's ``SystemExit`` included) and what it printed and logged, as :func:`run_tool` returns them."""
+    spec = importlib.util.spec_from_file_location(f"eval_tool_{tool}", ROOT / "eval" / f"{tool}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    # The tools log through the root logger; pytest's own handlers make their basicConfig a no-op.
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    cwd = os.getcwd()
+    tracking = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = module.main([str(arg) for arg in args])
+            except SystemExit as exit_:  # argparse
+                status = exit_.code
+    finally:
+        os.chdir(cwd)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        if tracking is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = tracking
+    return subprocess.CompletedProcess([tool, *args], status, out.getvalue(), err.getvalue())
 
 
 def assert_input_error(result: subprocess.CompletedProcess, *names: str, argparse: bool = False) -> str:
@@ -71,7 +110,7 @@ def small_set(tmp_path) -> Path:
 def test_finetune_preset_batch_adapts_to_a_small_set(sound_shards, random_tiny_export, small_set, tmp_path):
     """The esc50 preset's batch of 64 on 32 training items: fine-tune with 32, say so, record both."""
     out = tmp_path / "finetune.json"
-    result = run_tool("finetune", "--checkpoint", random_tiny_export, "--modality", "audio", "--preset", "esc50",
+    result = call_tool("finetune", "--checkpoint", random_tiny_export, "--modality", "audio", "--preset", "esc50",
                       "--data", sound_shards, "--splits", f"lists:{small_set}", "--dataset-name", "small51",
                       "--epochs", "1", "--workers", "0", "--no-progress", "--no-track", "--output", out)
     assert result.returncode == 0, result.stderr[-6000:]
@@ -98,7 +137,7 @@ def test_finetune_refuses_what_cannot_run(sound_shards, random_tiny_export, smal
             "--splits", f"lists:{small_set}", "--epochs", "1", "--no-progress", "--no-track"]
     if "--modality" in options:
         args[2:4] = []
-    assert_input_error(run_tool("finetune", *args, *options), *names)
+    assert_input_error(call_tool("finetune", *args, *options), *names)
 
 
 # ----------------------------------------------------------------------------- late_fusion.py
@@ -110,7 +149,7 @@ def test_finetune_refuses_what_cannot_run(sound_shards, random_tiny_export, smal
 ], ids=["video-and-audio-windows-differ", "audio-only-set"])
 def test_late_fusion_refuses_misaligned_inputs(sound_shards, random_tiny_export, tmp_path, options, names):
     # Few clips: on the old code the audio features are extracted before the misalignment shows.
-    result = run_tool("late_fusion", "--checkpoint", random_tiny_export, *sound_args(sound_shards), "--train-clips",
+    result = call_tool("late_fusion", "--checkpoint", random_tiny_export, *sound_args(sound_shards), "--train-clips",
                       "1", "--test-clips", "1", "--cache-dir", tmp_path / "cache", "--no-progress", "--no-track",
                       *options)
     assert_input_error(result, *names)
@@ -125,7 +164,7 @@ def test_late_fusion_checks_pass_real_audio_visual_clips(sample_shards, random_t
                                        "speech/jwpIntro.mp4\nscene/bikes.mp4\n")
     (lists / "s_test.txt").write_text("music/pianist.avi\nface/single_face.mp4\ngraphics/default.mp4\n")
     out = tmp_path / "fusion.json"
-    result = run_tool("late_fusion", "--checkpoint", random_tiny_export, "--data", sample_shards, "--splits",
+    result = call_tool("late_fusion", "--checkpoint", random_tiny_export, "--data", sample_shards, "--splits",
                       f"lists:{lists}", "--train-clips", "2", "--test-clips", "1", "--workers", "0", "--cache-dir",
                       tmp_path / "cache", "--no-progress", "--no-track", "--output", out)
     assert result.returncode == 0, result.stderr[-6000:]
@@ -166,7 +205,7 @@ def test_protocols_refuse_bad_options(sound_shards, random_tiny_export, tmp_path
         args += [*sound_args(sound_shards), "--no-track"]
     if "--modality" in options:
         args[2:4] = []
-    assert_input_error(run_tool(tool, *args, *options), *names, argparse=argparse)
+    assert_input_error(call_tool(tool, *args, *options), *names, argparse=argparse)
 
 
 def test_linear_svm_on_a_split_of_one_class(sound_shards, random_tiny_export, tmp_path):
@@ -175,7 +214,7 @@ def test_linear_svm_on_a_split_of_one_class(sound_shards, random_tiny_export, tm
     lists.mkdir()
     (lists / "one_train.txt").write_text("goat/goat_10.ogg\ngoat/goat_11.ogg\ngoat/goat_12.ogg\n")
     (lists / "one_test.txt").write_text("saw/con_saw_01.ogg\ngoat/goat_13.ogg\n")
-    result = run_tool("linear_svm", "--checkpoint", random_tiny_export, "--modality", "audio", "--data", sound_shards,
+    result = call_tool("linear_svm", "--checkpoint", random_tiny_export, "--modality", "audio", "--data", sound_shards,
                       "--splits", f"lists:{lists}", "--train-clips", "1", "--cache-dir", tmp_path / "cache",
                       "--no-progress", "--no-track")
     assert_input_error(result, "split one", "3 training items are all of one class")
@@ -185,7 +224,7 @@ def test_export_directory_without_the_encoder(sound_shards, random_tiny_export, 
     """--checkpoint lacking the encoder the protocol needs: named before any data is read."""
     partial = tmp_path / "export"
     shutil.copytree(random_tiny_export, partial, ignore=shutil.ignore_patterns("audio_teacher*", "features"))
-    result = run_tool("fc_tune", "--checkpoint", partial, "--modality", "audio", *sound_args(sound_shards),
+    result = call_tool("fc_tune", "--checkpoint", partial, "--modality", "audio", *sound_args(sound_shards),
                       "--no-progress", "--no-track")
     assert_input_error(result, f"--checkpoint {partial}", "missing audio_teacher_encoder.safetensors",
                        "launch/export_encoders.py")
@@ -193,7 +232,7 @@ def test_export_directory_without_the_encoder(sound_shards, random_tiny_export, 
 
 def test_random_init_like_a_directory_without_config(tmp_path):
     (tmp_path / "not_an_export").mkdir()
-    result = run_tool("random_init", "--like", tmp_path / "not_an_export", "--output", tmp_path / "out")
+    result = call_tool("random_init", "--like", tmp_path / "not_an_export", "--output", tmp_path / "out")
     assert_input_error(result, str(tmp_path / "not_an_export"), "no config.yaml", "launch/export_encoders.py")
 
 
@@ -219,7 +258,7 @@ def test_corrupt_clip_read_in_a_worker_is_one_error_line(sound_shards, random_ti
     with open(first.shard, "r+b") as handle:  # same size, so the index and the tar stay valid
         handle.seek(offset)
         handle.write(b"\0" * size)
-    result = run_tool("linear_svm", "--checkpoint", random_tiny_export, "--modality", "audio",
+    result = call_tool("linear_svm", "--checkpoint", random_tiny_export, "--modality", "audio",
                       *sound_args(shards), "--train-clips", "1", "--workers", "2", "--cache-dir", tmp_path / "cache",
                       "--no-progress", "--no-track")
     line = assert_input_error(result, f"key {first.key}", Path(first.shard).name, "cannot read")

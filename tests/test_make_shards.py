@@ -259,6 +259,7 @@ def test_verify_passes_then_fails_on_corruption(built, tmp_path):
     assert bad.returncode == 1 and "expected ['webm', 'flac', 'json', 'npy']" in bad.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_byte_identical(built, inputs_dir, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(MAKE_SHARDS), "--input", str(inputs_dir), "--output", str(out), "--no-progress",

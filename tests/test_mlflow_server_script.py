@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / "scripts" / "mlflow_server.sh"
 WAIT = 300  # seconds: a bound on waiting, not a speed requirement
@@ -62,6 +64,7 @@ def test_stop_with_a_stale_pid_file_kills_nothing(tmp_path):
         bystander.wait()
 
 
+@pytest.mark.slow
 def test_private_store_and_backend_uri_off_the_command_line(tmp_path):
     state, port = tmp_path / "store", free_port()  # the script creates the state directory
     started = server("start", state, port)

@@ -66,6 +66,7 @@ def test_shared_blocks_are_counted_once():
     assert mats["audio_student_encoder"] == ms["audio_student_encoder"]
 
 
+@pytest.mark.slow
 def test_cli_prints_json(tmp_path):
     config = tmp_path / "small.yaml"
     config.write_text(

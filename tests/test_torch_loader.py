@@ -31,7 +31,7 @@ def by_key(split, key: str) -> int:
 def test_shapes_and_dtypes(split):
     views = views_config(**TINY_VIEWS)
     dataset = ClipDataset(split, views, seed=0, epoch=0, indices=np.arange(len(split)))
-    item = dataset[0]
+    (item,) = dataset[0]["samples"]
     assert item["video_global"].shape == (3, 8, 32, 32)
     assert item["video_local"].shape == (2, 3, 4, 16, 16)
     assert item["audio_global"].shape == (1, 80, 224)
@@ -100,31 +100,42 @@ def reference_global_view(frames: torch.Tensor, p, size: int) -> torch.Tensor:
     return ((x - mean[:, None, None]) / std[:, None, None]).permute(1, 0, 2, 3)
 
 
-def test_global_window_synchronised(clips, split):
-    """Views are computed from frames video_start.. and samples video_start * 2000.. of the clip."""
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_global_window_synchronised(clips, split, repeats):
+    """Views are computed from frames video_start.. and samples video_start * 2000.. of the clip.
+    With k samples per decode, each sample's views are its own parameters applied to that window."""
     views = views_config(**TINY_VIEWS)
     logmel = LogMel(views)
     full = full_decode(clips["ramp"]["webm"])
     audio, _ = soundfile.read(io.BytesIO(clips["ramp"]["flac"]), dtype="float32")
     index, starts = by_key(split, "ramp"), set()
     for epoch in range(4):
-        dataset = ClipDataset(split, views, seed=3, epoch=epoch, indices=np.arange(len(split)))
-        p, item = dataset.params(index), dataset[index]
-        start = p.video_start
-        starts.add(start)
-        assert p.audio_start == start * 2000
-        frames = full[start:start + 8]
-        torch.testing.assert_close(item["video_global"], reference_global_view(frames, p, views.video_global_size),
-                                   atol=1e-5, rtol=0)
-        assert torch.equal(item["video_local"], local_video_views(frames, p, views))
-        window = torch.from_numpy(audio[start * 2000:start * 2000 + 32000])
-        assert torch.equal(item["audio_global"], logmel((window * p.audio_gain)[None]))
-        for a in range(2):
-            offset = int(p.audio_local_offsets[a])
-            segment = torch.from_numpy(audio[start * 2000 + offset:start * 2000 + offset + 16000])
-            spec = logmel((segment * float(p.audio_local_gains[a]))[None])[0]
-            assert torch.equal(item["audio_local"][a], crop_spectrogram(spec, p.audio_local_boxes[a]))
+        for p, item in zip(*views_of(split, views, epoch, index, repeats)):
+            start = p.video_start
+            starts.add(start)
+            assert p.audio_start == start * 2000
+            frames = full[start:start + 8]
+            expected = reference_global_view(frames, p, views.video_global_size)
+            torch.testing.assert_close(item["video_global"], expected, atol=1e-5, rtol=0)
+            assert torch.equal(item["video_local"], local_video_views(frames, p, views))
+            window = torch.from_numpy(audio[start * 2000:start * 2000 + 32000])
+            assert torch.equal(item["audio_global"], logmel((window * p.audio_gain)[None]))
+            for a in range(2):
+                offset = int(p.audio_local_offsets[a])
+                segment = torch.from_numpy(audio[start * 2000 + offset:start * 2000 + offset + 16000])
+                spec = logmel((segment * float(p.audio_local_gains[a]))[None])[0]
+                assert torch.equal(item["audio_local"][a], crop_spectrogram(spec, p.audio_local_boxes[a]))
     assert any(start > 0 for start in starts)  # the seek path ran
+
+
+def views_of(split, views, epoch: int, index: int, repeats: int) -> tuple[list, list[dict]]:
+    """(view parameters, views) of each of clip ``index``'s samples; k > 1 draws differ per sample."""
+    dataset = ClipDataset(split, views, seed=3, epoch=epoch, indices=np.arange(len(split)), repeats=repeats)
+    params, samples = dataset.params(index), dataset[index]["samples"]
+    assert len(params) == len(samples) == repeats
+    assert len({p.video_start for p in params}) == 1  # one window, decoded once
+    assert len({tuple(p.global_box) for p in params}) == repeats
+    return params, samples
 
 
 def test_global_logmel_exact_with_padding(clips, split):
@@ -132,7 +143,7 @@ def test_global_logmel_exact_with_padding(clips, split):
     views = views_config()
     index = by_key(split, "single_face")
     dataset = ClipDataset(split, views, seed=0, epoch=0, indices=[index])
-    p, item = dataset.params(index), dataset[0]
+    (p,), (item,) = dataset.params(index), dataset[0]["samples"]
     audio, _ = soundfile.read(io.BytesIO(clips["single_face"]["flac"]), dtype="float32")
     assert p.video_start == 0 and len(audio) < 64000
     window = torch.zeros(64000)
@@ -200,7 +211,7 @@ def test_views_depend_only_on_seed_epoch_index(split):
     a = ClipDataset(split, views, seed=7, epoch=2, indices=[3, 1])
     b = ClipDataset(split, views, seed=7, epoch=2, indices=[1])
     c = ClipDataset(split, views, seed=7, epoch=3, indices=[1])
-    first, again, other = a[1], b[0], c[0]
+    (first,), (again,), (other,) = a[1]["samples"], b[0]["samples"], c[0]["samples"]
     for name in ("video_global", "video_local", "audio_global", "audio_local"):
         assert torch.equal(first[name], again[name])
         assert not torch.equal(first[name], other[name])
@@ -216,9 +227,10 @@ def test_corrupt_samples_are_replaced_and_counted(clips, tmp_path, caplog):
     views = views_config(**TINY_VIEWS)
     order = np.array([by_key(split, key) for key in ("garbage", "good_a", "good_b", "no_audio_member")])
     dataset = ClipDataset(split, views, seed=0, epoch=0, indices=order, batch_size=2)
-    item = dataset[0]  # garbage's slot: good_b, 2 positions on, stands in
-    assert item["key"] == "good_b" and [split[i].key for i, _ in item["found"]] == ["garbage"]
-    assert not torch.equal(item["video_global"], dataset[2]["video_global"])  # good_b's own slot: other views
+    slot = dataset[0]  # garbage's slot: good_b, 2 positions on, stands in
+    (item,), (own,) = slot["samples"], dataset[2]["samples"]
+    assert item["key"] == "good_b" and [split[i].key for i, _ in slot["found"]] == ["garbage"]
+    assert not torch.equal(item["video_global"], own["video_global"])  # good_b's own slot: other views
 
     loader = TorchClipLoader(split, views, batch_size=2, num_workers=2, plan=EpochPlan(4), seed=0)
     with caplog.at_level(logging.WARNING, logger="xkd.data.sample_check"):

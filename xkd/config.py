@@ -187,6 +187,10 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 256
     steps_per_epoch: int = 0  # 0: derived from the shard manifest
+    # Training samples drawn from each decoded clip (MAE-ST's repeated augmentation): k samples share
+    # the clip's decode and its temporal window, every other augmentation is drawn per sample. 1: the
+    # paper. The micro-batch must be a multiple of it (a batch holds whole clips).
+    samples_per_decode: int = 1
 
 
 @dataclass
@@ -484,6 +488,10 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
     _check(t.dist_timeout_s > 0, source, "train.dist_timeout_s", "a positive number of seconds", t.dist_timeout_s)
     _check(d.num_workers >= 0, source, "data.num_workers", "a non-negative integer", d.num_workers)
     _check(d.steps_per_epoch >= 0, source, "data.steps_per_epoch", "a non-negative integer", d.steps_per_epoch)
+    _check(d.samples_per_decode >= 1, source, "data.samples_per_decode", "a positive integer (1: the paper)",
+           d.samples_per_decode)
+    _check(t.micro_batch_size % d.samples_per_decode == 0, source, "train.micro_batch_size",
+           f"a multiple of data.samples_per_decode ({d.samples_per_decode}), or 0 to derive it", t.micro_batch_size)
     _validate_probe(config.probe, source)
 
 

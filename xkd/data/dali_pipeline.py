@@ -36,21 +36,22 @@ import numpy as np
 import torch
 
 from xkd.config import ViewsConfig
-from xkd.data.format import AUDIO_EXT, HEIGHT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT, WIDTH
+from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, corruption_reason, describe, read_info
-from xkd.data.sampler import EpochPlan, slot_candidates, view_rng
+from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
-from xkd.data.view_params import ClipViewParams, draw_view_params
+from xkd.data.view_params import ClipViewParams
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Columns the Python source hands to the graph, in order.
-SOURCE_COLUMNS = (
-    "video", "audio", "video_frames", "audio_start", "global_box", "global_flip", "global_color",
-    "local_offsets", "local_boxes", "local_flips", "local_colors", "local_blur", "audio_gain",
-    "audio_local_offsets", "audio_local_gains", "audio_local_boxes", "sample_index",
+# View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
+REPEAT_COLUMNS = (
+    "global_box", "global_flip", "global_color", "local_offsets", "local_boxes", "local_flips", "local_colors",
+    "local_blur", "audio_gain", "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
 )
+# Columns the Python source hands to the graph, in order: per clip, then per sample, then the clip's index.
+SOURCE_COLUMNS = ("video", "audio", "video_frames", "audio_start", *REPEAT_COLUMNS, "sample_index")
 
 
 def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
@@ -58,14 +59,9 @@ def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
     return np.minimum(np.arange(start, start + length), stored_frames - 1).astype(np.int32)
 
 
-def source_columns(ref: SampleRef, params: ClipViewParams, views: ViewsConfig, stored_frames: int
-                   ) -> dict[str, np.ndarray]:
-    """One sample's row of the source: raw member bytes and its view parameters as arrays."""
+def repeat_columns(params: ClipViewParams) -> dict[str, np.ndarray]:
+    """The view parameters of one sample as arrays (the columns after ``audio_start``)."""
     return {
-        "video": np.frombuffer(ref.read(VIDEO_EXT), dtype=np.uint8),
-        "audio": np.frombuffer(ref.read(AUDIO_EXT), dtype=np.uint8),
-        "video_frames": window_frames(params.video_start, views.video_global_frames, stored_frames),
-        "audio_start": np.array(params.audio_start, dtype=np.int32),
         "global_box": params.global_box,
         "global_flip": np.array(params.global_flip, dtype=np.int32),
         "global_color": params.global_color.as_array(),
@@ -81,8 +77,23 @@ def source_columns(ref: SampleRef, params: ClipViewParams, views: ViewsConfig, s
     }
 
 
+def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsConfig, stored_frames: int
+                   ) -> dict[str, np.ndarray]:
+    """One clip's row of the source: raw member bytes, the window they share (``params[0]``'s), and
+    the view parameters of each of its samples, stacked on a leading repeat axis."""
+    per_sample = [repeat_columns(p) for p in params]
+    return {
+        "video": np.frombuffer(ref.read(VIDEO_EXT), dtype=np.uint8),
+        "audio": np.frombuffer(ref.read(AUDIO_EXT), dtype=np.uint8),
+        "video_frames": window_frames(params[0].video_start, views.video_global_frames, stored_frames),
+        "audio_start": np.array(params[0].audio_start, dtype=np.int32),
+        **{name: np.stack([columns[name] for columns in per_sample]) for name in REPEAT_COLUMNS},
+    }
+
+
 class ShardSource:
     """DALI external source (batch mode): one epoch of one rank's batches, from a position on.
+    Positions and ``batch_size`` count clips (each gives ``plan.samples_per_decode`` samples).
 
     Batch ``iteration`` is a pure function of the plan, the known corrupt samples and the
     failures found so far, so DALI's prefetching can neither skip nor repeat samples; the loader
@@ -100,7 +111,7 @@ class ShardSource:
                  failed: dict[int, frozenset[int]] | None = None, augment: bool = True,
                  reader: Executor | None = None):
         self.samples, self.views, self.plan, self.augment = samples, views, plan, augment
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.repeats = batch_size, seed, plan.samples_per_decode
         self.epoch, self.start_position = epoch, start_position
         self.order = plan.indices(epoch)
         self.known = known  # corrupt samples every rank skips unread
@@ -154,9 +165,8 @@ class ShardSource:
     def row(self, index: int, stand_in_for: int | None) -> dict[str, np.ndarray]:
         ref = self.samples[index]
         info = read_info(ref)
-        params = draw_view_params(view_rng(self.seed, self.epoch, index, stand_in_for), self.views,
-                                  int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]),
-                                  int(info[WIDTH]), self.augment)
+        params = clip_view_params(self.seed, self.epoch, index, stand_in_for, self.repeats, self.views, info,
+                                  self.augment)
         # The sample's index rides through the graph, so a batch says which samples it holds.
         return {**source_columns(ref, params, self.views, int(info[NUM_FRAMES])),
                 "sample_index": np.array(index, dtype=np.int64)}
@@ -175,8 +185,9 @@ class OneSample:
 
 
 def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, device: str, num_threads: int,
-                   seed: int, prefetch: int = 2):
-    """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode, GPU ops)."""
+                   seed: int, prefetch: int = 2, repeats: int = 1):
+    """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode, GPU ops). ``batch_size``
+    counts clips; each is decoded once and gives ``repeats`` samples (their outputs in repeat order)."""
     from nvidia.dali import fn, pipeline_def, types
     import nvidia.dali.math as dmath
 
@@ -211,18 +222,9 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
         columns = dict(zip(SOURCE_COLUMNS, fn.external_source(
             source=source, num_outputs=len(SOURCE_COLUMNS), batch=True, batch_info=True, parallel=False)))
         # Explicit indices, no padding by DALI: frames a video lacks are an error, not edge copies.
+        # One decode of the shared window per clip; every sample's views are cut from it.
         frames = fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
                                    frames=columns["video_frames"], pad_mode="none")
-        outputs = [normalise(color(crop_resize(frames, columns["global_box"], views.video_global_size),
-                                   columns["global_color"]), columns["global_flip"])]
-        for v in range(views.video_local_views):
-            local = fn.slice(frames, start=columns["local_offsets"][v], shape=views.video_local_frames, axes=[0])
-            local = color(crop_resize(local, columns["local_boxes"][v], views.video_local_size),
-                          columns["local_colors"][v])
-            if columns["local_blur"][v] > 0:
-                local = fn.gaussian_blur(local, sigma=columns["local_blur"][v])
-            outputs.append(normalise(local, columns["local_flips"][v]))
-
         waveform, _ = fn.decoders.audio(columns["audio"], sample_rate=views.audio_sample_rate, downmix=True,
                                         dtype=types.FLOAT)
         global_samples = int(round(views.audio_global_seconds * views.audio_sample_rate))
@@ -231,18 +233,30 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
                            out_of_bounds_policy="pad")
         if on_gpu:
             segment = segment.gpu()
-        outputs.append(fn.expand_dims(log_mel(segment * columns["audio_gain"]), axes=[0], new_axis_names="C"))
-        for a in range(views.audio_local_views):
-            local = fn.slice(segment, start=columns["audio_local_offsets"][a], shape=local_samples, axes=[0])
-            local_mel = log_mel(local * columns["audio_local_gains"][a])
-            box = columns["audio_local_boxes"][a]
-            # BYOL-A virtual canvas: crop (zeros outside = the normalised mean), resize back.
-            crop = fn.slice(local_mel, start=box[0:2], end=box[2:4], axes=[0, 1], out_of_bounds_policy="pad",
-                             fill_values=0.0)
-            crop = fn.expand_dims(fn.reshape(crop, layout="HW"), axes=[2], new_axis_names="C")
-            crop = fn.resize(crop, size=[views.mel_bins, views.audio_local_frames], interp_type=types.INTERP_CUBIC,
-                             antialias=False)
-            outputs.append(fn.transpose(crop, perm=[2, 0, 1], output_layout="CHW"))
+        outputs = []
+        for r in range(repeats):
+            p = {name: columns[name][r] for name in REPEAT_COLUMNS}  # sample r's view parameters
+            outputs.append(normalise(color(crop_resize(frames, p["global_box"], views.video_global_size),
+                                           p["global_color"]), p["global_flip"]))
+            for v in range(views.video_local_views):
+                local = fn.slice(frames, start=p["local_offsets"][v], shape=views.video_local_frames, axes=[0])
+                local = color(crop_resize(local, p["local_boxes"][v], views.video_local_size), p["local_colors"][v])
+                if p["local_blur"][v] > 0:
+                    local = fn.gaussian_blur(local, sigma=p["local_blur"][v])
+                outputs.append(normalise(local, p["local_flips"][v]))
+
+            outputs.append(fn.expand_dims(log_mel(segment * p["audio_gain"]), axes=[0], new_axis_names="C"))
+            for a in range(views.audio_local_views):
+                local = fn.slice(segment, start=p["audio_local_offsets"][a], shape=local_samples, axes=[0])
+                local_mel = log_mel(local * p["audio_local_gains"][a])
+                box = p["audio_local_boxes"][a]
+                # BYOL-A virtual canvas: crop (zeros outside = the normalised mean), resize back.
+                crop = fn.slice(local_mel, start=box[0:2], end=box[2:4], axes=[0, 1], out_of_bounds_policy="pad",
+                                fill_values=0.0)
+                crop = fn.expand_dims(fn.reshape(crop, layout="HW"), axes=[2], new_axis_names="C")
+                crop = fn.resize(crop, size=[views.mel_bins, views.audio_local_frames],
+                                 interp_type=types.INTERP_CUBIC, antialias=False)
+                outputs.append(fn.transpose(crop, perm=[2, 0, 1], output_layout="CHW"))
         return (*outputs, columns["sample_index"])
 
     # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
@@ -291,8 +305,9 @@ class DaliClipLoader:
         self.augment = augment
         self.device, self.num_threads, self.seed = device, num_threads, seed
         self.epoch, self.position = start_epoch, start_position
+        self.clips_per_batch = plan.clips_per_batch(batch_size)
         self.corrupt = CorruptSamples(samples, corrupt_state)
-        # Batch position -> {sample: reason} of samples whose decode failed there (this epoch).
+        # Batch position (in clips) -> {sample: reason} of samples whose decode failed there (this epoch).
         self.failed: dict[int, dict[int, str]] = {}
         # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead).
         self.reader = ThreadPoolExecutor(max_workers=max(1, min(4, num_threads)), thread_name_prefix="xkd-read")
@@ -306,14 +321,20 @@ class DaliClipLoader:
         """Share the corrupt samples found with every rank (collective); returns the run's count."""
         return self.corrupt.sync()
 
+    @property
+    def clip_position(self) -> int:
+        """The position in the epoch's order of clips (the source's positions count clips)."""
+        return self.position // self.plan.samples_per_decode
+
     def _build(self) -> None:
         """(Re)build the graph to continue at the current position."""
         self.corrupt.changed = False
         failed = {position: frozenset(bad) for position, bad in self.failed.items()}
-        self.source = ShardSource(self.samples, self.views, self.plan, self.batch_size, self.seed, self.epoch,
-                                  self.position, frozenset(self.corrupt.known), failed, self.augment, self.reader)
-        self.pipeline = build_pipeline(self.source, self.views, self.batch_size, self.device, self.num_threads,
-                                       self.seed)
+        self.source = ShardSource(self.samples, self.views, self.plan, self.clips_per_batch, self.seed, self.epoch,
+                                  self.clip_position, frozenset(self.corrupt.known), failed, self.augment,
+                                  self.reader)
+        self.pipeline = build_pipeline(self.source, self.views, self.clips_per_batch, self.device, self.num_threads,
+                                       self.seed, repeats=self.plan.samples_per_decode)
         self.pipeline.build()
         check_pipeline_device(self.pipeline, self.device)
 
@@ -322,16 +343,17 @@ class DaliClipLoader:
         (in Python, else each through DALI alone), exclude them from it, and rebuild there. DALI
         reports a failure with the batch that failed; the prefetched batches are looked at only if
         that one has no culprit."""
-        for position in range(self.position, self.position + 3 * self.batch_size, self.batch_size):
+        begin, clips = self.clip_position, self.clips_per_batch
+        for position in range(begin, begin + 3 * clips, clips):
             bad = {index: reason for index, _ in self.source.chosen.get(position, ())
                    if (reason := corruption_reason(self.samples[index]))}
-            if not bad and position == self.position:
+            if not bad and position == begin:
                 bad = self._rejected_by_dali(position)
             if bad:
                 self.failed.setdefault(position, {}).update(bad)
                 self._build()
                 return
-        keys = [self.samples[i].key for i, _ in self.source.chosen.get(self.position, ())]
+        keys = [self.samples[i].key for i, _ in self.source.chosen.get(begin, ())]
         raise RuntimeError(f"DALI failed on the batch at epoch {self.epoch}, position {self.position} (samples "
                            f"{keys}), but each of them decodes, in Python and in DALI alone") from error
 
@@ -341,7 +363,7 @@ class DaliClipLoader:
         bad = {}
         for index, stand_in_for in self.source.chosen.get(position, ()):
             probe = build_pipeline(OneSample(self.source.row(index, stand_in_for)), self.views, 1, self.device, 1,
-                                   self.seed, prefetch=1)
+                                   self.seed, prefetch=1, repeats=self.plan.samples_per_decode)
             probe.build()
             try:
                 probe.run()
@@ -361,13 +383,21 @@ class DaliClipLoader:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
         tensors = [to_torch_tensor(out.as_tensor(), copy=True) for out in outputs]
-        n_video = self.views.video_local_views
+        n_video, repeats = self.views.video_local_views, self.plan.samples_per_decode
+        per_repeat = len(tensors[:-1]) // repeats
+
+        def samples(views: list[torch.Tensor]) -> torch.Tensor:
+            """(clips, ...) per repeat -> (clips * repeats, ...), a clip's samples next to each other."""
+            return torch.stack(views, dim=1).flatten(0, 1)
+
+        groups = [tensors[r * per_repeat:(r + 1) * per_repeat] for r in range(repeats)]
         return {
-            "video_global": tensors[0],
-            "video_local": torch.stack(tensors[1 : 1 + n_video], dim=1),
-            "audio_global": tensors[1 + n_video],
-            "audio_local": torch.stack(tensors[2 + n_video : -1], dim=1),
-            "sample_index": tensors[-1].reshape(-1),  # index into the loader's samples (not a model input)
+            "video_global": samples([g[0] for g in groups]),
+            "video_local": samples([torch.stack(g[1:1 + n_video], dim=1) for g in groups]),
+            "audio_global": samples([g[1 + n_video] for g in groups]),
+            "audio_local": samples([torch.stack(g[2 + n_video:], dim=1) for g in groups]),
+            # Index into the loader's samples (not a model input), once per sample.
+            "sample_index": tensors[-1].reshape(-1).repeat_interleave(repeats),
         }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -385,7 +415,7 @@ class DaliClipLoader:
             except RuntimeError as error:  # DALI's decode errors (the source's own are caught in the source)
                 self._exclude_failed(error)
                 continue
-            found = self.source.found.get(self.position, [])
-            self.corrupt.note([*found, *self.failed.pop(self.position, {}).items()])
+            found = self.source.found.get(self.clip_position, [])
+            self.corrupt.note([*found, *self.failed.pop(self.clip_position, {}).items()])
             self.position += self.batch_size
             yield self._to_batch(outputs)

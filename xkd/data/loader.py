@@ -36,10 +36,12 @@ def training_samples(config: XKDConfig, shards: str, world_size: int) -> list[Sa
         raise ValueError(f"{shards}: {len(audio_only)} of {len(samples)} samples have no video member (first: "
                          f"{audio_only[0].key} in {audio_only[0].shard}); pretraining needs audio-visual clips. "
                          "Audio-only shards (make_shards --no-video-policy audio-only) are for eval/.")
-    per_rank = EpochPlan(len(samples), world_size, 0, config.train.seed).samples_per_rank
-    if per_rank < config.train.micro_batch_size:
+    repeats = config.data.samples_per_decode
+    per_rank = EpochPlan(len(samples), world_size, 0, config.train.seed).clips_per_rank
+    if per_rank * repeats < config.train.micro_batch_size:
         raise ValueError(f"{shards}: {len(samples)} samples give {per_rank} per rank with {world_size} ranks, "
-                         f"fewer than train.micro_batch_size ({config.train.micro_batch_size})")
+                         f"fewer than a micro-batch holds (train.micro_batch_size {config.train.micro_batch_size}"
+                         + (f" / data.samples_per_decode {repeats})" if repeats > 1 else ")"))
     return samples
 
 
@@ -49,7 +51,7 @@ def build_train_loader(config: XKDConfig, shards: str, rank: int, world_size: in
     samples known, when the state came from a loader that tracks them); ``samples``:
     :func:`training_samples` when the caller has already indexed and checked the split."""
     samples = samples if samples is not None else training_samples(config, shards, world_size)
-    plan = EpochPlan(len(samples), world_size, rank, config.train.seed)
+    plan = EpochPlan(len(samples), world_size, rank, config.train.seed, config.data.samples_per_decode)
     batch = config.train.micro_batch_size
     common = dict(views=config.views, batch_size=batch, plan=plan, seed=config.train.seed,
                   start_epoch=state["epoch"], start_position=state["position"], corrupt_state=state)

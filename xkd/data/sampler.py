@@ -7,6 +7,10 @@ epoch, a different few each epoch), and a position (epoch, samples consumed) ide
 exactly where a rank stands, so a resumed run reads the same samples an uninterrupted one
 would have.
 
+With ``samples_per_decode`` k > 1 each clip of the order yields k consecutive training samples
+(repeats 0..k-1, views of their own, one decode): the position counts samples, so the clip slot
+of position p is p // k and its repeat p % k; a batch of B samples holds B / k whole clips.
+
 A sample that cannot be read (``xkd.data.sample_check``) keeps its batch full: the first
 readable of its slot's stand-ins (:func:`slot_candidates`) takes its place, with views of its
 own (:func:`view_rng`). Stand-ins come from the rank's own epoch order, so every rank still
@@ -14,37 +18,56 @@ consumes exactly one batch of positions per batch and a position stays rank-inde
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from xkd.data.view_params import sample_seed
+from xkd.config import ViewsConfig
+from xkd.data.format import HEIGHT, NUM_AUDIO_SAMPLES, NUM_FRAMES, WIDTH
+from xkd.data.view_params import ClipViewParams, draw_view_params, sample_seed
 
 STAND_IN = 0x57A1  # separates a stand-in's view stream from the sample's own
+REPEAT = 0x7E9  # separates a repeat's view stream from the clip's first sample
 
 
 @dataclass(frozen=True)
 class EpochPlan:
-    num_samples: int
+    num_samples: int  # clips in the split
     world_size: int = 1
     rank: int = 0
     seed: int = 0
+    samples_per_decode: int = 1
 
     def __post_init__(self):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
         if self.num_samples < self.world_size:
             raise ValueError(f"{self.num_samples} samples cannot feed {self.world_size} ranks")
+        if self.samples_per_decode < 1:
+            raise ValueError(f"samples_per_decode must be positive, got {self.samples_per_decode}")
+
+    @property
+    def clips_per_rank(self) -> int:
+        return self.num_samples // self.world_size
 
     @property
     def samples_per_rank(self) -> int:
-        return self.num_samples // self.world_size
+        """Training samples this rank reads per epoch (k per clip)."""
+        return self.clips_per_rank * self.samples_per_decode
 
     def indices(self, epoch: int) -> np.ndarray:
-        """Split-level sample indices this rank reads in ``epoch``, in order."""
+        """Split-level indices of the clips this rank reads in ``epoch``, in order."""
         permutation = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, 0x5A])).permutation(self.num_samples)
-        return permutation[self.rank :: self.world_size][: self.samples_per_rank]
+        return permutation[self.rank :: self.world_size][: self.clips_per_rank]
+
+    def clips_per_batch(self, batch_size: int) -> int:
+        """Clips in a batch of ``batch_size`` samples (a whole number: the config checks it)."""
+        if batch_size % self.samples_per_decode:
+            raise ValueError(f"batch of {batch_size} samples is not a multiple of samples_per_decode "
+                             f"({self.samples_per_decode})")
+        return batch_size // self.samples_per_decode
 
     def batches_per_epoch(self, batch_size: int) -> int:
         return self.samples_per_rank // batch_size
@@ -76,10 +99,28 @@ def slot_candidates(order: np.ndarray, position: int, batch_size: int) -> Iterat
         yield int(order[candidate]), position
 
 
-def view_rng(seed: int, epoch: int, index: int, stand_in_for: int | None = None) -> np.random.Generator:
+def view_rng(seed: int, epoch: int, index: int, stand_in_for: int | None = None, repeat: int = 0
+             ) -> np.random.Generator:
     """The random stream of one sample's views: its own (seed, epoch, sample) stream, or, standing
     in for the slot at epoch position ``stand_in_for``, a separate one (the sample also appears in
-    its own slot this epoch, and should not repeat those views)."""
-    if stand_in_for is None:
+    its own slot this epoch, and should not repeat those views). Repeat r > 0 of a clip
+    (``samples_per_decode``) has a stream of its own; repeat 0 is the stream of k = 1."""
+    key = [seed, epoch, index] if stand_in_for is None else [seed, epoch, index, STAND_IN, stand_in_for]
+    if repeat:
+        key += [REPEAT, repeat]
+    elif stand_in_for is None:
         return sample_seed(seed, epoch, index)
-    return np.random.default_rng(np.random.SeedSequence([seed, epoch, index, STAND_IN, stand_in_for]))
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def clip_view_params(seed: int, epoch: int, index: int, stand_in_for: int | None, repeats: int, views: ViewsConfig,
+                     info: np.ndarray, augment: bool = True) -> list[ClipViewParams]:
+    """The view parameters of the ``repeats`` samples one decoded clip yields. They share repeat 0's
+    temporal window (so the clip is decoded once, over one window); crops, flips, colour, blur,
+    local offsets, gains and spectrogram crops are drawn per repeat from its own stream."""
+    shape = int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]), int(info[WIDTH])
+    params = [draw_view_params(view_rng(seed, epoch, index, stand_in_for, r), views, *shape, augment)
+              for r in range(repeats)]
+    first = params[0]
+    return [first] + [dataclasses.replace(p, video_start=first.video_start, audio_start=first.audio_start)
+                      for p in params[1:]]

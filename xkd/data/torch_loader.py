@@ -7,7 +7,8 @@ audio with soundfile; the view operations live in :mod:`xkd.data.torch_views`.
 
 Batch layout (xkd/models/xkd.py): video_global (B, 3, Tg, S, S), video_local (B, n_v, 3, Tl, s, s),
 audio_global (B, 1, F, Tg_a), audio_local (B, n_a, 1, F, Tl_a), plus "key" (list of str) and
-"index" (B,) int64 split-level sample indices.
+"index" (B,) int64 split-level sample indices. With ``data.samples_per_decode`` k, a batch holds
+B / k clips, each decoded once and giving k consecutive samples (:func:`~xkd.data.sampler.clip_view_params`).
 
 A corrupt sample is replaced in its batch by the first readable stand-in of its slot
 (:func:`~xkd.data.sampler.slot_candidates`, the same rule as the DALI loader), so batches stay
@@ -26,13 +27,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from xkd.config import ViewsConfig
-from xkd.data.format import AUDIO_EXT, HEIGHT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT, WIDTH
+from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.logmel import LogMel
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, describe, read_info
-from xkd.data.sampler import EpochPlan, slot_candidates, view_rng
+from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
 from xkd.data.torch_views import global_audio_view, global_video_view, local_audio_views, local_video_views
-from xkd.data.view_params import ClipViewParams, draw_view_params
+from xkd.data.view_params import ClipViewParams
 
 VIEW_KEYS = ("video_global", "video_local", "audio_global", "audio_local")
 
@@ -88,32 +89,33 @@ def read_audio(data: bytes, start: int, count: int, sample_rate: int) -> torch.T
 
 
 class ClipDataset(Dataset):
-    """Item i: the views of the slot at position ``start + i`` of ``indices`` (a rank's epoch order)
-    for (seed, epoch): its own sample, or the first readable stand-in when that is corrupt.
+    """Item i: the ``repeats`` samples (``data.samples_per_decode``) of the clip slot at position
+    ``start + i`` of ``indices`` (a rank's epoch order of clips) for (seed, epoch), from one decode:
+    its own clip, or the first readable stand-in when that is corrupt. ``batch_size`` counts clips.
 
     ``known``: samples known to be corrupt, skipped unread. Each item carries "found", the
     (index, reason) of the corrupt samples it tried, for the loader to log and count.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, seed: int, epoch: int, indices: np.ndarray,
-                 augment: bool = True, start: int = 0, batch_size: int = 1, known: frozenset[int] = frozenset()):
+                 augment: bool = True, start: int = 0, batch_size: int = 1, known: frozenset[int] = frozenset(),
+                 repeats: int = 1):
         self.samples, self.views, self.seed, self.epoch, self.augment = samples, views, seed, epoch, augment
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.start, self.batch_size, self.known = start, batch_size, known
+        self.start, self.batch_size, self.known, self.repeats = start, batch_size, known, repeats
         self.logmel = LogMel(views)
 
     def __len__(self) -> int:
         return len(self.indices) - self.start
 
-    def params(self, index: int, stand_in_for: int | None = None) -> ClipViewParams:
-        """View parameters of split-level sample ``index`` (uses the sample's .npy info vector),
-        as a stand-in for the slot at ``stand_in_for`` if given."""
+    def params(self, index: int, stand_in_for: int | None = None) -> list[ClipViewParams]:
+        """View parameters of the samples of split-level clip ``index`` (uses the sample's .npy info
+        vector), as a stand-in for the slot at ``stand_in_for`` if given."""
         return self._params(read_info(self.samples[index]), index, stand_in_for)
 
-    def _params(self, info: np.ndarray, index: int, stand_in_for: int | None) -> ClipViewParams:
-        return draw_view_params(view_rng(self.seed, self.epoch, index, stand_in_for), self.views,
-                                int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES]), int(info[HEIGHT]),
-                                int(info[WIDTH]), self.augment)
+    def _params(self, info: np.ndarray, index: int, stand_in_for: int | None) -> list[ClipViewParams]:
+        return clip_view_params(self.seed, self.epoch, index, stand_in_for, self.repeats, self.views, info,
+                                self.augment)
 
     def __getitem__(self, i: int) -> dict:
         position, found = self.start + i, []
@@ -121,39 +123,42 @@ class ClipDataset(Dataset):
             if index in self.known:
                 continue
             try:
-                item = self.load(index, stand_in_for)
+                samples = self.load(index, stand_in_for)
             except Exception as error:  # any unreadable member makes the sample corrupt, never the run
                 found.append((index, describe(error)))
                 continue
-            item["found"] = found
-            return item
+            return {"samples": samples, "found": found}
         raise NoReadableSample(f"epoch {self.epoch}: no sample of this rank's {len(self.indices)} is readable "
                                f"(slot {position}; last: {found[-1][1] if found else 'all known corrupt'})")
 
-    def load(self, index: int, stand_in_for: int | None = None) -> dict:
+    def load(self, index: int, stand_in_for: int | None = None) -> list[dict]:
+        """The views of each of the clip's samples: one decode of the shared window, views per sample."""
         v, ref = self.views, self.samples[index]
         info = read_info(ref)
-        p = self._params(info, index, stand_in_for)
-        frames = decode_frames(ref.read(VIDEO_EXT), p.video_start, v.video_global_frames, v.video_fps,
+        params = self._params(info, index, stand_in_for)
+        first = params[0]
+        frames = decode_frames(ref.read(VIDEO_EXT), first.video_start, v.video_global_frames, v.video_fps,
                                stored_frames=int(info[NUM_FRAMES]))
         audio_window = int(round(v.audio_global_seconds * v.audio_sample_rate))
-        window = read_audio(ref.read(AUDIO_EXT), p.audio_start, audio_window, v.audio_sample_rate)
+        window = read_audio(ref.read(AUDIO_EXT), first.audio_start, audio_window, v.audio_sample_rate)
         with torch.no_grad():
-            return {
+            return [{
                 "video_global": global_video_view(frames, p, v),
                 "video_local": local_video_views(frames, p, v),
                 "audio_global": global_audio_view(window, p, self.logmel),
                 "audio_local": local_audio_views(window, p, v, self.logmel),
                 "key": ref.key,
                 "index": index,
-            }
+            } for p in params]
 
 
 def collate_clips(items: list[dict]) -> dict:
-    """Stack the views; "found" lists the corrupt samples the batch's slots tried."""
-    batch = {name: torch.stack([item[name] for item in items]) for name in VIEW_KEYS}
-    batch["key"] = [item["key"] for item in items]
-    batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.int64)
+    """Stack the views of every sample of the items (a clip's samples next to each other); "found"
+    lists the corrupt samples the batch's slots tried."""
+    samples = [sample for item in items for sample in item["samples"]]
+    batch = {name: torch.stack([sample[name] for sample in samples]) for name in VIEW_KEYS}
+    batch["key"] = [sample["key"] for sample in samples]
+    batch["index"] = torch.tensor([sample["index"] for sample in samples], dtype=torch.int64)
     batch["found"] = [found for item in items for found in item["found"]]
     return batch
 
@@ -205,9 +210,11 @@ class TorchClipLoader:
     def _loader(self, epoch: int) -> DataLoader:
         """Batches of ``epoch`` from the current position, planned with the corrupt samples known now."""
         self.corrupt.changed = False
+        repeats, clips = self.plan.samples_per_decode, self.plan.clips_per_batch(self.batch_size)
         dataset = ClipDataset(self.samples, self.views, self.seed, epoch, self.plan.indices(epoch), self.augment,
-                              start=self.position, batch_size=self.batch_size, known=frozenset(self.corrupt.known))
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=True,
+                              start=self.position // repeats, batch_size=clips, known=frozenset(self.corrupt.known),
+                              repeats=repeats)
+        return DataLoader(dataset, batch_size=clips, shuffle=False, drop_last=True,
                           num_workers=self.num_workers, collate_fn=collate_clips, pin_memory=self.pin_memory,
                           persistent_workers=False)
 

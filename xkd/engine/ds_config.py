@@ -27,7 +27,8 @@ def per_rank_batch(config: XKDConfig, world_size: int, config_source: str = "the
     """(micro-batch, gradient accumulation steps) of each rank for ``train.global_batch_size`` on
     ``world_size`` ranks. The global batch is kept (a paper hyperparameter); a pinned
     ``train.micro_batch_size`` is used as is, 0 takes the largest divisor of the per-rank batch
-    up to ``train.max_micro_batch_size``. Impossible combinations name what would work."""
+    up to ``train.max_micro_batch_size`` that holds whole clips (a multiple of
+    ``data.samples_per_decode``). Impossible combinations name what would work."""
     train = config.train
     total = train.global_batch_size
     if total % world_size:
@@ -37,6 +38,12 @@ def per_rank_batch(config: XKDConfig, world_size: int, config_source: str = "the
             f"world sizes that fit: {', '.join(map(str, fits))} (ranks = nodes x tasks or GPUs per node), or set "
             f"train.global_batch_size to a multiple of {world_size} (optim.base_lr scales with it)")
     per_rank = total // world_size
+    repeats = config.data.samples_per_decode  # a micro-batch holds whole clips
+    if per_rank % repeats:
+        raise ConfigError(
+            f"{config_source}: the per-rank batch {per_rank} (train.global_batch_size {total} / {world_size} ranks) "
+            f"is not a multiple of data.samples_per_decode ({repeats}); a batch holds the {repeats} samples of each "
+            "of its clips")
     if train.micro_batch_size:
         if per_rank % train.micro_batch_size:
             raise ConfigError(
@@ -45,7 +52,12 @@ def per_rank_batch(config: XKDConfig, world_size: int, config_source: str = "the
                 f"{', '.join(map(str, _divisors(per_rank)))}, or train.micro_batch_size=0 to derive it")
         micro = train.micro_batch_size
     else:
-        micro = max(d for d in _divisors(per_rank) if d <= train.max_micro_batch_size)
+        fits = [d for d in _divisors(per_rank) if d <= train.max_micro_batch_size and d % repeats == 0]
+        if not fits:
+            raise ConfigError(
+                f"{config_source}: no micro-batch up to train.max_micro_batch_size ({train.max_micro_batch_size}) "
+                f"is a multiple of data.samples_per_decode ({repeats}); raise one or lower the other")
+        micro = max(fits)
     return micro, per_rank // micro
 
 
