@@ -137,9 +137,13 @@ def _make_sample_shards(output: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_shards(tmp_path_factory) -> Path:
-    """The built-in sample clips sharded by the real make_shards, in a temporary folder (named like
-    the quickstart's, since run names and MLflow tags carry the folder's name)."""
-    return _make_sample_shards(tmp_path_factory.mktemp("sample") / "sample_shards")
+    """The built-in sample clips sharded by the real make_shards (scripts/make_sample_shards.sh,
+    through the test shard cache), in a temporary folder named like the quickstart's, since run
+    names and MLflow tags carry the folder's name."""
+    from shard_cache import cached_shards
+
+    return cached_shards("sample_shards", [REPO / "data" / "sample" / "av", REPO / "scripts" / "make_sample_shards.sh"],
+                         _make_sample_shards, tmp_path_factory.mktemp("sample") / "sample_shards")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ def corpus(tmp_path_factory):
     return out, meta
 
 
+@pytest.mark.slow
 def test_deterministic(corpus, tmp_path):
     out, _ = corpus
     again = tmp_path / "again"

@@ -51,6 +51,7 @@ def test_ds_config_gets_the_derived_values():
             merged["gradient_accumulation_steps"]) == (256, 8, 1)
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_of_the_paper_config_on_four_gpu_nodes(tmp_path):
     result = subprocess.run([sys.executable, "launch/slurm_submit.py", "--nodes", "4", "--gpus-per-node", "8",
                              "--config", str(K400),

@@ -7,7 +7,8 @@ audio-only shards (22 classes, 176 clips, made by the real make_shards) and the 
 of configs/tiny.yaml in the export format. Each case asserts exit status 2, an ``error:`` line
 on stderr that names the option or file at fault, and no traceback. Errors of argparse (a value
 outside an option's range) read ``<tool>.py: error: argument --x: ...``, as for any option.
-Two cases run the tool as a subprocess, exactly as typed, to check the same contract end to end.
+One case (marked slow) runs a tool as a subprocess, exactly as typed, to check the contract end
+to end.
 
 The fine-tuning preset's batch on a set too small for it is adapted (the largest batch that
 fits, logged and recorded in the results), while an explicit --batch-size that does not fit is
@@ -236,6 +237,7 @@ def test_random_init_like_a_directory_without_config(tmp_path):
     assert_input_error(result, str(tmp_path / "not_an_export"), "no config.yaml", "launch/export_encoders.py")
 
 
+@pytest.mark.slow
 def test_report_on_a_missing_path(tmp_path):
     """A typo (or an unmatched shell glob) is an error, not an empty table."""
     missing = tmp_path / "runs" / "nope" / "eval"

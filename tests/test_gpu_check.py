@@ -30,6 +30,7 @@ def _run_script(tmp_path: Path, force: bool) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("force", [True, False], ids=["forced", "this-machine"])
 def test_no_gpu_exits_2_with_a_clear_message_and_a_report(tmp_path, force):
     if not force and torch.cuda.is_available():
@@ -81,6 +82,7 @@ def test_main_reports_failures_with_exit_1_and_refuses_unknown_checks(monkeypatc
     assert "unknown checks ['nope']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_checks_configs_load_and_resolve(precision):
     from xkd.engine.ds_config import resolve_ds_config

@@ -33,6 +33,7 @@ def test_json_has_cost_and_rate_per_loader(sample_shards, tmp_path):
     assert results["keyframe_interval"] >= 1 and results["samples_per_decode"] == 2
 
 
+@pytest.mark.slow
 def test_torch_stages_reproduce_the_loader_and_cover_every_stage(sample_shards):
     views = config_from_dict({}).views
     samples = index_split(sample_shards)

@@ -41,6 +41,7 @@ def test_vit_b_counts_and_paper_tokens():
     }
 
 
+@pytest.mark.slow
 def test_vit_l_video_with_vit_b_audio():
     """ViT-L video (16 heads) with ViT-B audio (12 heads): counts, and a training pass on meta tensors."""
     config = config_from_dict({"model": {"video_encoder": "large"}})

@@ -102,6 +102,7 @@ def steps_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+@pytest.mark.slow
 def test_reconstruction_pictures(tiny_config, random_batch):
     """The pictures' inputs: masks cover the configured share of each view, the reconstruction has
     the view's shape, and every figure draws (what the trainer logs every visualize_every_steps)."""
@@ -131,6 +132,7 @@ def test_reconstruction_pictures(tiny_config, random_batch):
     assert heat.shape == batch["video_global"].shape[2:]
 
 
+@pytest.mark.slow
 def test_tracker_outage_defers_and_buffers(tmp_path, caplog):
     """A store that cannot be opened at first (a file stands where its directory belongs): nothing
     raises, one warning; once it opens, the params, the config text and every metric arrive in order."""

@@ -12,6 +12,10 @@ Stages (one DALI graph, the same on CPU and GPU; only the decode/op device chang
     -> log-mel                           spectrogram + Slaney mel + log + mean/std
     -> local spectrogram resize-crop     BYOL-A virtual-canvas crop, resized back
 
+With ``data.samples_per_decode`` k, a DALI batch is B / k clips: each is decoded once and the
+view stages run k times on it, with each sample's own parameters (k branches of the graph);
+the loader interleaves them so that a clip's samples sit side by side in the batch of B.
+
 Sample order and every random parameter are decided in Python (``EpochPlan`` and
 ``draw_view_params``) and passed into the graph. DALI 2.4 cannot checkpoint a pipeline
 that contains ``decoders.video``, so a DALI reader could not resume mid-epoch; with the
