@@ -215,8 +215,9 @@ def test_prestart_errors_on_torchrun_and_slurm_submit(sound_shards, tmp_path):
     result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
                              str(ROOT / "launch" / "pretrain.py"), "--data", str(sound_shards), "--output", str(out)],
                             cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode != 0 and "error: " in result.stderr and "have no video member" in result.stderr
-    assert "exitcode  : 2" in result.stderr and not out.exists()
+    output = result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.returncode != 0 and "error: " in result.stderr and "have no video member" in result.stderr, output
+    assert "exitcode  : 2" in result.stderr and not out.exists(), output
     submit = [sys.executable, "launch/slurm_submit.py", "--gpus-per-node", "0", "--tasks-per-node", "2",
               "--data", str(sound_shards), "--output", str(out)]
     result = subprocess.run(submit, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)

@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from xkd.config import ConfigError, load_config
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "configs" / "tiny.yaml"
 DEFAULT_DS_CONFIG = ROOT / "ds_configs" / "zero2.json"
+REPORT_GRACE_S = 5.0  # how long a rank that does not report a start-up error waits before exiting
 
 
 @dataclass
@@ -126,6 +128,10 @@ def pretrain(argv: list[str] | None = None, stop=None, description: str | None =
         # One report per node (rank 0 and the first rank of every other node), then exit 2 everywhere.
         if env.is_main or env.local_rank == 0:
             print(f"error: {error}", file=sys.stderr)
+        else:
+            # torchrun and the deepspeed launcher stop every rank once one exits: the reporting
+            # rank met the same error, and must get to print it before a silent rank's exit.
+            time.sleep(REPORT_GRACE_S)
         return PretrainOutcome(exit_code=2, rank=env.rank, world_size=env.world_size, launcher=env.launcher)
     if env.is_main:
         logging.getLogger("xkd.train").info(
