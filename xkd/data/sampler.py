@@ -26,7 +26,7 @@ import numpy as np
 
 from xkd.config import ViewsConfig
 from xkd.data.format import HEIGHT, NUM_AUDIO_SAMPLES, NUM_FRAMES, WIDTH
-from xkd.data.view_params import ClipViewParams, draw_view_params, sample_seed
+from xkd.data.view_params import ClipViewParams, draw_view_params
 
 STAND_IN = 0x57A1  # separates a stand-in's view stream from the sample's own
 REPEAT = 0x7E9  # separates a repeat's view stream from the clip's first sample
@@ -105,11 +105,11 @@ def view_rng(seed: int, epoch: int, index: int, stand_in_for: int | None = None,
     in for the slot at epoch position ``stand_in_for``, a separate one (the sample also appears in
     its own slot this epoch, and should not repeat those views). Repeat r > 0 of a clip
     (``samples_per_decode``) has a stream of its own; repeat 0 is the stream of k = 1."""
-    key = [seed, epoch, index] if stand_in_for is None else [seed, epoch, index, STAND_IN, stand_in_for]
+    key = [seed, epoch, index]  # == view_params.sample_seed(seed, epoch, index) for a sample's own views
+    if stand_in_for is not None:
+        key += [STAND_IN, stand_in_for]
     if repeat:
         key += [REPEAT, repeat]
-    elif stand_in_for is None:
-        return sample_seed(seed, epoch, index)
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
