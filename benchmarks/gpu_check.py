@@ -211,6 +211,7 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     from xkd.data.dali_pipeline import DaliClipLoader
     from xkd.data.loader import training_samples
     from xkd.data.sampler import EpochPlan
+    from xkd.data.video_finish import VIEW_KEYS, finish_batch
 
     config = vit_config(VITB_CONFIG, "bf16", batch_size)  # paper geometry views
     if not Path(shards).exists() and Path(shards) == ROOT / "sample_shards":
@@ -230,9 +231,11 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     worst = {"frame_mean_abs": 0.0, "frame_mean_shift": 0.0, "mel_max_abs": 0.0}
     gpu_batches = []
     for got, ref in zip(iter(gpu_loader), iter(cpu_loader)):
-        for name, tensor in got.items():
-            require(tensor.device == current, f"DALI output {name} on {tensor.device}, expected {current}")
-        got = {k: v.cpu() for k, v in got.items()}
+        for name in VIEW_KEYS:  # the finishing parameters come from Python, on the host
+            require(got[name].device == current, f"DALI output {name} on {got[name].device}, expected {current}")
+        # Compared as the model sees them: finished (colour, flip, normalisation) on each side's device.
+        got = {k: v.cpu() for k, v in finish_batch(got, current).items()}
+        ref = finish_batch(ref, torch.device("cpu"))
         for name in ("video_global", "video_local"):
             worst["frame_mean_abs"] = max(worst["frame_mean_abs"], float((got[name] - ref[name]).abs().mean()))
         shift = (got["video_global"].mean(dim=(1, 3, 4)) - ref["video_global"].mean(dim=(1, 3, 4))).abs().max()
@@ -245,14 +248,14 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     require(gpu_batches, "the DALI loaders gave no batch")
     require(worst["frame_mean_abs"] < FRAME_MEAN_ABS and worst["frame_mean_shift"] < FRAME_MEAN_SHIFT
             and worst["mel_max_abs"] < MEL_ATOL, f"GPU decode differs from the CPU decode beyond tolerance: {worst}")
-    # Throughput of the GPU loader alone (a fresh epoch, after one warm-up batch).
+    # Throughput of the GPU loader and the finishing on the device (a fresh epoch, after one warm-up batch).
     loader = DaliClipLoader(samples, device=device, **common)
     stream = iter(loader)
     next(stream)
     sync(current)
     started, seen = time.perf_counter(), 0
     for batch in stream:
-        seen += batch["video_global"].shape[0]
+        seen += finish_batch(batch, current)["video_global"].shape[0]
         if seen >= batches * batch_size:
             break
     sync(current)

@@ -16,6 +16,11 @@ benchmarks/dali_stages.py: their docstrings say how each is measured), the decod
 Host-to-device copies do not exist on the CPU path (n/a). The JSON (``--json OUT``) has
 ``cpu_ms_per_sample`` and ``samples_per_second`` per loader.
 
+Colour jitter, blur, flip and normalisation are not loader work: the loaders deliver uint8 views
+with their parameters and the trainer finishes them batched on its device
+(``xkd.data.video_finish``). ``device_finish`` reports that step's cost per sample run on this
+CPU, i.e. what CPU-only training pays for it in its main process; on a GPU it is device time.
+
 ``--samples-per-decode K`` (``data.samples_per_decode``): each decoded clip gives K samples, so a
 batch of ``--batch-size`` samples (a multiple of K) holds batch / K clips; costs stay per sample.
 The stage breakdown and the floor are those of K = 1 (one sample per decode); the floor of K is
@@ -41,6 +46,7 @@ from xkd.data.sampler import EpochPlan
 from xkd.data.shard_index import index_split
 from xkd.data.torch_loader import ClipDataset, TorchClipLoader
 from xkd.data.transcode import LEGACY_KEYFRAME_INTERVAL
+from xkd.data.video_finish import finish_batch
 
 
 def cpu_seconds() -> float:
@@ -49,6 +55,16 @@ def cpu_seconds() -> float:
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
     return total
+
+
+def finish_cpu_ms(batch: dict, repeats: int = 5) -> float:
+    """CPU ms per sample of :func:`finish_batch` on this CPU (median of ``repeats``)."""
+    times = []
+    for _ in range(repeats):
+        begin = cpu_seconds()
+        finish_batch(batch, torch.device("cpu"))
+        times.append(cpu_seconds() - begin)
+    return 1000 * sorted(times)[len(times) // 2] / batch["video_global"].shape[0]
 
 
 def measure(make_loader, epochs: int) -> dict:
@@ -107,6 +123,9 @@ def main() -> None:
         "samples_per_decode": args.samples_per_decode,
         "keyframe_interval": keyframe_interval(args.shards), "host_to_device": "n/a (CPU path)",
     }
+    batch = next(iter(TorchClipLoader(samples, views, args.batch_size, 0, plan, seed=0)))
+    results["device_finish"] = {"cpu_ms_per_sample": finish_cpu_ms(batch),
+                                "where": "the training device (here: this CPU, as CPU-only training runs it)"}
     if args.stages:  # per stage at one sample per decode; the floor per sample of K is 1/K of K = 1's
         for name, report in stage_report(samples, views, EpochPlan(len(samples), seed=0), args).items():
             results[name].update(report)

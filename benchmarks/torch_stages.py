@@ -15,16 +15,15 @@ import time
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
 
 from xkd.data.format import AUDIO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import read_info
-from xkd.data.torch_loader import VIEW_KEYS, ClipDataset, collate_clips, decode_frames, read_audio
-from xkd.data.torch_views import (color_jitter, crop_resize, crop_spectrogram, finish, gaussian_blur,
-                                  global_audio_view)
+from xkd.data.torch_loader import ClipDataset, collate_clips, decode_frames, read_audio
+from xkd.data.torch_views import crop_resize, crop_spectrogram, global_audio_view
+from xkd.data.video_finish import VIDEO_PARAM_KEYS, VIEW_KEYS, video_param_tensors
 
 STAGES = ("tar/member read", "view parameters", "video decode (window)", "audio decode (window)", "log-mel",
-          "video crop + resize", "spectrogram crop + resize", "colour", "blur", "flip", "normalise + layout",
+          "video crop + resize", "spectrogram crop + resize", "layout (to CTHW) + finishing parameters",
           "collation")
 
 
@@ -43,20 +42,13 @@ class StageClock:
             self.seconds[stage] += time.process_time() - begin
 
 
-def video_view(clock: StageClock, frames: torch.Tensor, box, size: int, color, blur: float, flip: bool):
-    """One video view, stage by stage (``global_video_view`` / ``local_video_views``)."""
+def video_view(clock: StageClock, frames: torch.Tensor, box, size: int):
+    """One video view, stage by stage (``global_video_view`` / ``local_video_views``); colour, blur,
+    flip and normalisation run on the training device (``xkd.data.video_finish``), not here."""
     with clock("video crop + resize"):
         x = crop_resize(frames, box, size)
-    with clock("colour"):
-        x = color_jitter(x, color)
-    if blur > 0:
-        with clock("blur"):
-            x = gaussian_blur(x, blur)
-    if flip:
-        with clock("flip"):
-            x = F.horizontal_flip(x)
-    with clock("normalise + layout"):
-        return finish(x, False)
+    with clock("layout (to CTHW) + finishing parameters"):
+        return x.permute(1, 0, 2, 3)
 
 
 def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
@@ -73,12 +65,12 @@ def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
         window = read_audio(audio, p.audio_start, int(round(v.audio_global_seconds * v.audio_sample_rate)),
                             v.audio_sample_rate)
     with torch.no_grad():
-        video_global = video_view(clock, frames, p.global_box, v.video_global_size, p.global_color, 0.0,
-                                  p.global_flip)
+        video_global = video_view(clock, frames, p.global_box, v.video_global_size).contiguous()
         video_local = torch.stack([
-            video_view(clock, frames[int(o):int(o) + v.video_local_frames], p.local_boxes[i], v.video_local_size,
-                       p.local_colors[i], float(p.local_blur_sigmas[i]), bool(p.local_flips[i]))
+            video_view(clock, frames[int(o):int(o) + v.video_local_frames], p.local_boxes[i], v.video_local_size)
             for i, o in enumerate(p.local_offsets)])
+        with clock("layout (to CTHW) + finishing parameters"):
+            finishing = video_param_tensors(p)
         with clock("log-mel"):  # as local_audio_views, split between log-mel and the crops
             audio_global = global_audio_view(window, p, dataset.logmel)
             length = int(round(v.audio_local_seconds * v.audio_sample_rate))
@@ -87,7 +79,7 @@ def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
         with clock("spectrogram crop + resize"):
             audio_local = torch.stack([crop_spectrogram(s, b) for s, b in zip(specs, p.audio_local_boxes)])
     return {"video_global": video_global, "video_local": video_local, "audio_global": audio_global,
-            "audio_local": audio_local, "key": ref.key, "index": index}
+            "audio_local": audio_local, **finishing, "key": ref.key, "index": index}
 
 
 def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str, float]:
@@ -95,7 +87,7 @@ def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str,
     clock = StageClock()
     (first,) = dataset.load(int(dataset.indices[0]))
     staged = sample_stages(dataset, int(dataset.indices[0]), StageClock())
-    if not all(torch.equal(first[name], staged[name]) for name in VIEW_KEYS):
+    if not all(torch.equal(first[name], staged[name]) for name in (*VIEW_KEYS, *VIDEO_PARAM_KEYS)):
         raise AssertionError("the staged sample differs from ClipDataset.load: torch_stages is out of date")
     samples = 0
     for _ in range(epochs):

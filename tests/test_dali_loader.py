@@ -12,6 +12,7 @@ from media import TINY_VIEWS, views_config, write_shard
 from xkd.data.dali_pipeline import DaliClipLoader
 from xkd.data.sampler import EpochPlan
 from xkd.data.torch_loader import TorchClipLoader
+from xkd.data.video_finish import VIDEO_PARAM_KEYS, VIEW_KEYS, finish_batch
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is needed to build the test shard")
 
@@ -32,11 +33,17 @@ def first_batch(loader):
     return next(iter(loader))
 
 
+def finished(batch):
+    """The model's inputs: what the trainer makes of a loader batch."""
+    return finish_batch(batch, torch.device("cpu"))
+
+
 def test_same_layout_as_torch_loader(split):
     from_dali, from_torch = first_batch(dali(split)), first_batch(torch_loader(split))
-    for name in ("video_global", "video_local", "audio_global", "audio_local"):
+    for name in (*VIEW_KEYS, *VIDEO_PARAM_KEYS):
         assert from_dali[name].shape == from_torch[name].shape, name
-        assert from_dali[name].dtype == from_torch[name].dtype == torch.float32, name
+        assert from_dali[name].dtype == from_torch[name].dtype, name
+    assert from_dali["video_global"].dtype == from_dali["video_local"].dtype == torch.uint8
     assert from_dali["video_global"].shape == (2, 3, 8, 32, 32)
     assert from_dali["video_local"].shape == (2, 2, 3, 4, 16, 16)
     assert from_dali["audio_global"].shape == (2, 1, 80, 224)
@@ -50,8 +57,8 @@ def test_unaugmented_views_agree_with_torch_loader(split):
     grey levels from the two YUV->RGB conversions), half the 0.069 between neighbouring frames
     of the brightness ramp, so both loaders decoded the very same frames."""
     plan = EpochPlan(len(split))
-    a = [b for b in dali(split, plan=plan, augment=False)]
-    b = [b for b in torch_loader(split, plan=plan, augment=False)]
+    a = [finished(b) for b in dali(split, plan=plan, augment=False)]
+    b = [finished(b) for b in torch_loader(split, plan=plan, augment=False)]
     for x, y in zip(a, b):
         for name in ("audio_global", "audio_local"):
             assert torch.allclose(x[name], y[name], atol=1e-3), (name, (x[name] - y[name]).abs().max())
@@ -59,6 +66,19 @@ def test_unaugmented_views_agree_with_torch_loader(split):
             assert (x[name] - y[name]).abs().mean() < 0.05, name
         per_frame = (x["video_global"].mean(dim=(1, 3, 4)) - y["video_global"].mean(dim=(1, 3, 4))).abs()
         assert per_frame.max() < 0.035
+
+
+def test_augmented_video_agrees_with_torch_loader(split):
+    """Augmented: both loaders deliver the same colour, flip and blur parameters, and the video views
+    finished with them (one implementation, on the device) agree up to the resize kernels, as the
+    unaugmented views do."""
+    plan = EpochPlan(len(split), seed=7)
+    for x, y in zip(dali(split, plan=plan), torch_loader(split, plan=plan)):
+        for name in VIDEO_PARAM_KEYS:
+            assert torch.equal(x[name], y[name]), name
+        x, y = finished(x), finished(y)
+        for name in ("video_global", "video_local"):
+            assert (x[name] - y[name]).abs().mean() < 0.05, (name, (x[name] - y[name]).abs().mean())
 
 
 def test_augmented_audio_agrees_with_torch_loader(split):
@@ -77,7 +97,7 @@ def test_short_clip_padded_with_its_last_frame_like_torch_loader(split):
     x = next(iter(DaliClipLoader(short, views, 1, EpochPlan(1), seed=0, device="cpu", augment=False)))
     y = next(iter(TorchClipLoader(short, views, 1, num_workers=0, plan=EpochPlan(1), seed=0, augment=False)))
     assert torch.equal(x["video_global"][:, :, -1], x["video_global"][:, :, -2])
-    assert (x["video_global"] - y["video_global"]).abs().mean() < 0.05
+    assert (finished(x)["video_global"] - finished(y)["video_global"]).abs().mean() < 0.05
 
 
 def test_two_ranks_disjoint_and_complete(split):

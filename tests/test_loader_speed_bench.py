@@ -31,6 +31,7 @@ def test_json_has_cost_and_rate_per_loader(sample_shards, tmp_path):
     for loader in ("dali_cpu", "torch"):
         assert results[loader]["cpu_ms_per_sample"] > 0 and results[loader]["samples_per_second"] > 0
     assert results["keyframe_interval"] >= 1 and results["samples_per_decode"] == 2
+    assert results["device_finish"]["cpu_ms_per_sample"] > 0
 
 
 @pytest.mark.slow

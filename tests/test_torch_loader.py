@@ -17,7 +17,8 @@ import torchvision.transforms.v2.functional as F
 from xkd.data.logmel import LogMel
 from xkd.data.sampler import EpochPlan
 from xkd.data.torch_loader import ClipDataset, TorchClipLoader, collate_clips, decode_frames
-from xkd.data.torch_views import IMAGENET_MEAN, IMAGENET_STD, crop_spectrogram, global_video_view, local_video_views
+from xkd.data.torch_views import crop_spectrogram, finish_view, global_video_view, local_video_views
+from xkd.data.video_finish import IMAGENET_MEAN, IMAGENET_STD, finish_batch, finish_video
 from xkd.data.view_params import ColorJitter, draw_view_params, sample_seed
 
 from media import CLIPS, TINY_VIEWS, full_decode, views_config, write_shard, ffmpeg, VP9, RAMP  # noqa: F401
@@ -39,17 +40,22 @@ def test_shapes_and_dtypes(split):
     batch = collate_clips([dataset[0], dataset[4]])
     assert batch["found"] == [] and batch["key"] == [split[0].key, split[4].key]
     assert batch["index"].tolist() == [0, 4] and batch["index"].dtype == torch.int64
-    expected = {"video_global": (2, 3, 8, 32, 32), "video_local": (2, 2, 3, 4, 16, 16),
-                "audio_global": (2, 1, 80, 224), "audio_local": (2, 2, 1, 80, 112)}
-    for name, shape in expected.items():
-        assert batch[name].shape == shape and batch[name].dtype == torch.float32
-        assert torch.isfinite(batch[name]).all()
+    # Video views stay uint8 until the trainer finishes them on its device, with these parameters.
+    expected = {"video_global": ((2, 3, 8, 32, 32), torch.uint8), "video_local": ((2, 2, 3, 4, 16, 16), torch.uint8),
+                "audio_global": ((2, 1, 80, 224), torch.float32), "audio_local": ((2, 2, 1, 80, 112), torch.float32),
+                "video_global_color": ((2, 4), torch.float32), "video_global_flip": ((2,), torch.bool),
+                "video_local_color": ((2, 2, 4), torch.float32), "video_local_flip": ((2, 2), torch.bool),
+                "video_local_blur": ((2, 2), torch.float32)}
+    for name, (shape, dtype) in expected.items():
+        assert batch[name].shape == shape and batch[name].dtype == dtype, name
+    for name, value in finish_batch(batch, torch.device("cpu")).items():
+        assert value.shape == expected[name][0] and value.dtype == torch.float32 and torch.isfinite(value).all()
 
 
 def test_paper_geometry(split):
     views = views_config()
     loader = TorchClipLoader(split, views, batch_size=2, num_workers=0, plan=EpochPlan(len(split)), seed=0)
-    batch = next(iter(loader))
+    batch = finish_batch(next(iter(loader)), torch.device("cpu"))
     assert batch["video_global"].shape == (2, 3, 32, 112, 112)
     assert batch["video_local"].shape == (2, 1, 3, 8, 96, 96)
     assert batch["audio_global"].shape == (2, 1, 80, 448)
@@ -116,7 +122,9 @@ def test_global_window_synchronised(clips, split, repeats):
             assert p.audio_start == start * 2000
             frames = full[start:start + 8]
             expected = reference_global_view(frames, p, views.video_global_size)
-            torch.testing.assert_close(item["video_global"], expected, atol=1e-5, rtol=0)
+            finished = finish_video(item["video_global"][None], item["video_global_color"][None],
+                                    item["video_global_flip"][None])[0]
+            torch.testing.assert_close(finished, expected, atol=2e-5, rtol=0)
             assert torch.equal(item["video_local"], local_video_views(frames, p, views))
             window = torch.from_numpy(audio[start * 2000:start * 2000 + 32000])
             assert torch.equal(item["audio_global"], logmel((window * p.audio_gain)[None]))
@@ -246,18 +254,19 @@ def test_corrupt_samples_are_replaced_and_counted(clips, tmp_path, caplog):
 
 
 def test_view_ops_semantics(clips):
-    """Identity jitter + full box = plain resize and normalisation; flip, grayscale, spectrogram crop."""
+    """Full box = plain resize (uint8, CTHW); identity finish = normalisation; flip, grayscale,
+    spectrogram crop."""
     views = views_config(**TINY_VIEWS)
     frames = full_decode(clips["world"]["webm"])[:8]
     p = draw_view_params(sample_seed(0, 0, 0), views, 48, 96000, frames.shape[2], frames.shape[3])
-    plain = replace(p, global_box=np.array([0, 0, 1, 1], np.float32), global_flip=False,
-                    global_color=ColorJitter(1.0, 1.0, 1.0, 0.0))
-    resized = F.resize(frames, [32, 32], antialias=True).float() / 255
-    expected = F.normalize(resized, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
-    torch.testing.assert_close(global_video_view(frames, plain, views), expected, atol=1e-5, rtol=0)
-    flipped = global_video_view(frames, replace(plain, global_flip=True), views)
-    assert torch.equal(flipped, global_video_view(frames, plain, views).flip(-1))
-    gray = global_video_view(frames, replace(plain, global_color=ColorJitter(1.2, 0.8, 0.0, 0.1)), views)
+    plain = replace(p, global_box=np.array([0, 0, 1, 1], np.float32))
+    resized = F.resize(frames, [32, 32], antialias=True)
+    view = global_video_view(frames, plain, views)
+    assert view.dtype == torch.uint8 and torch.equal(view, resized.permute(1, 0, 2, 3))
+    expected = F.normalize(resized.float() / 255, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
+    torch.testing.assert_close(finish_view(resized), expected, atol=1e-5, rtol=0)
+    assert torch.equal(finish_view(resized, flip=True), finish_view(resized).flip(-1))
+    gray = finish_view(resized, ColorJitter(1.2, 0.8, 0.0, 0.1))
     std, mean = (torch.tensor(stat)[:, None, None, None] for stat in (IMAGENET_STD, IMAGENET_MEAN))
     unnormalised = gray * std + mean
     torch.testing.assert_close(unnormalised[0], unnormalised[1], atol=1e-5, rtol=0)

@@ -4,9 +4,8 @@ Stages (one DALI graph, the same on CPU and GPU; only the decode/op device chang
 
     ShardSource (Python, per batch)      member bytes + ClipViewParams of each sample
     -> decoders.video                    the global window's frames ("mixed" = NVDEC on GPU)
-    -> global view                       crop box + resize, color twist, flip, normalise
-    -> local views                       frame slice, crop box + resize, color twist (gray),
-                                         optional Gaussian blur, flip, normalise
+    -> global view                       crop box + resize, to CFHW, uint8
+    -> local views                       frame slice, crop box + resize, to CFHW, uint8
     -> decoders.audio (CPU)              16 kHz mono
     -> audio windows                     synchronised global window, local windows, gains
     -> log-mel                           spectrogram + Slaney mel + log + mean/std
@@ -15,6 +14,10 @@ Stages (one DALI graph, the same on CPU and GPU; only the decode/op device chang
 With ``data.samples_per_decode`` k, a DALI batch is B / k clips: each is decoded once and the
 view stages run k times on it, with each sample's own parameters (k branches of the graph);
 the loader interleaves them so that a clip's samples sit side by side in the batch of B.
+
+Colour jitter, grayscale, blur, flip and normalisation are not in the graph: their parameters
+pass through it beside the uint8 views, and the trainer applies them batched on its device
+(:mod:`xkd.data.video_finish`, shared with the PyTorch loader).
 
 Sample order and every random parameter are decided in Python (``EpochPlan`` and
 ``draw_view_params``) and passed into the graph. DALI 2.4 cannot checkpoint a pipeline
@@ -46,14 +49,17 @@ from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
 from xkd.data.view_params import ClipViewParams
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 # View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
+# The graph uses the crops, offsets and gains; the video finishing parameters pass through it.
 REPEAT_COLUMNS = (
     "global_box", "global_flip", "global_color", "local_offsets", "local_boxes", "local_flips", "local_colors",
     "local_blur", "audio_gain", "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
 )
+# Outputs after the views, in this order (one row per clip, a leading repeat axis): the batch's
+# ``xkd.data.video_finish.VIDEO_PARAM_KEYS``.
+FINISH_COLUMNS = {"global_color": "video_global_color", "global_flip": "video_global_flip",
+                  "local_colors": "video_local_color", "local_flips": "video_local_flip",
+                  "local_blur": "video_local_blur"}
 # Columns the Python source hands to the graph, in order: per clip, then per sample, then the clip's index.
 SOURCE_COLUMNS = ("video", "audio", "video_frames", "audio_start", *REPEAT_COLUMNS, "sample_index")
 
@@ -197,20 +203,12 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
 
     on_gpu = device == "gpu"
     window = np.hanning(views.n_fft + 1)[:-1].astype(np.float32).tolist()  # periodic Hann, as torch.hann_window
-    mean = [255 * m for m in IMAGENET_MEAN]
-    std = [255 * s for s in IMAGENET_STD]
-
-    def color(frames, jitter):
-        return fn.color_twist(frames, brightness=jitter[0], contrast=jitter[1], saturation=jitter[2],
-                              hue=jitter[3] * 360.0)
 
     def crop_resize(frames, box, size):
-        return fn.resize(frames, size=[size, size], roi_start=box[0:2], roi_end=box[2:4], roi_relative=True,
-                         antialias=True)
-
-    def normalise(frames, flip):
-        return fn.crop_mirror_normalize(frames, dtype=types.FLOAT, output_layout="CFHW", mean=mean, std=std,
-                                        mirror=flip)
+        """uint8 FHWC frames -> the box resized to size x size, uint8 CFHW (the model's layout)."""
+        resized = fn.resize(frames, size=[size, size], roi_start=box[0:2], roi_end=box[2:4], roi_relative=True,
+                            antialias=True)
+        return fn.transpose(resized, perm=[3, 0, 1, 2], output_layout="CFHW")
 
     def log_mel(waveform):
         spectrum = fn.spectrogram(waveform, nfft=views.n_fft, window_length=views.n_fft,
@@ -221,7 +219,7 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
                                  mel_formula="slaney")
         return (dmath.log(mel + views.mel_log_eps) - views.mel_mean) / views.mel_std
 
-    @pipeline_def(enable_conditionals=True)
+    @pipeline_def
     def pipeline():
         columns = dict(zip(SOURCE_COLUMNS, fn.external_source(
             source=source, num_outputs=len(SOURCE_COLUMNS), batch=True, batch_info=True, parallel=False)))
@@ -240,14 +238,10 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
         outputs = []
         for r in range(repeats):
             p = {name: columns[name][r] for name in REPEAT_COLUMNS}  # sample r's view parameters
-            outputs.append(normalise(color(crop_resize(frames, p["global_box"], views.video_global_size),
-                                           p["global_color"]), p["global_flip"]))
+            outputs.append(crop_resize(frames, p["global_box"], views.video_global_size))
             for v in range(views.video_local_views):
                 local = fn.slice(frames, start=p["local_offsets"][v], shape=views.video_local_frames, axes=[0])
-                local = color(crop_resize(local, p["local_boxes"][v], views.video_local_size), p["local_colors"][v])
-                if p["local_blur"][v] > 0:
-                    local = fn.gaussian_blur(local, sigma=p["local_blur"][v])
-                outputs.append(normalise(local, p["local_flips"][v]))
+                outputs.append(crop_resize(local, p["local_boxes"][v], views.video_local_size))
 
             outputs.append(fn.expand_dims(log_mel(segment * p["audio_gain"]), axes=[0], new_axis_names="C"))
             for a in range(views.audio_local_views):
@@ -261,7 +255,7 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
                 crop = fn.resize(crop, size=[views.mel_bins, views.audio_local_frames],
                                  interp_type=types.INTERP_CUBIC, antialias=False)
                 outputs.append(fn.transpose(crop, perm=[2, 0, 1], output_layout="CHW"))
-        return (*outputs, columns["sample_index"])
+        return (*outputs, *(columns[name] for name in FINISH_COLUMNS), columns["sample_index"])
 
     # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
     # rank; DALI's CPU threads pinned to the CPUs near that GPU (NVML), as the decode feeds it.
@@ -388,21 +382,29 @@ class DaliClipLoader:
 
         tensors = [to_torch_tensor(out.as_tensor(), copy=True) for out in outputs]
         n_video, repeats = self.views.video_local_views, self.plan.samples_per_decode
-        per_repeat = len(tensors[:-1]) // repeats
+        first_param = len(tensors) - 1 - len(FINISH_COLUMNS)
+        views, finishing, sample_index = tensors[:first_param], tensors[first_param:-1], tensors[-1]
+        per_repeat = len(views) // repeats
 
-        def samples(views: list[torch.Tensor]) -> torch.Tensor:
+        def samples(per_repeat_views: list[torch.Tensor]) -> torch.Tensor:
             """(clips, ...) per repeat -> (clips * repeats, ...), a clip's samples next to each other."""
-            return torch.stack(views, dim=1).flatten(0, 1)
+            return torch.stack(per_repeat_views, dim=1).flatten(0, 1)
 
-        groups = [tensors[r * per_repeat:(r + 1) * per_repeat] for r in range(repeats)]
-        return {
+        groups = [views[r * per_repeat:(r + 1) * per_repeat] for r in range(repeats)]
+        batch = {
             "video_global": samples([g[0] for g in groups]),
             "video_local": samples([torch.stack(g[1:1 + n_video], dim=1) for g in groups]),
             "audio_global": samples([g[1 + n_video] for g in groups]),
             "audio_local": samples([torch.stack(g[2 + n_video:], dim=1) for g in groups]),
             # Index into the loader's samples (not a model input), once per sample.
-            "sample_index": tensors[-1].reshape(-1).repeat_interleave(repeats),
+            "sample_index": sample_index.reshape(-1).repeat_interleave(repeats),
         }
+        # (clips, repeats, ...) -> (clips * repeats, ...): the same clip-major order as the views.
+        for tensor, key in zip(finishing, FINISH_COLUMNS.values()):
+            batch[key] = tensor.flatten(0, 1)
+        batch["video_global_flip"] = batch["video_global_flip"].bool()
+        batch["video_local_flip"] = batch["video_local_flip"].bool()
+        return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:

@@ -33,9 +33,8 @@ from xkd.data.sample_check import CorruptSamples, NoReadableSample, describe, re
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
 from xkd.data.torch_views import global_audio_view, global_video_view, local_audio_views, local_video_views
+from xkd.data.video_finish import VIDEO_PARAM_KEYS, VIEW_KEYS, video_param_tensors
 from xkd.data.view_params import ClipViewParams
-
-VIEW_KEYS = ("video_global", "video_local", "audio_global", "audio_local")
 
 
 def decode_frames(data: bytes, start: int, count: int, fps: int, seek: bool = True,
@@ -147,6 +146,7 @@ class ClipDataset(Dataset):
                 "video_local": local_video_views(frames, p, v),
                 "audio_global": global_audio_view(window, p, self.logmel),
                 "audio_local": local_audio_views(window, p, v, self.logmel),
+                **video_param_tensors(p),  # colour, flip, blur: applied on the training device
                 "key": ref.key,
                 "index": index,
             } for p in params]
@@ -156,7 +156,7 @@ def collate_clips(items: list[dict]) -> dict:
     """Stack the views of every sample of the items (a clip's samples next to each other); "found"
     lists the corrupt samples the batch's slots tried."""
     samples = [sample for item in items for sample in item["samples"]]
-    batch = {name: torch.stack([sample[name] for sample in samples]) for name in VIEW_KEYS}
+    batch = {name: torch.stack([sample[name] for sample in samples]) for name in (*VIEW_KEYS, *VIDEO_PARAM_KEYS)}
     batch["key"] = [sample["key"] for sample in samples]
     batch["index"] = torch.tensor([sample["index"] for sample in samples], dtype=torch.int64)
     batch["found"] = [found for item in items for found in item["found"]]

@@ -2,12 +2,11 @@
 
 Each function applies one clip's :class:`~xkd.data.view_params.ClipViewParams` (drawn once per
 (seed, epoch, sample)) to decoded frames or to an audio window; no randomness is drawn here.
-Video goes in as uint8 (T, C, H, W) frames and comes out normalised (C, T, H, W) float32;
+Video goes in as uint8 (T, C, H, W) frames and comes out cropped and resized, uint8 (C, T, H, W)
+(colour, blur, flip and normalisation run batched on the training device, xkd/data/video_finish.py);
 audio goes in as a float32 waveform window and comes out as a normalised log-mel spectrogram.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -17,68 +16,44 @@ from torchvision.transforms import InterpolationMode
 
 from xkd.config import ViewsConfig
 from xkd.data.logmel import LogMel
-from xkd.data.view_params import ClipViewParams, ColorJitter
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from xkd.data.video_finish import finish_video
+from xkd.data.view_params import IDENTITY_COLOR, ClipViewParams, ColorJitter
 
 
 def crop_resize(frames: torch.Tensor, box: np.ndarray, size: int) -> torch.Tensor:
     """Crop the relative box (top, left, bottom, right) of uint8 (T, C, H, W) frames and resize it
-    to size x size (bilinear, antialiased); returns float32 in [0, 1]."""
+    to size x size (bilinear, antialiased); stays uint8."""
     height, width = frames.shape[-2:]
     top, left = round(float(box[0]) * height), round(float(box[1]) * width)
     crop_h = max(round(float(box[2]) * height) - top, 1)
     crop_w = max(round(float(box[3]) * width) - left, 1)
-    out = F.resized_crop(frames, top, left, crop_h, crop_w, [size, size],
-                         interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return out.float() / 255.0
+    return F.resized_crop(frames, top, left, crop_h, crop_w, [size, size],
+                          interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
-def color_jitter(x: torch.Tensor, color: ColorJitter) -> torch.Tensor:
-    """Brightness, contrast, saturation, hue in this fixed order on [0, 1] floats;
-    saturation 0 marks a grayscale view (3 equal channels, applied after the other three)."""
-    x = F.adjust_brightness(x, color.brightness)
-    x = F.adjust_contrast(x, color.contrast)
-    if color.saturation > 0:
-        x = F.adjust_saturation(x, color.saturation)
-    x = F.adjust_hue(x, color.hue)
-    if color.saturation == 0:
-        x = F.rgb_to_grayscale(x, num_output_channels=3)
-    return x
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur with kernel size 2 * ceil(3 sigma) + 1."""
-    kernel = 2 * math.ceil(3 * sigma) + 1
-    return F.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
-
-
-def finish(x: torch.Tensor, flip: bool) -> torch.Tensor:
-    """Optional horizontal flip, ImageNet normalisation, (T, C, H, W) -> (C, T, H, W)."""
-    if flip:
-        x = F.horizontal_flip(x)
-    x = F.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
-    return x.permute(1, 0, 2, 3).contiguous()
+def finish_view(frames: torch.Tensor, color: ColorJitter = IDENTITY_COLOR, flip: bool = False) -> torch.Tensor:
+    """One uint8 (T, C, H, W) view -> normalised float32 (C, T, H, W): colour jitter, flip and ImageNet
+    normalisation, by the batched ops the trainer applies (:func:`xkd.data.video_finish.finish_video`)."""
+    view = frames.permute(1, 0, 2, 3)[None]
+    factors = None if color == IDENTITY_COLOR else torch.from_numpy(color.as_array())[None]
+    return finish_video(view, factors, torch.tensor([flip]))[0]
 
 
 def global_video_view(frames: torch.Tensor, p: ClipViewParams, views: ViewsConfig) -> torch.Tensor:
-    """Global window frames (Tg, C, H, W) uint8 -> (3, Tg, S, S): crop + resize, jitter, flip."""
-    x = crop_resize(frames, p.global_box, views.video_global_size)
-    return finish(color_jitter(x, p.global_color), p.global_flip)
+    """Global window frames (Tg, C, H, W) uint8 -> uint8 (3, Tg, S, S): crop + resize. Colour, flip
+    and normalisation follow on the training device (:mod:`xkd.data.video_finish`)."""
+    return crop_resize(frames, p.global_box, views.video_global_size).permute(1, 0, 2, 3).contiguous()
 
 
 def local_video_views(frames: torch.Tensor, p: ClipViewParams, views: ViewsConfig) -> torch.Tensor:
-    """Global window frames (Tg, C, H, W) uint8 -> (n_v, 3, Tl, s, s): for each local view, Tl
-    consecutive frames at its offset, crop + resize, jitter (or grayscale), blur, flip."""
+    """Global window frames (Tg, C, H, W) uint8 -> uint8 (n_v, 3, Tl, s, s): for each local view, Tl
+    consecutive frames at its offset, crop + resize. Colour (or grayscale), blur, flip and
+    normalisation follow on the training device."""
     out = []
     for v in range(views.video_local_views):
         start = int(p.local_offsets[v])
         x = crop_resize(frames[start:start + views.video_local_frames], p.local_boxes[v], views.video_local_size)
-        x = color_jitter(x, p.local_colors[v])
-        if p.local_blur_sigmas[v] > 0:
-            x = gaussian_blur(x, float(p.local_blur_sigmas[v]))
-        out.append(finish(x, bool(p.local_flips[v])))
+        out.append(x.permute(1, 0, 2, 3))
     return torch.stack(out)
 
 

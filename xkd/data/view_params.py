@@ -16,6 +16,8 @@ from xkd.config import ViewsConfig
 
 BRIGHTNESS = CONTRAST = SATURATION = 0.4  # ColorJitter(0.4, 0.4, 0.4, 0.2)
 HUE = 0.2  # fraction of the hue circle
+BLUR_SIGMA_RANGE = (0.1, 2.0)  # Gaussian blur of a local view, with probability 0.5
+BLUR_SIGMA_MAX = BLUR_SIGMA_RANGE[1]
 
 
 @dataclass
@@ -27,6 +29,9 @@ class ColorJitter:
 
     def as_array(self) -> np.ndarray:
         return np.array([self.brightness, self.contrast, self.saturation, self.hue], dtype=np.float32)
+
+
+IDENTITY_COLOR = ColorJitter(1.0, 1.0, 1.0, 0.0)
 
 
 @dataclass
@@ -123,7 +128,7 @@ def centre_box(height: float, width: float) -> np.ndarray:
 def neutral_params(params: ClipViewParams, views: ViewsConfig, frame_height: int, frame_width: int) -> ClipViewParams:
     """The same windows without augmentation: centre squares, no flip, jitter, blur or gain, and
     the whole local spectrogram (what evaluation views and loader cross-checks use)."""
-    identity = ColorJitter(1.0, 1.0, 1.0, 0.0)
+    identity = IDENTITY_COLOR
     n_video, n_audio = views.video_local_views, views.audio_local_views
     box = centre_box(frame_height, frame_width)
     return ClipViewParams(
@@ -164,7 +169,7 @@ def draw_view_params(rng: np.random.Generator, views: ViewsConfig, num_frames: i
     local_flips = rng.random(n_video) < 0.5
     local_colors = [color_jitter(rng, grayscale_probability=0.2) for _ in range(n_video)]
     blur = rng.random(n_video) < 0.5
-    local_blur_sigmas = np.where(blur, rng.uniform(0.1, 2.0, size=n_video), 0.0).astype(np.float32)
+    local_blur_sigmas = np.where(blur, rng.uniform(*BLUR_SIGMA_RANGE, size=n_video), 0.0).astype(np.float32)
 
     audio_gain = float(rng.uniform(0.9, 1.1))
     n_audio = views.audio_local_views

@@ -1,8 +1,10 @@
 """The XKD training loop in a DeepSpeed ZeRO engine (paper Algorithm 1), top to bottom.
 
-Per optimizer step: schedules at the global step -> teachers encode the views (no grad,
-outside the engine) -> students' loss in the engine -> backward / ZeRO step -> EMA update of
-the teachers from the (gathered) student weights -> logging, checkpoints, signals.
+Per optimizer step: schedules at the global step -> the loader's uint8 video views finished on
+the device (colour, blur, flip, normalisation; xkd/data/video_finish.py) -> teachers encode
+the views (no grad, outside the engine) -> students' loss in the engine -> backward / ZeRO
+step -> EMA update of the teachers from the (gathered) student weights -> logging,
+checkpoints, signals.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import yaml
 
 from xkd.atomic_files import atomic_write_bytes
 from xkd.config import XKDConfig
+from xkd.data.video_finish import finish_batch
 from xkd.distributed import DistributedEnv, mean_over_ranks
 from xkd.ema import teacher_student_pairs
 from xkd.engine import checkpoint, checkpoint_safety
@@ -30,7 +33,6 @@ from xkd.engine.preflight import ResumePlan
 from xkd.engine.schedule_state import schedule_at
 from xkd.engine.stop import StopRequest
 from xkd.models import XKD, teacher_views
-from xkd.models.xkd import BATCH_KEYS
 from xkd.tracking import resolved_config, training_tracker
 
 log = logging.getLogger("xkd.train")
@@ -64,10 +66,6 @@ def _peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: batch[k].to(device=device, dtype=dtype, non_blocking=True) for k in BATCH_KEYS}
 
 
 @dataclass
@@ -313,7 +311,8 @@ class Trainer:
         while step < self.max_steps:
             schedule = schedule_at(step, config, self.steps_per_epoch)
             with sink.waiting_for_data():
-                batch = _to_device(next(batches), self.device, torch.float32)
+                # uint8 video views -> colour, blur, flip, normalisation, batched on the device
+                batch = finish_batch(next(batches), self.device)
             outcome = self.train_step(batch, schedule)
             if outcome is None or not outcome.optimizer_stepped:
                 continue

@@ -33,14 +33,12 @@ from xkd.config import ViewsConfig
 from xkd.data import format as fmt
 from xkd.data.logmel import LogMel
 from xkd.data.torch_loader import decode_frames
-from xkd.data.torch_views import color_jitter as apply_color_jitter
-from xkd.data.torch_views import crop_resize, finish
+from xkd.data.torch_views import crop_resize, finish_view
 from xkd.data.view_params import ColorJitter, centre_box, color_jitter, random_resized_box
 from xkd.evaluation.datasets import DatasetError, LabeledItem
 from xkd.evaluation.errors import EvalInputError
 from xkd.evaluation.protocol import ClipSpec, LinearAugment
 
-IDENTITY_COLOR = ColorJitter(1.0, 1.0, 1.0, 0.0)
 
 
 def clip_rng(seed: int, key: str, clip: int, epoch: int = 0) -> np.random.Generator:
@@ -114,7 +112,7 @@ def video_windows(item: LabeledItem, starts: np.ndarray, spec: ClipSpec) -> list
 
 def video_test_view(frames: torch.Tensor, size: int) -> torch.Tensor:
     """Centre square resized to ``size``, normalised: (3, T, S, S)."""
-    return finish(crop_resize(frames, centre_box(frames.shape[-2], frames.shape[-1]), size), flip=False)
+    return finish_view(crop_resize(frames, centre_box(frames.shape[-2], frames.shape[-1]), size))
 
 
 def video_train_view(frames: torch.Tensor, size: int, rng: np.random.Generator, augment: LinearAugment) -> torch.Tensor:
@@ -127,10 +125,7 @@ def video_train_view(frames: torch.Tensor, size: int, rng: np.random.Generator, 
     else:
         gray = bool(rng.random() < augment.grayscale_probability)
         color = ColorJitter(1.0, 1.0, 0.0 if gray else 1.0, 0.0)
-    x = crop_resize(frames, box, size)
-    if color != IDENTITY_COLOR:
-        x = apply_color_jitter(x, color)
-    return finish(x, flip)
+    return finish_view(crop_resize(frames, box, size), color, flip)
 
 
 class EvalClips(Dataset):

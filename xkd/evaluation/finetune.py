@@ -44,7 +44,7 @@ from tqdm import tqdm
 from xkd.config import ViewsConfig
 from xkd.distributed import mean_over_ranks, resolve_device, start_from_environment, unlink_cpu_allreduce_buffer
 from xkd.data.logmel import LogMel
-from xkd.data.torch_views import crop_resize, finish
+from xkd.data.torch_views import crop_resize, finish_view
 from xkd.data.view_params import random_resized_box
 from xkd.evaluation.clips import audio_windows, clip_rng, uniform_starts, random_start, video_test_view, video_windows
 from xkd.evaluation.datasets import LabeledDataset, Split
@@ -278,12 +278,12 @@ class FinetuneClips(Dataset):
     def _video(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         box = random_resized_box(rng, frames.shape[-2], frames.shape[-1], scale=self.config.crop_scale)
         flip = bool(rng.random() < 0.5)
-        x = crop_resize(frames, box, self.spec.size)  # (T, 3, S, S) in [0, 1]
+        x = crop_resize(frames, box, self.spec.size)  # (T, 3, S, S) uint8
         if self.randaug is not None:
-            pil = [Image.fromarray(f) for f in (x * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+            pil = [Image.fromarray(f) for f in x.permute(0, 2, 3, 1).numpy()]
             pil = _consistent(self.randaug, pil, int(rng.integers(2**31)))
-            x = torch.from_numpy(np.stack([np.asarray(p) for p in pil])).permute(0, 3, 1, 2).float() / 255
-        return finish(x, flip)
+            x = torch.from_numpy(np.stack([np.asarray(p) for p in pil])).permute(0, 3, 1, 2)
+        return finish_view(x, flip=flip)
 
     def _audio(self, wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         c = self.config

@@ -31,8 +31,6 @@ from xkd.models.head import ProjectorHead
 from xkd.models.patches import AudioPatchEmbedding, VideoPatchEmbedding
 from xkd.models.sizes import ENCODER_SIZES
 
-BATCH_KEYS = ("video_global", "video_local", "audio_global", "audio_local")
-
 
 def global_grids(config: XKDConfig) -> tuple[tuple[int, int, int], tuple[int, int]]:
     """Token grids of the global views: (8, 7, 7) video and (20, 28) audio at paper settings."""
