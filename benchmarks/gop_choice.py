@@ -8,7 +8,8 @@ builds the clips of ``--clips`` into shards with data_prep/make_shards.py, then 
   - the frames decoded before each window (window start - the keyframe at or before it);
   - the CPU ms to decode one sample's global window (``--frames`` frames, 4 s at 8 fps), seeking to
     its start, with the PyTorch loader's decoder (``xkd.data.torch_loader.decode_frames``, PyAV)
-    and with DALI's CPU ``decoders.video`` at explicit frame indices (as ``xkd.data.dali_pipeline``).
+    and with DALI's CPU ``decoders.video`` at explicit frame indices of the video cut to the window's
+    packets (as ``xkd.data.dali_pipeline``: ``xkd.data.video_cut``).
 
 The windows are the same for every GOP: per clip, ``--windows`` starts spread evenly over its
 valid starts. CPU time is process CPU (getrusage), single-threaded decoders.
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from xkd.data import format as fmt
 from xkd.data.torch_loader import decode_frames
+from xkd.data.video_cut import cut_window
 
 MAKE_SHARDS = REPO / "data_prep" / "make_shards.py"
 POLICY_ARGS = ["--short-policy", "pad", "--no-audio-policy", "silence"]  # every sample clip is packed
@@ -103,9 +105,10 @@ def pyav_window_ms(videos: dict, windows: dict, frames: int, fps: int, repeats: 
     return 1000 * float(np.mean(costs))
 
 
-def dali_window_ms(videos: dict, windows: dict, frames: int, repeats: int, batch_size: int = 8) -> float:
+def dali_window_ms(videos: dict, windows: dict, frames: int, fps: int, repeats: int, batch_size: int = 8) -> float:
     """Mean CPU ms per window of DALI's CPU ``decoders.video`` at the window's frame indices (one
-    thread; batches of ``batch_size`` windows), best of ``repeats`` passes over all windows."""
+    thread; batches of ``batch_size`` windows), best of ``repeats`` passes over all windows. As in
+    the loader, the source first cuts each video to its window's packets (``cut_window``, counted)."""
     from nvidia.dali import fn, pipeline_def
 
     rows = [(np.frombuffer(videos[key][0], dtype=np.uint8),
@@ -117,7 +120,8 @@ def dali_window_ms(videos: dict, windows: dict, frames: int, repeats: int, batch
         batch = rows[info.iteration * batch_size:(info.iteration + 1) * batch_size]
         if not batch:
             raise StopIteration
-        return [r[0] for r in batch], [r[1] for r in batch]
+        cuts = [cut_window(video, indices, fps) for video, indices in batch]
+        return [c[0] for c in cuts], [c[1] for c in cuts]
 
     @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True)
     def pipeline():
@@ -154,7 +158,7 @@ def measure_gop(clips: Path, gop: int, args: argparse.Namespace, work: Path) -> 
         "make_shards_cpu_s_per_clip": build_cpu / len(videos),
         "frames_before_window_mean": float(np.mean(before)), "frames_before_window_max": int(max(before)),
         "pyav_window_cpu_ms": pyav_window_ms(videos, windows, args.frames, args.fps, args.repeats),
-        "dali_window_cpu_ms": dali_window_ms(videos, windows, args.frames, args.repeats),
+        "dali_window_cpu_ms": dali_window_ms(videos, windows, args.frames, args.fps, args.repeats),
     }
 
 

@@ -2,7 +2,7 @@
 
 Stages (one DALI graph, the same on CPU and GPU; only the decode/op device changes):
 
-    ShardSource (Python, per batch)      member bytes + ClipViewParams of each sample
+    ShardSource (Python, per batch)      member bytes (video cut to the window's packets) + ClipViewParams
     -> decoders.video                    the global window's frames ("mixed" = NVDEC on GPU)
     -> global view                       crop box + resize, to CFHW, uint8
     -> local views                       frame slice, crop box + resize, to CFHW, uint8
@@ -47,6 +47,7 @@ from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, corruption_reason, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
+from xkd.data.video_cut import cut_window
 from xkd.data.view_params import ClipViewParams
 
 # View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
@@ -89,13 +90,18 @@ def repeat_columns(params: ClipViewParams) -> dict[str, np.ndarray]:
 
 def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsConfig, stored_frames: int
                    ) -> dict[str, np.ndarray]:
-    """One clip's row of the source: raw member bytes, the window they share (``params[0]``'s), and
-    the view parameters of each of its samples, stacked on a leading repeat axis."""
+    """One clip's row of the source: the video cut to its window's packets, the audio member's
+    bytes, the window they share (``params[0]``'s), and the view parameters of each of its
+    samples, stacked on a leading repeat axis."""
     per_sample = [repeat_columns(p) for p in params]
+    # Only the packets from the window's keyframe on: DALI's decoder does not seek (xkd.data.video_cut).
+    video, frames = cut_window(np.frombuffer(ref.read(VIDEO_EXT), dtype=np.uint8),
+                               window_frames(params[0].video_start, views.video_global_frames, stored_frames),
+                               views.video_fps)
     return {
-        "video": np.frombuffer(ref.read(VIDEO_EXT), dtype=np.uint8),
+        "video": video,
         "audio": np.frombuffer(ref.read(AUDIO_EXT), dtype=np.uint8),
-        "video_frames": window_frames(params[0].video_start, views.video_global_frames, stored_frames),
+        "video_frames": frames,
         "audio_start": np.array(params[0].audio_start, dtype=np.int32),
         **{name: np.stack([columns[name] for columns in per_sample]) for name in REPEAT_COLUMNS},
     }
