@@ -4,6 +4,7 @@ DALI 2.4 reports no per-operator time on the CPU backend (its executor statistic
 only), so stages are costed on whole graphs, by process CPU (getrusage: all of DALI's threads):
 
   - additive: the source alone (a graph that only takes the rows of ``ShardSource``: member reads,
+    the cut of each video to its window (``xkd.data.video_cut``),
     info vectors, view parameters), then source + ``decoders.video`` of the window, source +
     ``decoders.audio``; a decoder's cost is its graph minus the source graph;
   - knock-out: the production graph (``build_pipeline``, unchanged) built with one operator
@@ -13,8 +14,9 @@ only), so stages are costed on whole graphs, by process CPU (getrusage: all of D
   - collation: ``DaliClipLoader._to_batch`` (DALI outputs to torch tensors), timed on its thread.
 
 What no knock-out covers (slices, gains, log and standardisation, the executor) is "other".
-The floor: ``decoders.video`` / ``decoders.audio`` of whole clips (sequential, no window), per
-frame / per audio sample, times what one sample needs. Used by ``benchmarks/loader_speed.py``.
+The floor: ``decoders.video`` / ``decoders.audio`` of whole clips (sequential, no window, the
+source's cut of each video to its window switched off), per frame / per audio sample, times what
+one sample needs. Used by ``benchmarks/loader_speed.py``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from xkd.data import dali_pipeline
 from xkd.data.dali_pipeline import SOURCE_COLUMNS, DaliClipLoader, ShardSource
 from xkd.data.format import NUM_AUDIO_SAMPLES, NUM_FRAMES
 from xkd.data.sample_check import read_info
@@ -87,6 +90,18 @@ def replaced(name: str, make_stand_in):
         yield
     finally:
         setattr(fn, name, original)
+
+
+@contextlib.contextmanager
+def whole_videos():
+    """The source hands over every video whole (no ``cut_window``), as the floor's sequential
+    decode of whole clips needs: its per-frame cost is the clip's frames over the clip's decode."""
+    cut = dali_pipeline.cut_window
+    dali_pipeline.cut_window = lambda data, frames, fps: (data, frames)
+    try:
+        yield
+    finally:
+        dali_pipeline.cut_window = cut
 
 
 def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float]:
@@ -159,7 +174,7 @@ def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int
     full_runs = [loader_cpu_ms(loader, epochs) for _ in range(repeats)]
     full = float(np.median([cpu for cpu, _ in full_runs]))
     source = sub(None)
-    stages = {"source: tar/member read + view parameters": source,
+    stages = {"source: tar/member read, video cut, view parameters": source,
               "video decode (window)": sub("video") - source, "audio decode (whole FLAC)": sub("audio") - source}
     for stage, (name, stand_in) in knockouts().items():
         with replaced(name, stand_in):
@@ -180,7 +195,8 @@ def floor_ms(samples, views, plan, batch_size: int, epochs: int) -> dict[str, fl
     audio = np.mean([int(i[NUM_AUDIO_SAMPLES]) for i in infos])
     window = int(round(views.audio_global_seconds * views.audio_sample_rate))
     needed_audio = np.mean([min(int(i[NUM_AUDIO_SAMPLES]), window) for i in infos])
-    source = subgraph_cpu_ms(samples, views, plan, batch_size, epochs, None)
-    video = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "video_all") - source) / frames * needed_frames
-    sound = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "audio") - source) / audio * needed_audio
+    with whole_videos():
+        source = subgraph_cpu_ms(samples, views, plan, batch_size, epochs, None)
+        video = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "video_all") - source) / frames * needed_frames
+        sound = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "audio") - source) / audio * needed_audio
     return {"video": video, "audio": sound, "total": video + sound}

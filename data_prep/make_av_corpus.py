@@ -263,16 +263,21 @@ def draw_object(video: np.ndarray, spec: tuple[str, str, str], path: np.ndarray,
 
 
 def render_video(rng: np.random.Generator, spec: ClassSpec, size: int, frames: int, all_specs: list[tuple[str, str, str]],
-                 difficulty: float) -> tuple[np.ndarray, dict]:
-    """(frames, size, size, 3) uint8 frames: the class object plus nuisance (see module docstring)."""
+                 difficulty: float, max_distractors: int = 3) -> tuple[np.ndarray, dict]:
+    """(frames, size, size, 3) uint8 frames: the class object plus nuisance (see module docstring).
+    At most ``max_distractors`` of the 1-3 distractors drawn are rendered; all are drawn, so a clip's
+    other nuisances do not depend on ``max_distractors``."""
     video = smooth_background(rng, size, frames)
-    distractors = int(rng.integers(1, 4))
-    for _ in range(distractors):
+    drawn = int(rng.integers(1, 4))
+    distractors = min(drawn, max_distractors)
+    for number in range(drawn):
         shape, motion, texture = all_specs[int(rng.integers(len(all_specs)))]
         path = trajectory(rng, motion, frames, size, rng.uniform(0.8, 3.0))
         visible = rng.uniform(size=frames) < rng.uniform(0.3, 0.8)
-        draw_object(video, (shape, motion, texture), path, rng.uniform(0.06, 0.11) * size, rng.uniform(0, 1, 3),
-                    visible, rng.uniform(0.3, 0.9), rng.uniform(-1.5, 1.5))
+        radius, colour, alpha, phase_speed = (rng.uniform(0.06, 0.11) * size, rng.uniform(0, 1, 3),
+                                              rng.uniform(0.3, 0.9), rng.uniform(-1.5, 1.5))
+        if number < distractors:
+            draw_object(video, (shape, motion, texture), path, radius, colour, visible, alpha, phase_speed)
     speed = rng.uniform(0.8, 3.0)
     path = trajectory(rng, spec.motion, frames, size, speed)
     contrast = rng.uniform(0.9 - 0.6 * difficulty, 1.0)
@@ -314,7 +319,7 @@ def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_class: dict[str, int] | None = None,
              seed: int = 0, size: int = 64, fps: int = 8, seconds: float = 4.0, rate: int = 16000,
-             difficulty: float = 1.0, progress: bool = False) -> dict:
+             difficulty: float = 1.0, progress: bool = False, max_distractors: int = 3) -> dict:
     per_class = per_class or {"pretrain": 30, "probe_train": 10, "probe_test": 10}
     if output.exists() and any(output.iterdir()):
         raise SystemExit(f"error: --output {output} exists and is not empty")
@@ -341,7 +346,7 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
                 if recording not in cache:
                     cache[recording] = load_sound(sounds / "clips" / recording, rate)
                 audio, audio_meta = render_audio(rng, cache[recording], samples, rate, difficulty)
-                video, video_meta = render_video(rng, spec, size, frames, pool, difficulty)
+                video, video_meta = render_video(rng, spec, size, frames, pool, difficulty, max_distractors)
                 rel = f"{split}/{spec.name}/{spec.name}_{split}_{k:04d}.mp4"
                 encode(output / rel, video, audio, fps, rate)
                 lists[split].append(rel)
@@ -355,7 +360,8 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
         (output / "splits" / f"{split}.txt").write_text("".join(line + "\n" for line in lists[split]))
     corpus = {
         "version": VERSION, "seed": seed, "size": size, "fps": fps, "seconds": seconds, "audio_rate": rate,
-        "difficulty": difficulty, "per_class": per_class, "split_folds": {k: list(v) for k, v in SPLIT_FOLDS.items()},
+        "difficulty": difficulty, **({} if max_distractors == 3 else {"max_distractors": max_distractors}),
+        "per_class": per_class, "split_folds": {k: list(v) for k, v in SPLIT_FOLDS.items()},
         "classes": [asdict(spec) for spec in specs],
         "recordings": allowed, "clips": clips,
         "sounds_licence": "0 A.D. sound effects, CC-BY-SA-3.0, Wildfire Games (data/sounds/README.md)",
@@ -388,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--difficulty", type=float, default=1.0,
                         help="nuisance in [0, 1] (default 1): contrast of the class object, pixel noise and "
                              "the audio SNR (0-15 dB at 1, 20 dB higher at 0)")
+    parser.add_argument("--max-distractors", type=int, default=3, choices=range(4), metavar="{0,1,2,3}",
+                        help="render at most this many of each clip's 1-3 distractor objects (default 3: all); "
+                             "0 leaves the class object alone in the picture, the easiest video task")
     args = parser.parse_args(argv)
     if shutil.which("ffmpeg") is None:
         print("error: ffmpeg not found on PATH", file=sys.stderr)
@@ -398,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: every --*-per-class must be at least 1", file=sys.stderr)
         return 2
     corpus = generate(args.output, args.sounds, args.classes, per_class, args.seed, args.size, args.fps,
-                      args.seconds, args.audio_rate, args.difficulty, progress=True)
+                      args.seconds, args.audio_rate, args.difficulty, progress=True,
+                      max_distractors=args.max_distractors)
     counts = {split: sum(1 for c in corpus["clips"] if c["split"] == split) for split in SPLITS}
     print(json.dumps({"output": str(args.output), "classes": [c["name"] for c in corpus["classes"]], **counts}))
     return 0

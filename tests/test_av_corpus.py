@@ -79,3 +79,17 @@ def test_class_selection_is_even_and_refuses_nonempty_output(tmp_path):
     (tmp_path / "x").write_text("keep")
     with pytest.raises(SystemExit):
         make_av_corpus.generate(tmp_path, **SMALL)
+
+
+def test_max_distractors_removes_only_the_distractors():
+    """--max-distractors 0: the class object alone, every other nuisance of each clip unchanged."""
+    rng_args = (make_av_corpus.class_specs(["a", "b"])[0], 32, 16)
+    pool = [(s, m, t) for s in make_av_corpus.SHAPES for m in make_av_corpus.MOTIONS for t in make_av_corpus.TEXTURES]
+    for index in range(4):
+        full, full_meta = make_av_corpus.render_video(make_av_corpus.clip_rng(3, "pretrain", index), *rng_args, pool, 0.3)
+        alone, alone_meta = make_av_corpus.render_video(make_av_corpus.clip_rng(3, "pretrain", index), *rng_args, pool,
+                                                        0.3, max_distractors=0)
+        assert full_meta["distractors"] >= 1 and alone_meta["distractors"] == 0
+        assert {k: v for k, v in full_meta.items() if k != "distractors"} == \
+               {k: v for k, v in alone_meta.items() if k != "distractors"}
+        assert (full != alone).any()  # the distractors were in the picture, and are gone

@@ -54,3 +54,25 @@ def test_each_dali_knockout_builds_on_the_production_graph(sample_shards, stage)
         cpu_ms, _ = dali_stages.loader_cpu_ms(
             lambda: DaliClipLoader(samples, views, 4, plan, seed=0, device="cpu", num_threads=1), epochs=1)
     assert cpu_ms > 0
+
+
+def test_dali_floor_decodes_whole_videos_while_the_loader_cuts(sample_shards):
+    """The floor divides a whole clip's decode by the clip's frames, so its source must not cut the
+    video to the window (xkd.data.video_cut) as the production source does."""
+    from xkd.data.dali_pipeline import ShardSource
+    from xkd.data.format import VIDEO_EXT
+
+    views = config_from_dict({}).views
+    samples = index_split(sample_shards)
+    plan = EpochPlan(len(samples), seed=0)
+
+    def first_batch():
+        source = ShardSource(samples, views, plan, batch_size=len(samples), seed=0)
+        columns = dict(zip(dali_stages.SOURCE_COLUMNS, source(type("Info", (), {"iteration": 0})())))
+        return [(samples[index].read(VIDEO_EXT), bytes(video)) for (index, _), video in
+                zip(source.chosen[0], columns["video"])]
+
+    assert any(whole != given for whole, given in first_batch())  # some window starts past a keyframe
+    with dali_stages.whole_videos():
+        assert all(whole == given for whole, given in first_batch())
+    assert any(whole != given for whole, given in first_batch())  # and the cut is back afterwards

@@ -21,11 +21,10 @@ VIDEO_CODECS = ("vp9", "vp8", "mjpeg", "h264")
 # Codecs DALI's CPU video decoder handles; h264 needs NVDEC (device="mixed").
 CPU_DECODABLE_CODECS = ("vp9", "vp8", "mjpeg")
 # Largest distance between keyframes (ffmpeg -g), in frames: 8 s at the default 8 fps. Measured
-# (benchmarks/gop_choice.py, BENCHMARKS.md "Input pipeline CPU cost"): a 1 s GOP (8) saves a loader
-# that seeks (PyAV) 17 % of the window decode but costs DALI 2.4's CPU decoder, which decodes from
-# frame 0 whatever the GOP, 20 %, and 1.66x the bytes; it also lets a decoder resynchronise after
-# a damaged stretch, which changes what the loaders detect as corrupt. So the default stays 64
-# until DALI's decode seeks to the window; --keyframe-interval 8 is there for PyTorch-loader users.
+# (benchmarks/gop_choice.py, BENCHMARKS.md "Input pipeline CPU cost", "Window cut for DALI"): now
+# that both loaders decode from the keyframe before the window (PyAV seeks; the DALI source cuts the
+# video, xkd/data/video_cut.py), a 1 s GOP (8) saves 8-9 % of a window's decode, about 3 % of a
+# sample's CPU, for 1.66x the video bytes. Not worth it as the default; --keyframe-interval 8 is there.
 KEYFRAME_INTERVAL = 64
 LEGACY_KEYFRAME_INTERVAL = 64
 
