@@ -16,7 +16,9 @@ modalities**:
   Classes share attributes (several classes have the same shape, others the same motion),
   so only the combination identifies a class; with distractors built from the same pool, a
   video-only model has to find the main object and bind its attributes - much harder than
-  hearing the class (the paper's Figure 2: audio is the sharper teacher).
+  hearing the class (the paper's Figure 2: audio is the sharper teacher). Two knobs make
+  it easier: ``--difficulty`` (contrast, pixel noise, audio SNR) and ``--max-distractors``
+  (0: the class object alone; each clip's other nuisances stay the same).
 
 Splits are disjoint by construction: ``pretrain``, ``probe_train`` and ``probe_test`` clips
 are drawn with different seeds, and **each split uses its own real recordings**: within a
