@@ -61,6 +61,8 @@ def cut_video(data: bytes, start: int, end: int, fps: int) -> tuple[bytes, int]:
 def cut_window(data: np.ndarray, frames: np.ndarray, fps: int) -> tuple[np.ndarray, np.ndarray]:
     """A source row's video bytes and window frame indices -> the cut video and the same frames'
     indices in it."""
+    if int(frames.min()) <= 0:  # nothing before the window: no copy of the bytes, no demux
+        return data, frames
     video, first = cut_video(data.tobytes(), int(frames.min()), int(frames.max()) + 1, fps)
     if first == 0:
         return data, frames
