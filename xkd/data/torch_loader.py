@@ -18,7 +18,6 @@ full; the worker that met it reports it with the item and the loader logs and co
 from __future__ import annotations
 
 import io
-from fractions import Fraction
 
 import av
 import numpy as np
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xkd.config import ViewsConfig
 from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
+from xkd.data.frame_time import frame_index, seek_to_frame
 from xkd.data.logmel import LogMel
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
@@ -50,12 +50,11 @@ def decode_frames(data: bytes, start: int, count: int, fps: int, seek: bool = Tr
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1  # the DataLoader workers parallelise; codec threads only oversubscribe
-        origin, time_base = stream.start_time or 0, stream.time_base
         if seek and start > 0:
-            container.seek(origin + int(Fraction(start, fps) / time_base), stream=stream, backward=True)
+            seek_to_frame(container, stream, start, fps)
         index = -1
         for frame in container.decode(stream):
-            index = index + 1 if frame.pts is None else round((frame.pts - origin) * time_base * fps)
+            index = index + 1 if frame.pts is None else frame_index(stream, frame.pts, fps)
             first = index if first is None else first
             if index >= start:
                 frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))

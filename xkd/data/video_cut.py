@@ -12,18 +12,18 @@ interval before it.
 from __future__ import annotations
 
 import io
-from fractions import Fraction
 
 import av
 import numpy as np
+
+from xkd.data.frame_time import frame_index, seek_to_frame
 
 
 def cut_video(data: bytes, start: int, end: int, fps: int) -> tuple[bytes, int]:
     """The packets of frames [keyframe <= ``start``, ``end``) of a video, as a WebM, and the index
     of its first frame in the original video (the keyframe's).
 
-    Frame i is the one at time i / fps after the stream's start, as in
-    :func:`xkd.data.torch_loader.decode_frames`. Where the cut cannot be trusted (start 0, a seek
+    Frames are counted as in :mod:`xkd.data.frame_time`, as the PyTorch loader counts them. Where the cut cannot be trusted (start 0, a seek
     that lands after ``start`` or not on a keyframe, packets without timestamps) the whole video
     comes back with index 0, i.e. DALI decodes from the beginning as it would without the cut.
     Damaged containers raise (PyAV's error), as decoding them would.
@@ -33,8 +33,7 @@ def cut_video(data: bytes, start: int, end: int, fps: int) -> tuple[bytes, int]:
     output = io.BytesIO()
     with av.open(io.BytesIO(data)) as source:
         stream = source.streams.video[0]
-        origin, time_base = stream.start_time or 0, stream.time_base
-        source.seek(origin + int(Fraction(start, fps) / time_base), stream=stream, backward=True)
+        seek_to_frame(source, stream, start, fps)
         first = None
         # bitexact: no random segment UID or muxing date, so a row read twice is the same bytes.
         with av.open(output, "w", format="webm", container_options={"fflags": "+bitexact"}) as cut:
@@ -45,11 +44,11 @@ def cut_video(data: bytes, start: int, end: int, fps: int) -> tuple[bytes, int]:
                 if packet.pts is None or packet.dts is None:
                     return data, 0
                 if first is None:
-                    first = round((packet.pts - origin) * time_base * fps)
+                    first = frame_index(stream, packet.pts, fps)
                     if first > start or not packet.is_keyframe:
                         return data, 0
                 # Decode order: once a packet's decode time is past the window, so is every frame after it.
-                if round((packet.dts - origin) * time_base * fps) >= end:
+                if frame_index(stream, packet.dts, fps) >= end:
                     break
                 packet.stream = cut_stream
                 cut.mux(packet)
