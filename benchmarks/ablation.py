@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="make_av_corpus.py --difficulty when the corpus is generated (default 1.0)")
     parser.add_argument("--max-distractors", type=int, default=3,
                         help="make_av_corpus.py --max-distractors when the corpus is generated (default 3)")
+    parser.add_argument("--class-colour", type=float, default=0.0,
+                        help="make_av_corpus.py --class-colour when the corpus is generated (default 0)")
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--train-clips", type=int, default=None, help="augmented clips per probe-train item")
     parser.add_argument("--test-clips", type=int, default=None, help="clips per probe-test item")
@@ -159,7 +161,7 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
     if not (args.corpus / "corpus.json").is_file():
         print(f"generating the corpus in {args.corpus}", flush=True)
         run([PYTHON, "data_prep/make_av_corpus.py", "--output", str(args.corpus), "--difficulty", str(args.difficulty),
-             "--max-distractors", str(args.max_distractors)],
+             "--max-distractors", str(args.max_distractors), "--class-colour", str(args.class_colour)],
             args.work / "logs" / "corpus.log")
     shards = {}
     for split in ("pretrain", "probe_train", "probe_test"):

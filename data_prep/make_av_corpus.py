@@ -16,9 +16,11 @@ modalities**:
   Classes share attributes (several classes have the same shape, others the same motion),
   so only the combination identifies a class; with distractors built from the same pool, a
   video-only model has to find the main object and bind its attributes - much harder than
-  hearing the class (the paper's Figure 2: audio is the sharper teacher). Two knobs make
-  it easier: ``--difficulty`` (contrast, pixel noise, audio SNR) and ``--max-distractors``
-  (0: the class object alone; each clip's other nuisances stay the same).
+  hearing the class (the paper's Figure 2: audio is the sharper teacher). Three knobs make
+  it easier: ``--difficulty`` (contrast, pixel noise, audio SNR), ``--max-distractors``
+  (0: the class object alone) and ``--class-colour`` (the object's colour pulled towards a
+  colour of its class, a cue even a random-init encoder can read); each leaves every other
+  nuisance of a clip as it was.
 
 Splits are disjoint by construction: ``pretrain``, ``probe_train`` and ``probe_test`` clips
 are drawn with different seeds, and **each split uses its own real recordings**: within a
@@ -46,6 +48,7 @@ single-threaded bit-exact encoders), so two runs give byte-identical files.
 from __future__ import annotations
 
 import argparse
+import colorsys
 import csv
 import hashlib
 import itertools
@@ -113,6 +116,11 @@ def class_specs(names: list[str]) -> list[ClassSpec]:
         if combo not in chosen:
             chosen.append(combo)
     return [ClassSpec(name, SHAPES[s], MOTIONS[m], TEXTURES[t]) for name, (s, m, t) in zip(names, chosen)]
+
+
+def class_colours(count: int) -> np.ndarray:
+    """(count, 3) RGB in [0, 1]: fully saturated hues evenly spaced around the colour wheel."""
+    return np.array([colorsys.hsv_to_rgb(i / count, 1.0, 1.0) for i in range(count)])
 
 
 def recordings(sounds: Path, names: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -265,10 +273,12 @@ def draw_object(video: np.ndarray, spec: tuple[str, str, str], path: np.ndarray,
 
 
 def render_video(rng: np.random.Generator, spec: ClassSpec, size: int, frames: int, all_specs: list[tuple[str, str, str]],
-                 difficulty: float, max_distractors: int = 3) -> tuple[np.ndarray, dict]:
+                 difficulty: float, max_distractors: int = 3, class_colour: np.ndarray | None = None,
+                 colour_cue: float = 0.0) -> tuple[np.ndarray, dict]:
     """(frames, size, size, 3) uint8 frames: the class object plus nuisance (see module docstring).
     At most ``max_distractors`` of the 1-3 distractors drawn are rendered; all are drawn, so a clip's
-    other nuisances do not depend on ``max_distractors``."""
+    other nuisances do not depend on ``max_distractors``. The class object's colour is its random colour
+    moved a fraction ``colour_cue`` of the way to ``class_colour`` (drawn either way, same reason)."""
     video = smooth_background(rng, size, frames)
     drawn = int(rng.integers(1, 4))
     distractors = min(drawn, max_distractors)
@@ -284,7 +294,10 @@ def render_video(rng: np.random.Generator, spec: ClassSpec, size: int, frames: i
     path = trajectory(rng, spec.motion, frames, size, speed)
     contrast = rng.uniform(0.9 - 0.6 * difficulty, 1.0)
     radius = rng.uniform(0.12, 0.18) * size
-    draw_object(video, (spec.shape, spec.motion, spec.texture), path, radius, rng.uniform(0, 1, 3),
+    colour = rng.uniform(0, 1, 3)
+    if colour_cue:
+        colour = (1.0 - colour_cue) * colour + colour_cue * class_colour
+    draw_object(video, (spec.shape, spec.motion, spec.texture), path, radius, colour,
                 np.ones(frames, dtype=bool), contrast, rng.uniform(-1.5, 1.5))
     video += rng.normal(0, 0.02 + 0.08 * difficulty, size=video.shape)
     meta = {"distractors": distractors, "speed": round(float(speed), 3), "contrast": round(float(contrast), 3),
@@ -321,7 +334,8 @@ def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_class: dict[str, int] | None = None,
              seed: int = 0, size: int = 64, fps: int = 8, seconds: float = 4.0, rate: int = 16000,
-             difficulty: float = 1.0, progress: bool = False, max_distractors: int = 3) -> dict:
+             difficulty: float = 1.0, progress: bool = False, max_distractors: int = 3,
+             colour_cue: float = 0.0) -> dict:
     per_class = per_class or {"pretrain": 30, "probe_train": 10, "probe_test": 10}
     if output.exists() and any(output.iterdir()):
         raise SystemExit(f"error: --output {output} exists and is not empty")
@@ -330,6 +344,7 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
     frames, samples = int(round(fps * seconds)), int(round(rate * seconds))
     names = select_classes(sounds, classes)
     specs = class_specs(names)
+    colours = class_colours(len(specs))
     pool = [(s, m, t) for s in SHAPES for m in MOTIONS for t in TEXTURES]
     allowed = recordings(sounds, names)
     cache: dict[str, np.ndarray] = {}
@@ -339,7 +354,7 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
     output.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         index = 0
-        for spec in specs:
+        for spec, class_colour in zip(specs, colours):
             (output / split / spec.name).mkdir(parents=True, exist_ok=True)
             for k in range(per_class[split]):
                 rng = clip_rng(seed, split, index)
@@ -348,7 +363,8 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
                 if recording not in cache:
                     cache[recording] = load_sound(sounds / "clips" / recording, rate)
                 audio, audio_meta = render_audio(rng, cache[recording], samples, rate, difficulty)
-                video, video_meta = render_video(rng, spec, size, frames, pool, difficulty, max_distractors)
+                video, video_meta = render_video(rng, spec, size, frames, pool, difficulty, max_distractors,
+                                                 class_colour, colour_cue)
                 rel = f"{split}/{spec.name}/{spec.name}_{split}_{k:04d}.mp4"
                 encode(output / rel, video, audio, fps, rate)
                 lists[split].append(rel)
@@ -363,6 +379,7 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
     corpus = {
         "version": VERSION, "seed": seed, "size": size, "fps": fps, "seconds": seconds, "audio_rate": rate,
         "difficulty": difficulty, **({} if max_distractors == 3 else {"max_distractors": max_distractors}),
+        **({"class_colour": colour_cue, "class_colours": colours.round(4).tolist()} if colour_cue else {}),
         "per_class": per_class, "split_folds": {k: list(v) for k, v in SPLIT_FOLDS.items()},
         "classes": [asdict(spec) for spec in specs],
         "recordings": allowed, "clips": clips,
@@ -399,7 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-distractors", type=int, default=3, choices=range(4), metavar="{0,1,2,3}",
                         help="render at most this many of each clip's 1-3 distractor objects (default 3: all); "
                              "0 leaves the class object alone in the picture, the easiest video task")
+    parser.add_argument("--class-colour", type=float, default=0.0, metavar="CUE",
+                        help="in [0, 1] (default 0: colours independent of the class): move the class object's "
+                             "random colour this fraction of the way to a colour of its class (1: the colour "
+                             "names the class)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.class_colour <= 1.0:
+        parser.error(f"--class-colour must be in [0, 1], got {args.class_colour}")
     if shutil.which("ffmpeg") is None:
         print("error: ffmpeg not found on PATH", file=sys.stderr)
         return 2
@@ -410,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     corpus = generate(args.output, args.sounds, args.classes, per_class, args.seed, args.size, args.fps,
                       args.seconds, args.audio_rate, args.difficulty, progress=True,
-                      max_distractors=args.max_distractors)
+                      max_distractors=args.max_distractors, colour_cue=args.class_colour)
     counts = {split: sum(1 for c in corpus["clips"] if c["split"] == split) for split in SPLITS}
     print(json.dumps({"output": str(args.output), "classes": [c["name"] for c in corpus["classes"]], **counts}))
     return 0

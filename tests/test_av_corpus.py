@@ -5,6 +5,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -93,3 +94,24 @@ def test_max_distractors_removes_only_the_distractors():
         assert {k: v for k, v in full_meta.items() if k != "distractors"} == \
                {k: v for k, v in alone_meta.items() if k != "distractors"}
         assert (full != alone).any()  # the distractors were in the picture, and are gone
+
+
+def test_class_colour_moves_only_the_class_object_towards_its_colour():
+    """--class-colour 1: the object takes its class's colour; off (0) the clip is unchanged, other nuisances too."""
+    spec = make_av_corpus.ClassSpec("a", "square", "bounce", "solid")  # solid: the object is one flat colour
+    pool = [(s, m, t) for s in make_av_corpus.SHAPES for m in make_av_corpus.MOTIONS for t in make_av_corpus.TEXTURES]
+    red = make_av_corpus.class_colours(4)[0]
+    assert red.tolist() == [1.0, 0.0, 0.0]
+    for index in range(3):
+        def render(cue):
+            return make_av_corpus.render_video(make_av_corpus.clip_rng(5, "pretrain", index), spec, 32, 8, pool, 0.0,
+                                               max_distractors=0, class_colour=red, colour_cue=cue)
+        plain, plain_meta = make_av_corpus.render_video(make_av_corpus.clip_rng(5, "pretrain", index), spec, 32, 8,
+                                                        pool, 0.0, max_distractors=0)
+        off, off_meta = render(0.0)
+        cued, cued_meta = render(1.0)
+        assert (off == plain).all() and off_meta == plain_meta == cued_meta
+        changed = np.abs(cued.astype(int) - off.astype(int)).max(axis=-1) > 40
+        assert changed.any()
+        obj = cued[changed].astype(float)  # object pixels: contrast >= 0.9 of pure red over the background
+        assert (obj[:, 0] - obj[:, 1:].max(axis=1)).mean() > 0.6 * 255
