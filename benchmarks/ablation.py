@@ -70,6 +70,10 @@ GRIDS = {
     "quick": {"seeds": [0], "steps": 300, "train_clips": 3, "test_clips": 2},
 }
 # The tiny model on the corpus's 64 px, 8 fps clips: global views 2 s (16 frames, 64 px), local 1 s.
+# The corpus (make_av_corpus.py options) of a default run, and that tool's own defaults (what a
+# corpus.json that does not name an option was made with).
+CORPUS_TOOL_DEFAULTS = {"difficulty": 1.0, "max_distractors": 3, "class_colour": 0.0, "object_scale": 1.0}
+CORPUS = dict(CORPUS_TOOL_DEFAULTS)
 BASE_OVERRIDES = {"train.log_every_steps": "5", "train.visualize_every_steps": "0"}
 EVAL_CLIP = ["--frames", "16", "--size", "64", "--seconds", "2"]
 
@@ -83,12 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="default: runs/ablation/<quick|full>")
     parser.add_argument("--corpus", type=Path, default=None,
                         help="an existing make_av_corpus.py output (default: <work>/../corpus, generated if missing)")
-    parser.add_argument("--difficulty", type=float, default=1.0,
-                        help="make_av_corpus.py --difficulty when the corpus is generated (default 1.0)")
-    parser.add_argument("--max-distractors", type=int, default=3,
-                        help="make_av_corpus.py --max-distractors when the corpus is generated (default 3)")
-    parser.add_argument("--class-colour", type=float, default=0.0,
-                        help="make_av_corpus.py --class-colour when the corpus is generated (default 0)")
+    for knob, kind in (("difficulty", float), ("max_distractors", int), ("class_colour", float),
+                       ("object_scale", float)):
+        parser.add_argument("--" + knob.replace("_", "-"), type=kind, default=None,
+                            help=f"make_av_corpus.py option for a new corpus (default {CORPUS[knob]}); an "
+                                 "existing corpus must have been made with it")
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--train-clips", type=int, default=None, help="augmented clips per probe-train item")
     parser.add_argument("--test-clips", type=int, default=None, help="clips per probe-test item")
@@ -157,12 +160,32 @@ def run(command: list[str], log: Path, env: dict | None = None) -> None:
     print(f"  {time.time() - started:6.0f} s  {' '.join(command[:3])} ...", flush=True)
 
 
+def corpus_knobs(args: argparse.Namespace) -> dict[str, float]:
+    """The corpus options of this run: those given on the command line over ``CORPUS``."""
+    return {knob: default if getattr(args, knob) is None else getattr(args, knob) for knob, default in CORPUS.items()}
+
+
+def check_corpus(args: argparse.Namespace) -> dict[str, float]:
+    """An existing corpus's options (``corpus.json``; make_av_corpus.py records those off its defaults);
+    a run that asks for other ones stops instead of silently measuring another corpus."""
+    recorded = json.loads((args.corpus / "corpus.json").read_text())
+    made = {knob: recorded.get(knob, default) for knob, default in CORPUS_TOOL_DEFAULTS.items()}
+    for knob, value in made.items():
+        asked = getattr(args, knob)
+        if asked is not None and float(asked) != float(value):
+            raise SystemExit(f"error: {args.corpus / 'corpus.json'} was made with {knob}={value}, not the "
+                             f"--{knob.replace('_', '-')} {asked} asked for; give another --corpus (or drop the option)")
+    return made
+
+
 def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
     if not (args.corpus / "corpus.json").is_file():
         print(f"generating the corpus in {args.corpus}", flush=True)
-        run([PYTHON, "data_prep/make_av_corpus.py", "--output", str(args.corpus), "--difficulty", str(args.difficulty),
-             "--max-distractors", str(args.max_distractors), "--class-colour", str(args.class_colour)],
+        options = [item for knob, value in corpus_knobs(args).items()
+                   for item in ("--" + knob.replace("_", "-"), str(value))]
+        run([PYTHON, "data_prep/make_av_corpus.py", "--output", str(args.corpus), *options],
             args.work / "logs" / "corpus.log")
+    args.corpus_options = check_corpus(args)
     shards = {}
     for split in ("pretrain", "probe_train", "probe_test"):
         out = args.corpus.parent / "shards" / split
@@ -332,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"grid": args.grid, "arms": args.arms, "seeds": args.seeds, "steps": args.steps,
             "steps_per_epoch": spe, "config": args.config, "extra_overrides": args.set,
             "train_clips": args.train_clips, "test_clips": args.test_clips, "corpus": str(args.corpus),
+            "corpus_options": args.corpus_options,
             "wall_s": round(time.time() - started, 1)}
     result = {"meta": meta, "summary": summary, "per_seed": per_seed}
     (args.work / "results.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -16,11 +16,12 @@ modalities**:
   Classes share attributes (several classes have the same shape, others the same motion),
   so only the combination identifies a class; with distractors built from the same pool, a
   video-only model has to find the main object and bind its attributes - much harder than
-  hearing the class (the paper's Figure 2: audio is the sharper teacher). Three knobs make
+  hearing the class (the paper's Figure 2: audio is the sharper teacher). Four knobs make
   it easier: ``--difficulty`` (contrast, pixel noise, audio SNR), ``--max-distractors``
-  (0: the class object alone) and ``--class-colour`` (the object's colour pulled towards a
-  colour of its class, a cue even a random-init encoder can read); each leaves every other
-  nuisance of a clip as it was.
+  (0: the class object alone), ``--class-colour`` (the object's colour pulled towards a
+  colour of its class) and ``--object-scale`` (a larger class object: a mean-pooled
+  representation, as the linear evaluation uses, dilutes an object that covers a few
+  patches); each leaves every other nuisance of a clip as it was.
 
 Splits are disjoint by construction: ``pretrain``, ``probe_train`` and ``probe_test`` clips
 are drawn with different seeds, and **each split uses its own real recordings**: within a
@@ -274,11 +275,12 @@ def draw_object(video: np.ndarray, spec: tuple[str, str, str], path: np.ndarray,
 
 def render_video(rng: np.random.Generator, spec: ClassSpec, size: int, frames: int, all_specs: list[tuple[str, str, str]],
                  difficulty: float, max_distractors: int = 3, class_colour: np.ndarray | None = None,
-                 colour_cue: float = 0.0) -> tuple[np.ndarray, dict]:
+                 colour_cue: float = 0.0, object_scale: float = 1.0) -> tuple[np.ndarray, dict]:
     """(frames, size, size, 3) uint8 frames: the class object plus nuisance (see module docstring).
     At most ``max_distractors`` of the 1-3 distractors drawn are rendered; all are drawn, so a clip's
     other nuisances do not depend on ``max_distractors``. The class object's colour is its random colour
-    moved a fraction ``colour_cue`` of the way to ``class_colour`` (drawn either way, same reason)."""
+    moved a fraction ``colour_cue`` of the way to ``class_colour`` (drawn either way, same reason), its
+    radius (0.12-0.18 of the frame) multiplied by ``object_scale``."""
     video = smooth_background(rng, size, frames)
     drawn = int(rng.integers(1, 4))
     distractors = min(drawn, max_distractors)
@@ -293,7 +295,7 @@ def render_video(rng: np.random.Generator, spec: ClassSpec, size: int, frames: i
     speed = rng.uniform(0.8, 3.0)
     path = trajectory(rng, spec.motion, frames, size, speed)
     contrast = rng.uniform(0.9 - 0.6 * difficulty, 1.0)
-    radius = rng.uniform(0.12, 0.18) * size
+    radius = rng.uniform(0.12, 0.18) * size * object_scale
     colour = rng.uniform(0, 1, 3)
     if colour_cue:
         colour = (1.0 - colour_cue) * colour + colour_cue * class_colour
@@ -335,7 +337,7 @@ def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_class: dict[str, int] | None = None,
              seed: int = 0, size: int = 64, fps: int = 8, seconds: float = 4.0, rate: int = 16000,
              difficulty: float = 1.0, progress: bool = False, max_distractors: int = 3,
-             colour_cue: float = 0.0) -> dict:
+             colour_cue: float = 0.0, object_scale: float = 1.0) -> dict:
     per_class = per_class or {"pretrain": 30, "probe_train": 10, "probe_test": 10}
     if output.exists() and any(output.iterdir()):
         raise SystemExit(f"error: --output {output} exists and is not empty")
@@ -364,7 +366,7 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
                     cache[recording] = load_sound(sounds / "clips" / recording, rate)
                 audio, audio_meta = render_audio(rng, cache[recording], samples, rate, difficulty)
                 video, video_meta = render_video(rng, spec, size, frames, pool, difficulty, max_distractors,
-                                                 class_colour, colour_cue)
+                                                 class_colour, colour_cue, object_scale)
                 rel = f"{split}/{spec.name}/{spec.name}_{split}_{k:04d}.mp4"
                 encode(output / rel, video, audio, fps, rate)
                 lists[split].append(rel)
@@ -380,6 +382,7 @@ def generate(output: Path, sounds: Path = DEFAULT_SOUNDS, classes: int = 8, per_
         "version": VERSION, "seed": seed, "size": size, "fps": fps, "seconds": seconds, "audio_rate": rate,
         "difficulty": difficulty, **({} if max_distractors == 3 else {"max_distractors": max_distractors}),
         **({"class_colour": colour_cue, "class_colours": colours.round(4).tolist()} if colour_cue else {}),
+        **({"object_scale": object_scale} if object_scale != 1.0 else {}),
         "per_class": per_class, "split_folds": {k: list(v) for k, v in SPLIT_FOLDS.items()},
         "classes": [asdict(spec) for spec in specs],
         "recordings": allowed, "clips": clips,
@@ -420,7 +423,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="in [0, 1] (default 0: colours independent of the class): move the class object's "
                              "random colour this fraction of the way to a colour of its class (1: the colour "
                              "names the class)")
+    parser.add_argument("--object-scale", type=float, default=1.0, metavar="SCALE",
+                        help="multiply the class object's radius (0.12-0.18 of the frame) by this (default 1)")
     args = parser.parse_args(argv)
+    if not 0.25 <= args.object_scale <= 3.0:
+        parser.error(f"--object-scale must be in [0.25, 3], got {args.object_scale}")
     if not 0.0 <= args.class_colour <= 1.0:
         parser.error(f"--class-colour must be in [0, 1], got {args.class_colour}")
     if shutil.which("ffmpeg") is None:
@@ -433,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     corpus = generate(args.output, args.sounds, args.classes, per_class, args.seed, args.size, args.fps,
                       args.seconds, args.audio_rate, args.difficulty, progress=True,
-                      max_distractors=args.max_distractors, colour_cue=args.class_colour)
+                      max_distractors=args.max_distractors, colour_cue=args.class_colour,
+                      object_scale=args.object_scale)
     counts = {split: sum(1 for c in corpus["clips"] if c["split"] == split) for split in SPLITS}
     print(json.dumps({"output": str(args.output), "classes": [c["name"] for c in corpus["classes"]], **counts}))
     return 0

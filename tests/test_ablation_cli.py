@@ -79,3 +79,19 @@ def test_table_lists_paper_numbers_and_monitors():
     table = ablation.markdown_table(summary)
     assert "84.7" in table and "91.0" in table and "51.0 ± 1.4" in table and "0.60 ± 0.14" in table
     assert "| random init | 30.0 | 40.0 |" in table  # one seed: no spread shown
+
+
+def test_an_existing_corpus_must_match_the_options_asked_for(tmp_path):
+    """A corpus made with other make_av_corpus.py options is refused, not silently measured."""
+    (tmp_path / "corpus.json").write_text('{"difficulty": 0.3, "max_distractors": 0}')
+
+    def check(*argv):
+        return ablation.check_corpus(ablation.parse_args(["--corpus", str(tmp_path), *argv]))
+
+    made = {"difficulty": 0.3, "max_distractors": 0, "class_colour": 0.0, "object_scale": 1.0}
+    assert check() == made  # options not given: whatever the corpus was made with
+    assert check("--difficulty", "0.3", "--max-distractors", "0", "--class-colour", "0") == made
+    for wrong in (["--difficulty", "1"], ["--max-distractors", "3"], ["--class-colour", "0.5"],
+                  ["--object-scale", "2"]):
+        with pytest.raises(SystemExit, match=wrong[0]):
+            check(*wrong)

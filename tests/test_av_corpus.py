@@ -115,3 +115,23 @@ def test_class_colour_moves_only_the_class_object_towards_its_colour():
         assert changed.any()
         obj = cued[changed].astype(float)  # object pixels: contrast >= 0.9 of pure red over the background
         assert (obj[:, 0] - obj[:, 1:].max(axis=1)).mean() > 0.6 * 255
+
+
+def test_object_scale_grows_only_the_class_object():
+    """--object-scale 2: twice the radius, about 4x the object's pixels; every other nuisance the same."""
+    spec = make_av_corpus.ClassSpec("a", "square", "pulse", "solid")
+    pool = [(s, m, t) for s in make_av_corpus.SHAPES for m in make_av_corpus.MOTIONS for t in make_av_corpus.TEXTURES]
+    red = make_av_corpus.class_colours(4)[0]
+
+    def object_pixels(scale):  # pixels the class object covers: where its colour (cue 0 vs 1) shows
+        args = (make_av_corpus.clip_rng(7, "pretrain", 0), spec, 64, 4, pool, 0.0)
+        off, meta = make_av_corpus.render_video(*args, max_distractors=0, class_colour=red, object_scale=scale)
+        cued, _ = make_av_corpus.render_video(make_av_corpus.clip_rng(7, "pretrain", 0), *args[1:], max_distractors=0,
+                                              class_colour=red, colour_cue=1.0, object_scale=scale)
+        return (np.abs(cued.astype(int) - off.astype(int)).max(axis=-1) > 40).sum(), meta
+
+    small, small_meta = object_pixels(1.0)
+    large, large_meta = object_pixels(2.0)
+    assert abs(large_meta.pop("radius") - 2 * small_meta.pop("radius")) <= 0.01
+    assert large_meta == small_meta
+    assert 2.5 * small < large < 5 * small
