@@ -1,6 +1,7 @@
 """benchmarks/ablation.py: argument parsing and arm -> config override mapping (no training)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,12 @@ def _config(arm, seed=1, extra=()):
 
 def test_grids_and_defaults():
     quick = ablation.parse_args(["--quick"])
-    assert quick.grid == "quick" and quick.seeds == [0] and quick.arms == list(ablation.ARMS)
+    assert quick.grid == "quick" and quick.seeds == [0] and quick.arms == ["random", "ae", "xkd"]
     full = ablation.parse_args([])
-    assert full.grid == "full" and full.seeds == [0, 1, 2] and full.steps > quick.steps
+    assert full.grid == "full" and full.seeds == [0, 1, 2] and full.steps == quick.steps == 500
+    assert full.arms == [arm for arm in ablation.ARMS if arm != "xkd_k4"]  # the paper's arms
+    assert ablation.global_batch_size(full) == 32
+    assert ablation.global_batch_size(ablation.parse_args(["--set", "train.global_batch_size=8"])) == 8
     custom = ablation.parse_args(["--arms", "ae", "xkd", "--seeds", "3", "4", "--steps", "40", "--set", "loss.kd_weight=2"])
     assert custom.arms == ["ae", "xkd"] and custom.seeds == [3, 4] and custom.steps == 40
     with pytest.raises(SystemExit):
@@ -81,17 +85,20 @@ def test_table_lists_paper_numbers_and_monitors():
     assert "| random init | 30.0 | 40.0 |" in table  # one seed: no spread shown
 
 
-def test_an_existing_corpus_must_match_the_options_asked_for(tmp_path):
-    """A corpus made with other make_av_corpus.py options is refused, not silently measured."""
+def test_an_existing_corpus_must_match_the_options_of_the_run(tmp_path):
+    """A corpus made with other make_av_corpus.py options than the run's (given or default) is refused,
+    not silently measured."""
     (tmp_path / "corpus.json").write_text('{"difficulty": 0.3, "max_distractors": 0}')
 
     def check(*argv):
         return ablation.check_corpus(ablation.parse_args(["--corpus", str(tmp_path), *argv]))
 
     made = {"difficulty": 0.3, "max_distractors": 0, "class_colour": 0.0, "object_scale": 1.0}
-    assert check() == made  # options not given: whatever the corpus was made with
-    assert check("--difficulty", "0.3", "--max-distractors", "0", "--class-colour", "0") == made
-    for wrong in (["--difficulty", "1"], ["--max-distractors", "3"], ["--class-colour", "0.5"],
-                  ["--object-scale", "2"]):
-        with pytest.raises(SystemExit, match=wrong[0]):
-            check(*wrong)
+    assert check("--class-colour", "0", "--object-scale", "1") == made
+    with pytest.raises(SystemExit, match="--class-colour 0.0 --object-scale 1.0"):
+        check()  # the grid's default corpus has a colour cue and a larger object: the error says what to add
+    for wrong in (["--difficulty", "1"], ["--max-distractors", "3"], ["--class-colour", "0.5"]):
+        with pytest.raises(SystemExit, match="difficulty|max_distractors|class_colour"):
+            check("--class-colour", "0", "--object-scale", "1", *wrong)
+    (tmp_path / "corpus.json").write_text(json.dumps(ablation.CORPUS))
+    assert check() == ablation.CORPUS
