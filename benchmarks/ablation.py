@@ -9,12 +9,14 @@ Steps (each is skipped when its output already exists, so a rerun continues):
 
 1. corpus: ``data_prep/make_av_corpus.py`` (seeded; class drives a real 0 A.D. recording and a
    rendered pattern) unless ``--corpus`` points at one;
-2. shards: ``data_prep/make_shards.py`` for the pretrain, probe-train and probe-test splits;
+2. shards: ``data_prep/make_shards.py`` for the pretrain, probe-train and probe-test splits, and
+   for the bundled sounds (``data/sounds``, 22 classes);
 3. per arm and seed: pretraining with the real engine (``deepspeed launch/pretrain.py``,
    ZeRO-2 via ``ds_configs/zero2.json``, 2 CPU ranks over gloo, ``configs/tiny.yaml`` plus the
    arm's overrides, see ``ARMS``), ``launch/export_encoders.py``, and ``eval/linear_svm.py`` on
-   both modalities (teacher encoders, probe-train -> probe-test, which use real recordings never
-   heard in pretraining); the random-init arm exports ``eval/random_init.py`` instead;
+   the teacher encoders: video and audio probe-train -> probe-test (real recordings never heard in
+   pretraining), and audio on the bundled sounds of the folds never heard in pretraining (2-fold
+   cross-validation, 22 classes); the random-init arm exports ``eval/random_init.py`` instead;
 4. collapse monitors from each run's ``metrics.jsonl`` (mean of the last ``--monitor-window``
    rows): KL per direction, teacher entropies, reconstruction losses;
 5. one MLflow parent run (experiment ``xkd_ablation``) with a child run per arm (mean/std over
@@ -24,6 +26,7 @@ Steps (each is skipped when its output already exists, so a rerun continues):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SOUNDS = ROOT / "data" / "sounds"
 BIN = Path(sys.executable).parent
 PYTHON = sys.executable
 
@@ -203,7 +207,33 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
                  "--short-side", "64", "--fps", "8", "--workers", "1", "--no-progress"],
                 args.work / "logs" / f"shards_{split}.log")
         shards[split] = out
+    shards["sounds"], shards["sounds_folds"] = unheard_sounds(args)
     return shards
+
+
+def unheard_sounds(args: argparse.Namespace) -> tuple[Path, Path]:
+    """A second, wider audio probe: the bundled sounds (22 classes, ``data/sounds``) sharded like
+    ``scripts/make_sound_shards.sh``, and a folds file keeping only the folds the corpus never put
+    into pretraining (``corpus.json`` ``split_folds``): 2-fold cross-validation over recordings no
+    encoder heard, 14 of the 22 classes never heard at all."""
+    out = args.corpus.parent / "shards" / "sounds"
+    if not (out / "manifest.json").is_file():
+        run([PYTHON, "data_prep/make_shards.py", "--input", str(SOUNDS / "clips"), "--output", str(out),
+             "--split", "train", "--shard-size", "64", "--no-video-policy", "audio-only", "--short-policy", "pad",
+             "--workers", "1", "--no-progress"], args.work / "logs" / "shards_sounds.log")
+    return out, unheard_folds(args.corpus, args.corpus.parent / "sounds_unheard_folds.csv")
+
+
+def unheard_folds(corpus: Path, output: Path) -> Path:
+    """``data/sounds/folds.csv`` without the folds ``corpus`` used for pretraining, written to ``output``."""
+    heard = {str(f) for f in json.loads((corpus / "corpus.json").read_text())["split_folds"]["pretrain"]}
+    with open(SOUNDS / "folds.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(output, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(row for row in rows if row["fold"] not in heard)
+    return output
 
 
 def latest_export(run_dir: Path) -> Path | None:
@@ -226,17 +256,24 @@ def monitors(run_dir: Path, window: int) -> dict[str, float]:
 
 
 def evaluate(args, export: Path, shards: dict[str, Path], out_dir: Path, seed: int) -> dict[str, float]:
+    probes = {  # result key -> modality, data
+        "video": ("video", ["--data", str(shards["probe_train"]), "--test-data", str(shards["probe_test"]),
+                            "--dataset-name", "av_corpus"]),
+        "audio": ("audio", ["--data", str(shards["probe_train"]), "--test-data", str(shards["probe_test"]),
+                            "--dataset-name", "av_corpus"]),
+        "audio_sounds": ("audio", ["--data", str(shards["sounds"]), "--splits", f"folds:{shards['sounds_folds']}",
+                                   "--dataset-name", "sounds_unheard"]),
+    }
     scores = {}
-    for modality in ("video", "audio"):
-        out = out_dir / f"linear_svm-{modality}.json"
+    for key, (modality, data) in probes.items():
+        out = out_dir / f"linear_svm-{key}.json"
         if not out.is_file():
-            run([PYTHON, "eval/linear_svm.py", "--checkpoint", str(export), "--modality", modality,
-                 "--data", str(shards["probe_train"]), "--test-data", str(shards["probe_test"]),
-                 "--dataset-name", "av_corpus", *EVAL_CLIP, "--train-clips", str(args.train_clips),
-                 "--test-clips", str(args.test_clips), "--seed", str(seed), "--workers", "0",
-                 "--output", str(out), "--no-track", "--no-progress"], out_dir / "eval.log")
+            run([PYTHON, "eval/linear_svm.py", "--checkpoint", str(export), "--modality", modality, *data,
+                 *EVAL_CLIP, "--train-clips", str(args.train_clips), "--test-clips", str(args.test_clips),
+                 "--seed", str(seed), "--workers", "0", "--output", str(out), "--no-track", "--no-progress"],
+                out_dir / "eval.log")
         record = json.loads(out.read_text())
-        scores[modality] = float(record["mean"]["top1"])  # percent
+        scores[key] = float(record["mean"]["top1"])  # percent
     return scores
 
 
@@ -281,7 +318,7 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for arm, rows in per_seed.items():
         entry = {"seeds": [r["seed"] for r in rows]}
-        for key in ("video", "audio", *MONITORS):
+        for key in ("video", "audio", "audio_sounds", *MONITORS):
             values = [r[key] for r in rows if key in r and r[key] is not None]
             if values:
                 entry[key] = {**dict(zip(("mean", "std"), mean_std(values))), "n": len(values)}
@@ -299,14 +336,14 @@ def fmt(entry: dict | None, digits: int = 1) -> str:
 
 def markdown_table(summary: dict[str, dict]) -> str:
     lines = [
-        "| arm | video top-1 (%) | audio top-1 (%) | paper UCF101 | paper ESC50 | KL v→a | KL a→v "
-        "| H(teacher v) | H(teacher a) | recon v | recon a |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| arm | video top-1 (%) | audio top-1 (%) | audio, unheard sounds (%) | paper UCF101 | paper ESC50 "
+        "| KL v→a | KL a→v | H(teacher v) | H(teacher a) | recon v | recon a |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, entry in summary.items():
         paper_v, paper_a = PAPER[arm]
         lines.append("| " + " | ".join([
-            ARM_LABELS[arm], fmt(entry.get("video")), fmt(entry.get("audio")),
+            ARM_LABELS[arm], fmt(entry.get("video")), fmt(entry.get("audio")), fmt(entry.get("audio_sounds")),
             "-" if paper_v is None else f"{paper_v:.1f}", "-" if paper_a is None else f"{paper_a:.1f}",
             *(fmt(entry.get(k), 2) for k in MONITORS)]) + " |")
     return "\n".join(lines) + "\n"

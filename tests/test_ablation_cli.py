@@ -1,6 +1,7 @@
 """benchmarks/ablation.py: argument parsing and arm -> config override mapping (no training)."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_table_lists_paper_numbers_and_monitors():
     assert summary["xkd"]["video"] == pytest.approx({"mean": 51.0, "std": 2 ** 0.5, "n": 2})
     table = ablation.markdown_table(summary)
     assert "84.7" in table and "91.0" in table and "51.0 ± 1.4" in table and "0.60 ± 0.14" in table
-    assert "| random init | 30.0 | 40.0 |" in table  # one seed: no spread shown
+    assert "| random init | 30.0 | 40.0 | - |" in table  # one seed: no spread shown; no sounds probe given
 
 
 def test_an_existing_corpus_must_match_the_options_of_the_run(tmp_path):
@@ -102,3 +103,12 @@ def test_an_existing_corpus_must_match_the_options_of_the_run(tmp_path):
             check("--class-colour", "0", "--object-scale", "1", *wrong)
     (tmp_path / "corpus.json").write_text(json.dumps(ablation.CORPUS))
     assert check() == ablation.CORPUS
+
+
+def test_the_sounds_probe_keeps_only_recordings_never_pretrained_on(tmp_path):
+    (tmp_path / "corpus.json").write_text('{"split_folds": {"pretrain": [1, 2], "probe_train": [3], "probe_test": [4]}}')
+    rows = list(csv.DictReader(open(ablation.unheard_folds(tmp_path, tmp_path / "folds.csv"), newline="")))
+    everything = list(csv.DictReader(open(ablation.SOUNDS / "folds.csv", newline="")))
+    assert {row["fold"] for row in rows} == {"3", "4"}
+    assert rows == [row for row in everything if row["fold"] in ("3", "4")]
+    assert len({row["category"] for row in rows}) == len({row["category"] for row in everything}) == 22
