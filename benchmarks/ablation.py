@@ -2,7 +2,7 @@
 """One command for the XKD ablation (issue 12, section 2) on the small audio-visual corpus.
 
     python benchmarks/ablation.py            # full grid: every arm of the paper's ablation x 3 seeds
-    python benchmarks/ablation.py --quick    # random init, `ae` and XKD, 1 seed (~17 min once the corpus exists)
+    python benchmarks/ablation.py --quick    # random init, `ae` and XKD, 1 seed (about 20 min from nothing)
     python benchmarks/ablation.py --arms ae xkd --seeds 0 1 --steps 300     # any sub-grid
 
 Steps (each is skipped when its output already exists, so a rerun continues):
