@@ -212,15 +212,14 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def unheard_sounds(args: argparse.Namespace) -> tuple[Path, Path]:
-    """A second, wider audio probe: the bundled sounds (22 classes, ``data/sounds``) sharded like
+    """A second, wider audio probe: the bundled sounds (22 classes, ``data/sounds``) sharded by
     ``scripts/make_sound_shards.sh``, and a folds file keeping only the folds the corpus never put
     into pretraining (``corpus.json`` ``split_folds``): 2-fold cross-validation over recordings no
     encoder heard, 14 of the 22 classes never heard at all."""
     out = args.corpus.parent / "shards" / "sounds"
     if not (out / "manifest.json").is_file():
-        run([PYTHON, "data_prep/make_shards.py", "--input", str(SOUNDS / "clips"), "--output", str(out),
-             "--split", "train", "--shard-size", "64", "--no-video-policy", "audio-only", "--short-policy", "pad",
-             "--workers", "1", "--no-progress"], args.work / "logs" / "shards_sounds.log")
+        run(["bash", "scripts/make_sound_shards.sh", "--no-progress"], args.work / "logs" / "shards_sounds.log",
+            env={"SOUND_SHARDS": str(out), "PYTHON": PYTHON, "WORKERS": "1"})
     return out, unheard_folds(args.corpus, args.corpus.parent / "sounds_unheard_folds.csv")
 
 
