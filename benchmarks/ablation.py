@@ -18,7 +18,8 @@ Steps (each is skipped when its output already exists, so a rerun continues):
    pretraining), and audio on the bundled sounds of the folds never heard in pretraining (2-fold
    cross-validation, 22 classes); the random-init arm exports ``eval/random_init.py`` instead;
 4. collapse monitors from each run's ``metrics.jsonl`` (mean of the last ``--monitor-window``
-   rows): KL per direction, teacher entropies, reconstruction losses;
+   rows): KL per direction, teacher entropies, student output spreads (0: one
+   output for every sample), reconstruction losses;
 5. one MLflow parent run (experiment ``xkd_ablation``) with a child run per arm (mean/std over
    seeds, every seed's numbers and the pretraining run ids); ``results.json`` and
    ``results.md`` (the table, beside the paper's numbers) in ``--work``.
@@ -65,7 +66,7 @@ PAPER = {
     "xkd_k4": (None, None),
 }
 MONITORS = ("kl_video_to_audio", "kl_audio_to_video", "teacher_entropy_video", "teacher_entropy_audio",
-            "recon_video", "recon_audio")
+            "student_spread_video", "student_spread_audio", "recon_video", "recon_audio")
 
 # Grid sizes. Steps at the grid's global batch (BASE_OVERRIDES, or --set train.global_batch_size); the
 # cosine schedule is fitted to the steps (optim.epochs). 500 steps x 32 = 16 000 samples, ~67 epochs of
@@ -336,8 +337,8 @@ def fmt(entry: dict | None, digits: int = 1) -> str:
 def markdown_table(summary: dict[str, dict]) -> str:
     lines = [
         "| arm | video top-1 (%) | audio top-1 (%) | audio, unheard sounds (%) | paper UCF101 | paper ESC50 "
-        "| KL v→a | KL a→v | H(teacher v) | H(teacher a) | recon v | recon a |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| KL v→a | KL a→v | H(teacher v) | H(teacher a) | spread v | spread a | recon v | recon a |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, entry in summary.items():
         paper_v, paper_a = PAPER[arm]

@@ -9,6 +9,8 @@ from xkd.losses.distillation import (
     cross_modal_distillation,
     distillation_cross_entropy,
     distillation_monitors,
+    output_spread,
+    spread_monitors,
     entropy,
     teacher_probabilities,
 )
@@ -111,6 +113,31 @@ def test_entropy_hand_computed():
     probs = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
     # -(0.2 ln 0.2 + 0.3 ln 0.3 + 0.5 ln 0.5) = 1.0296530141; one-hot: 0; batch mean: 0.5148265070
     assert entropy(probs).item() == pytest.approx(0.5148265070, rel=1e-6)
+
+
+def test_output_spread_hand_computed():
+    # two rows, one-hot on different dimensions: mean [0.5, 0.5], entropy ln 2; rows 0 -> spread ln 2
+    assert output_spread(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(math.log(2), rel=1e-6)
+    # every row the same distribution (collapse), however peaked: spread 0
+    assert output_spread(torch.tensor([[0.2, 0.3, 0.5]] * 4)).item() == pytest.approx(0.0, abs=1e-7)
+    # [0.2, 0.3, 0.5] and one-hot [1, 0, 0]: mean [0.6, 0.15, 0.25]
+    # H(mean) = -(0.6 ln 0.6 + 0.15 ln 0.15 + 0.25 ln 0.25) = 0.9376369623; mean H = 0.5148265070
+    probs = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    assert output_spread(probs).item() == pytest.approx(0.9376369623 - 0.5148265070, rel=1e-6)
+
+
+def test_spread_monitors_students_at_their_temperature():
+    tau = 0.1
+    teacher = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    # students whose rows differ only by a per-row constant: same softmax for every row, spread 0,
+    # although the raw outputs are far apart
+    collapsed = torch.tensor([[1.0, 2.0, 3.0], [11.0, 12.0, 13.0]])
+    # a student that outputs two distinct one-hot-like rows at tau = 0.1: spread close to ln 2
+    distinct = torch.tensor([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
+    out = spread_monitors(teacher, teacher, collapsed, distinct, tau)
+    assert out["teacher_spread_video"].item() == pytest.approx(0.9376369623 - 0.5148265070, rel=1e-6)
+    assert out["student_spread_video"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["student_spread_audio"].item() == pytest.approx(math.log(2), abs=1e-6)
 
 
 def test_monitors_kl_is_ce_minus_teacher_entropy():

@@ -8,6 +8,7 @@ OUTPUT_KEYS = {
     "loss", "ae", "recon_video", "recon_audio", "da", "mmd_student", "mmd_teacher", "kd",
     "kd_video_to_audio", "kd_audio_to_video", "teacher_entropy_video", "teacher_entropy_audio",
     "kl_video_to_audio", "kl_audio_to_video", "head_cosine_video", "head_cosine_audio", "head_sqdist_cross",
+    "teacher_spread_video", "teacher_spread_audio", "student_spread_video", "student_spread_audio",
 }
 STUDENT_GROUPS = ("video_encoder", "audio_encoder", "video_decoder", "audio_decoder", "video_head", "audio_head")
 

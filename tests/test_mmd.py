@@ -144,3 +144,8 @@ def test_model_reports_head_monitors(tiny_config, random_batch):
     assert -1.0 <= record["head_cosine_video"] <= 1.0 and -1.0 <= record["head_cosine_audio"] <= 1.0
     # LayerNorm-ed outputs: ||f||^2 ~= D, so the D-scaled cross distance lies in [0, 4]
     assert 0.0 < record["head_sqdist_cross"] <= 4.0
+    # the spreads: nats in [0, log(rows)]; 2 samples x (1 global + 2 local) student rows, 2 teacher rows
+    for key in ("student_spread_video", "student_spread_audio"):
+        assert 0.0 <= record[key] <= math.log(6) + 1e-6, key
+    for key in ("teacher_spread_video", "teacher_spread_audio"):
+        assert 0.0 <= record[key] <= math.log(2) + 1e-6, key

@@ -73,6 +73,33 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-30).log()).sum(dim=-1).mean()
 
 
+def output_spread(probs: torch.Tensor) -> torch.Tensor:
+    """H(mean_i p_i) - mean_i H(p_i), in nats: how much a row's distribution says about which row it
+    is (the mutual information between row and output dimension, rows equally likely). 0 when every
+    row has the same distribution, the collapse that output cosines near 1 only hint at; at most
+    log(rows)."""
+    mean = probs.float().mean(dim=0, keepdim=True)
+    return entropy(mean) - entropy(probs.float())
+
+
+@torch.no_grad()
+def spread_monitors(
+    video_teacher_probs: torch.Tensor,
+    audio_teacher_probs: torch.Tensor,
+    video_student_output: torch.Tensor,
+    audio_student_output: torch.Tensor,
+    student_temperature: float,
+) -> dict[str, torch.Tensor]:
+    """:func:`output_spread` of the teachers' targets and of the students' distributions
+    softmax(f_s / tau_s) over this rank's micro-batch (students: every view's row)."""
+    return {
+        "teacher_spread_video": output_spread(video_teacher_probs),
+        "teacher_spread_audio": output_spread(audio_teacher_probs),
+        "student_spread_video": output_spread(F.softmax(video_student_output.float() / student_temperature, dim=-1)),
+        "student_spread_audio": output_spread(F.softmax(audio_student_output.float() / student_temperature, dim=-1)),
+    }
+
+
 @torch.no_grad()
 def distillation_monitors(
     video_teacher_probs: torch.Tensor,

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from xkd.config import XKDConfig
-from xkd.losses.distillation import TeacherCentre, cross_modal_distillation, distillation_monitors, teacher_probabilities
+from xkd.losses.distillation import (TeacherCentre, cross_modal_distillation, distillation_monitors, spread_monitors,
+                                    teacher_probabilities)
 from xkd.losses.mmd import head_output_monitors, mmd_rbf
 from xkd.losses.reconstruction import masked_reconstruction_loss, normalized_patch_targets
 from xkd.losses.refine import cross_modal_attention, refine_pool
@@ -179,6 +180,9 @@ class XKDStudent(nn.Module):
             **{name: value.detach() for name, value in kd_terms.items()},
             "kd": kd.detach(),
             **distillation_monitors(targets.video_probs, targets.audio_probs, kd_terms),
+            # Collapse proper: does a distribution still depend on the sample (0: one output for all)?
+            **spread_monitors(targets.video_probs, targets.audio_probs, student_video.detach(),
+                              student_audio.detach(), loss_config.student_temperature),
             # Where the MMD kernel acts (docs/method.md §4.6): within-modality cosines, cross-modal distance.
             **head_output_monitors(student_video.detach(), student_audio.detach(), loss_config.mmd_distance_scale),
         }
