@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=200, help="steps between held-out evaluations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--export", type=Path, default=None,
+                        help="write an export directory (launch/export_encoders.py format) whose audio encoders "
+                             "(student and teacher slots) are the trained one, video encoders at random init: "
+                             "eval/linear_svm.py --modality audio takes it as --checkpoint")
     return parser.parse_args(argv)
 
 
@@ -159,7 +163,25 @@ def main(argv: list[str] | None = None) -> dict:
             tqdm.write(f"step {step}: train {loss.item():.4f}, held-out {held_loss:.4f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.export:
+        export_audio_encoder(args.export, student, config, {"step": str(args.steps), "source": "audio_mae_alone"})
     return result
+
+
+def export_audio_encoder(output: Path, student, config, metadata: dict[str, str]) -> None:
+    """The student's audio encoder in both audio slots of an export; the video slots hold its video encoder
+    (untrained here). Probes of the audio teacher then measure the audio MAE alone."""
+    import yaml
+
+    from xkd.engine.export import write_export
+
+    def fp32(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().contiguous().clone() for k, v in module.state_dict().items()}
+
+    audio, video = fp32(student.audio_encoder), fp32(student.video_encoder)
+    write_export(output, {"audio_student_encoder": audio, "audio_teacher_encoder": audio,
+                          "video_student_encoder": video, "video_teacher_encoder": video},
+                 yaml.safe_dump(config.to_dict(), sort_keys=False), metadata)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ only), so stages are costed on whole graphs, by process CPU (getrusage: all of D
     ``decoders.audio``; a decoder's cost is its graph minus the source graph;
   - knock-out: the production graph (``build_pipeline``, unchanged) built with one operator
     replaced by a near-free stand-in (``knockouts``); the stage's cost is the full graph minus
-    that graph. Stand-ins: identity (the layout transpose), a crop to the output size (resizes),
-    a 16-point STFT padded to n_fft/2 + 1 bins (STFT), the first n_mel bins (mel filter bank);
+    that graph. Stand-ins: identity (the layout transpose), a crop to the output size (resizes);
   - collation: ``DaliClipLoader._to_batch`` (DALI outputs to torch tensors), timed on its thread.
 
-What no knock-out covers (slices, gains, log and standardisation, the executor) is "other".
+What no knock-out covers (slices, the audio window, the executor) is "other". The log-mels are
+not in the graph: the trainer computes them on its device (``xkd.data.audio_finish``).
 The floor: ``decoders.video`` / ``decoders.audio`` of whole clips (sequential, no window, the
 source's cut of each video to its window switched off), per frame / per audio sample, times what
 one sample needs. Used by ``benchmarks/loader_speed.py``.
@@ -41,41 +41,19 @@ def process_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _crop_to_size(resize):
-    """fn.resize -> a crop (padded) to the requested size; ``video`` picks the frame resizes (an
-    ROI) or the spectrogram resizes (none)."""
+def crop_to_size(resize):
+    """fn.resize -> a crop (padded) to the requested size."""
     from nvidia.dali import fn
 
-    def stand_in(video: bool):
-        def op(data, **kw):
-            if ("roi_start" in kw) != video:
-                return resize(data, **kw)
-            return fn.crop(data, crop=kw["size"], out_of_bounds_policy="pad")
-        return op
-    return stand_in
+    return lambda data, **kw: fn.crop(data, crop=kw["size"], out_of_bounds_policy="pad")
 
 
 def knockouts() -> dict[str, tuple[str, object]]:
     """Stage -> (the ``nvidia.dali.fn`` operator replaced, a function of the original giving its stand-in)."""
-    from nvidia.dali import fn
-
     identity = lambda original: lambda data, **kw: data  # noqa: E731
-
-    def cheap_stft(original):
-        def op(data, **kw):
-            spectrum = original(data, **{**kw, "nfft": 16, "window_length": 16, "window_fn": [1.0] * 16})
-            return fn.pad(spectrum, axes=[0], shape=[kw["nfft"] // 2 + 1])
-        return op
-
-    def first_bins(original):
-        return lambda data, **kw: fn.slice(data, start=[0], shape=[kw["nfilter"]], axes=[0])
-
     return {
-        "video crop + resize": ("resize", lambda original: _crop_to_size(original)(True)),
-        "spectrogram crop + resize": ("resize", lambda original: _crop_to_size(original)(False)),
+        "video crop + resize": ("resize", crop_to_size),
         "layout (uint8 to CFHW)": ("transpose", identity),
-        "log-mel: STFT": ("spectrogram", cheap_stft),
-        "log-mel: mel filter bank": ("mel_filter_bank", first_bins),
     }
 
 

@@ -211,7 +211,7 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     from xkd.data.dali_pipeline import DaliClipLoader
     from xkd.data.loader import training_samples
     from xkd.data.sampler import EpochPlan
-    from xkd.data.video_finish import VIEW_KEYS, finish_batch
+    from xkd.data.batch_finish import LOADER_VIEW_KEYS, BatchFinisher
 
     config = vit_config(VITB_CONFIG, "bf16", batch_size)  # paper geometry views
     if not Path(shards).exists() and Path(shards) == ROOT / "sample_shards":
@@ -229,13 +229,14 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
         require(gpu_loader.pipeline.device_id == current.index,
                 f"DALI pipeline on GPU {gpu_loader.pipeline.device_id}, current device {current}")
     worst = {"frame_mean_abs": 0.0, "frame_mean_shift": 0.0, "mel_max_abs": 0.0}
+    finish_here, finish_on_cpu = BatchFinisher(config.views).to(current), BatchFinisher(config.views)
     gpu_batches = []
     for got, ref in zip(iter(gpu_loader), iter(cpu_loader)):
-        for name in VIEW_KEYS:  # the finishing parameters come from Python, on the host
+        for name in LOADER_VIEW_KEYS:  # the finishing parameters come from Python, on the host
             require(got[name].device == current, f"DALI output {name} on {got[name].device}, expected {current}")
         # Compared as the model sees them: finished (colour, flip, normalisation) on each side's device.
-        got = {k: v.cpu() for k, v in finish_batch(got, current).items()}
-        ref = finish_batch(ref, torch.device("cpu"))
+        got = {k: v.cpu() for k, v in finish_here(got).items()}
+        ref = finish_on_cpu(ref)
         for name in ("video_global", "video_local"):
             worst["frame_mean_abs"] = max(worst["frame_mean_abs"], float((got[name] - ref[name]).abs().mean()))
         shift = (got["video_global"].mean(dim=(1, 3, 4)) - ref["video_global"].mean(dim=(1, 3, 4))).abs().max()
@@ -255,7 +256,7 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     sync(current)
     started, seen = time.perf_counter(), 0
     for batch in stream:
-        seen += finish_batch(batch, current)["video_global"].shape[0]
+        seen += finish_here(batch)["video_global"].shape[0]
         if seen >= batches * batch_size:
             break
     sync(current)

@@ -16,10 +16,11 @@ benchmarks/dali_stages.py: their docstrings say how each is measured), the decod
 Host-to-device copies do not exist on the CPU path (n/a). The JSON (``--json OUT``) has
 ``cpu_ms_per_sample`` and ``samples_per_second`` per loader.
 
-Colour jitter, blur, flip and normalisation are not loader work: the loaders deliver uint8 views
-with their parameters and the trainer finishes them batched on its device
-(``xkd.data.video_finish``). ``device_finish`` reports that step's cost per sample run on this
-CPU, i.e. what CPU-only training pays for it in its main process; on a GPU it is device time.
+Colour jitter, blur, flip, normalisation and the audio's log-mels and spectrogram crops are not
+loader work: the loaders deliver uint8 video views, the audio window and every view's parameters,
+and the trainer finishes them batched on its device (``xkd.data.batch_finish``).
+``device_finish`` reports that step's cost per sample run on this CPU, i.e. what CPU-only training
+pays for it in its main process; on a GPU it is device time.
 
 ``--samples-per-decode K`` (``data.samples_per_decode``): each decoded clip gives K samples, so a
 batch of ``--batch-size`` samples (a multiple of K) holds batch / K clips; costs stay per sample.
@@ -46,7 +47,7 @@ from xkd.data.sampler import EpochPlan
 from xkd.data.shard_index import index_split
 from xkd.data.torch_loader import ClipDataset, TorchClipLoader
 from xkd.data.transcode import LEGACY_KEYFRAME_INTERVAL
-from xkd.data.video_finish import finish_batch
+from xkd.data.batch_finish import BatchFinisher
 
 
 def cpu_seconds() -> float:
@@ -57,12 +58,13 @@ def cpu_seconds() -> float:
     return total
 
 
-def finish_cpu_ms(batch: dict, repeats: int = 5) -> float:
-    """CPU ms per sample of :func:`finish_batch` on this CPU (median of ``repeats``)."""
-    times = []
+def finish_cpu_ms(batch: dict, views, repeats: int = 5) -> float:
+    """CPU ms per sample of the trainer's :class:`BatchFinisher` (video colour etc., audio log-mels)
+    on this CPU (median of ``repeats``)."""
+    finish, times = BatchFinisher(views), []
     for _ in range(repeats):
         begin = cpu_seconds()
-        finish_batch(batch, torch.device("cpu"))
+        finish(batch)
         times.append(cpu_seconds() - begin)
     return 1000 * sorted(times)[len(times) // 2] / batch["video_global"].shape[0]
 
@@ -124,7 +126,7 @@ def main() -> None:
         "keyframe_interval": keyframe_interval(args.shards), "host_to_device": "n/a (CPU path)",
     }
     batch = next(iter(TorchClipLoader(samples, views, args.batch_size, 0, plan, seed=0)))
-    results["device_finish"] = {"cpu_ms_per_sample": finish_cpu_ms(batch),
+    results["device_finish"] = {"cpu_ms_per_sample": finish_cpu_ms(batch, views),
                                 "where": "the training device (here: this CPU, as CPU-only training runs it)"}
     if args.stages:  # per stage at one sample per decode; the floor per sample of K is 1/K of K = 1's
         for name, report in stage_report(samples, views, EpochPlan(len(samples), seed=0), args).items():

@@ -19,12 +19,15 @@ import torch
 from xkd.data.format import AUDIO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import read_info
 from xkd.data.torch_loader import ClipDataset, collate_clips, decode_frames, read_audio
-from xkd.data.torch_views import crop_resize, crop_spectrogram, global_audio_view
-from xkd.data.video_finish import VIDEO_PARAM_KEYS, VIEW_KEYS, video_param_tensors
+from xkd.data.audio_finish import audio_param_tensors
+from xkd.data.batch_finish import LOADER_KEYS
+from xkd.data.torch_views import crop_resize
+from xkd.data.video_finish import video_param_tensors
 
-STAGES = ("tar/member read", "view parameters", "video decode (window)", "audio decode (window)", "log-mel",
-          "video crop + resize", "spectrogram crop + resize", "layout (to CTHW) + finishing parameters",
-          "collation")
+# The log-mels and spectrogram crops are not a loader stage: the trainer computes them on its
+# device (xkd.data.audio_finish), as it finishes the video.
+STAGES = ("tar/member read", "view parameters", "video decode (window)", "audio decode (window)",
+          "video crop + resize", "layout (to CTHW) + finishing parameters", "collation")
 
 
 class StageClock:
@@ -70,16 +73,9 @@ def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
             video_view(clock, frames[int(o):int(o) + v.video_local_frames], p.local_boxes[i], v.video_local_size)
             for i, o in enumerate(p.local_offsets)])
         with clock("layout (to CTHW) + finishing parameters"):
-            finishing = video_param_tensors(p)
-        with clock("log-mel"):  # as local_audio_views, split between log-mel and the crops
-            audio_global = global_audio_view(window, p, dataset.logmel)
-            length = int(round(v.audio_local_seconds * v.audio_sample_rate))
-            specs = dataset.logmel(torch.stack([window[int(o):int(o) + length] * float(g)
-                                                for o, g in zip(p.audio_local_offsets, p.audio_local_gains)]))
-        with clock("spectrogram crop + resize"):
-            audio_local = torch.stack([crop_spectrogram(s, b) for s, b in zip(specs, p.audio_local_boxes)])
-    return {"video_global": video_global, "video_local": video_local, "audio_global": audio_global,
-            "audio_local": audio_local, **finishing, "key": ref.key, "index": index}
+            finishing = {**video_param_tensors(p), **audio_param_tensors(p)}
+    return {"video_global": video_global, "video_local": video_local, "audio_window": window, **finishing,
+            "key": ref.key, "index": index}
 
 
 def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str, float]:
@@ -87,7 +83,7 @@ def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str,
     clock = StageClock()
     (first,) = dataset.load(int(dataset.indices[0]))
     staged = sample_stages(dataset, int(dataset.indices[0]), StageClock())
-    if not all(torch.equal(first[name], staged[name]) for name in (*VIEW_KEYS, *VIDEO_PARAM_KEYS)):
+    if not all(torch.equal(first[name], staged[name]) for name in LOADER_KEYS):
         raise AssertionError("the staged sample differs from ClipDataset.load: torch_stages is out of date")
     samples = 0
     for _ in range(epochs):

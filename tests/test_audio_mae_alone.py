@@ -26,8 +26,9 @@ def clips(tmp_path_factory):
 @pytest.mark.slow
 def test_trains_and_reports_references(clips, tmp_path):
     report = tmp_path / "mae.json"
+    export = tmp_path / "export"
     result = audio_mae_alone.main(["--clips", str(clips), "--held-out", "1", "--steps", "4", "--every", "2",
-                                   "--batch", "2", "--warmup", "1", "--json", str(report)])
+                                   "--batch", "2", "--warmup", "1", "--json", str(report), "--export", str(export)])
     assert json.loads(report.read_text()) == json.loads(json.dumps(result))
     assert result["clips"] == 4 and result["held_out"] == 1
     # 4 mel bins x 16 frames = 64 values per patch, unbiased variance: predicting 0 costs 63/64
@@ -36,6 +37,16 @@ def test_trains_and_reports_references(clips, tmp_path):
     for row in result["curve"]:
         assert 0.0 < row["held_out"] < 10.0 and 0.0 < row["train"] < 10.0
     assert 0.0 < result["ridge"] < 2.0
+    # the export holds the trained audio encoder (moved from its init) in both audio slots
+    from xkd.engine.export import load_encoder
+
+    torch.manual_seed(0)
+    initial = XKD(load_config(ROOT / "configs" / "tiny.yaml")).student.audio_encoder.state_dict()
+    teacher = load_encoder(export, "audio_teacher_encoder").state_dict()
+    student = load_encoder(export, "audio_student_encoder").state_dict()
+    assert teacher.keys() == initial.keys()
+    assert all(torch.equal(teacher[k], student[k]) for k in teacher)
+    assert not torch.equal(teacher["patch_embed.proj.weight"], initial["patch_embed.proj.weight"])
 
 
 def test_zero_reference_is_what_zero_costs():

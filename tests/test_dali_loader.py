@@ -1,5 +1,5 @@
 """The DALI loader (CPU backend) on a real shard: layout, agreement with the PyTorch loader,
-exact log-mel of docs/method.md §1.2, synchronised windows, rank split, resume and corrupt samples."""
+the same audio windows and parameters, synchronised windows, rank split, resume and corrupt samples."""
 from __future__ import annotations
 
 import logging
@@ -12,11 +12,14 @@ from media import TINY_VIEWS, views_config, write_shard
 from xkd.data.dali_pipeline import DaliClipLoader
 from xkd.data.sampler import EpochPlan
 from xkd.data.torch_loader import TorchClipLoader
-from xkd.data.video_finish import VIDEO_PARAM_KEYS, VIEW_KEYS, finish_batch
+from xkd.data.audio_finish import AUDIO_PARAM_KEYS
+from xkd.data.batch_finish import LOADER_KEYS, BatchFinisher
+from xkd.data.video_finish import VIDEO_PARAM_KEYS
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is needed to build the test shard")
 
 VIEWS = views_config(**TINY_VIEWS)
+FINISH = BatchFinisher(VIEWS)
 
 
 def dali(split, batch_size=2, plan=None, **kwargs):
@@ -35,31 +38,36 @@ def first_batch(loader):
 
 def finished(batch):
     """The model's inputs: what the trainer makes of a loader batch."""
-    return finish_batch(batch, torch.device("cpu"))
+    return FINISH(batch)
 
 
 def test_same_layout_as_torch_loader(split):
     from_dali, from_torch = first_batch(dali(split)), first_batch(torch_loader(split))
-    for name in (*VIEW_KEYS, *VIDEO_PARAM_KEYS):
+    for name in LOADER_KEYS:
         assert from_dali[name].shape == from_torch[name].shape, name
         assert from_dali[name].dtype == from_torch[name].dtype, name
     assert from_dali["video_global"].dtype == from_dali["video_local"].dtype == torch.uint8
     assert from_dali["video_global"].shape == (2, 3, 8, 32, 32)
     assert from_dali["video_local"].shape == (2, 2, 3, 4, 16, 16)
-    assert from_dali["audio_global"].shape == (2, 1, 80, 224)
-    assert from_dali["audio_local"].shape == (2, 2, 1, 80, 112)
+    assert from_dali["audio_window"].shape == (2, 32000) and from_dali["audio_window"].dtype == torch.float32
+    assert from_dali["audio_local_box"].shape == (2, 2, 4)
+    model_inputs = finished(from_dali)
+    assert model_inputs["audio_global"].shape == (2, 1, 80, 224)
+    assert model_inputs["audio_local"].shape == (2, 2, 1, 80, 112)
 
 
 def test_unaugmented_views_agree_with_torch_loader(split):
-    """Same windows, no augmentation: log-mels agree to 1e-3 (float32 STFT/mel order of
-    operations differ); frames agree to resize-kernel differences (mean |diff| < 0.05 in
+    """Same windows, no augmentation: the audio windows agree to float32 rounding (FFmpeg's and
+    libsndfile's FLAC decoders), so the log-mels made from them on the device do; frames agree to resize-kernel differences (mean |diff| < 0.05 in
     normalised units) and every frame's mean to 0.035 (measured: a constant ~0.022, i.e. ~1.3
     grey levels from the two YUV->RGB conversions), half the 0.069 between neighbouring frames
     of the brightness ramp, so both loaders decoded the very same frames."""
     plan = EpochPlan(len(split))
-    a = [finished(b) for b in dali(split, plan=plan, augment=False)]
-    b = [finished(b) for b in torch_loader(split, plan=plan, augment=False)]
+    a = list(dali(split, plan=plan, augment=False))
+    b = list(torch_loader(split, plan=plan, augment=False))
     for x, y in zip(a, b):
+        assert torch.allclose(x["audio_window"], y["audio_window"], atol=1e-6)
+        x, y = finished(x), finished(y)
         for name in ("audio_global", "audio_local"):
             assert torch.allclose(x[name], y[name], atol=1e-3), (name, (x[name] - y[name]).abs().max())
         for name in ("video_global", "video_local"):
@@ -82,11 +90,14 @@ def test_augmented_video_agrees_with_torch_loader(split):
 
 
 def test_augmented_audio_agrees_with_torch_loader(split):
-    """Augmented: the global log-mel (window + gain drawn in Python) agrees exactly as above;
-    the local spectrogram crops agree up to the cubic resize kernels."""
+    """Augmented: both loaders deliver the same window (drawn in Python) and the same gains, local
+    offsets and crop boxes; the log-mels and crops made from them on the device agree."""
     x, y = first_batch(dali(split)), first_batch(torch_loader(split))
+    for name in AUDIO_PARAM_KEYS:
+        assert torch.equal(x[name], y[name]), name
+    x, y = finished(x), finished(y)
     assert torch.allclose(x["audio_global"], y["audio_global"], atol=1e-3)
-    assert (x["audio_local"] - y["audio_local"]).abs().mean() < 0.05
+    assert torch.allclose(x["audio_local"], y["audio_local"], atol=1e-3)
 
 
 def test_short_clip_padded_with_its_last_frame_like_torch_loader(split):
@@ -125,9 +136,9 @@ def test_resume_mid_epoch_gives_identical_batches(split):
 
 def test_epochs_advance_and_change_views(split):
     loader = dali(split, batch_size=2)
-    first = torch.cat([b["audio_global"] for b in loader])
+    first = torch.cat([finished(b)["audio_global"] for b in loader])
     assert loader.state()["epoch"] == 1 and loader.state()["position"] == 0
-    second = torch.cat([b["audio_global"] for b in loader])
+    second = torch.cat([finished(b)["audio_global"] for b in loader])
     assert first.shape == second.shape and not torch.equal(first, second)
 
 
@@ -184,5 +195,5 @@ def test_read_ahead_reads_the_next_batch_and_changes_nothing(split):
             upcoming = {int(i) for i in plan.indices(0)[(iteration + 1) * 2:(iteration + 2) * 2]}
             assert {index for index, _ in ahead.ahead} == upcoming  # the next batch is being read
     assert not ahead.ahead  # the last batch has no successor: every read-ahead row was used
-    dali_batches = [b["audio_global"] for b in dali(split)]  # the loader (with its reader) matches too
+    dali_batches = [b["audio_window"] for b in dali(split)]  # the loader (with its reader) matches too
     assert len(dali_batches) == len(split) // 2

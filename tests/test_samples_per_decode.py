@@ -21,13 +21,14 @@ from xkd.data.format import HEIGHT, NUM_AUDIO_SAMPLES, NUM_FRAMES, WIDTH
 from xkd.data.sample_check import read_info
 from xkd.data.sampler import EpochPlan, clip_view_params
 from xkd.data.torch_loader import TorchClipLoader
-from xkd.data.video_finish import VIDEO_PARAM_KEYS, VIEW_KEYS
+from xkd.data.batch_finish import LOADER_KEYS, BatchFinisher
 from xkd.data.view_params import draw_view_params, sample_seed
 from xkd.engine.ds_config import per_rank_batch
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is needed to build the test shard")
 
 VIEWS = views_config(**TINY_VIEWS)
+FINISH = BatchFinisher(VIEWS)
 TINY = "configs/tiny.yaml"
 
 
@@ -74,24 +75,31 @@ def test_a_batch_holds_whole_clips_and_an_epoch_each_clip_k_times(split, make_lo
     order = plan.indices(0).tolist()
     assert delivered == [i for i in order for _ in range(2)][:len(delivered)]  # each clip's 2 samples side by side
     for batch in batches:
-        for name in VIEW_KEYS:
+        # The two samples of each clip share its audio window (one decode) ...
+        assert torch.equal(batch["audio_window"][0::2], batch["audio_window"][1::2])
+        batch = {**batch, **FINISH(batch)}
+        for name in ("video_global", "video_local", "audio_global", "audio_local", "audio_global_gain",
+                     "audio_local_box"):
             assert batch[name].shape[0] == 4
-            first, second = batch[name][0::2], batch[name][1::2]  # the two samples of each clip
+            first, second = batch[name][0::2], batch[name][1::2]  # ... and have views of their own
             # Own augmentations; a silent clip's global log-mel is the same whatever the gain.
-            assert all(not torch.equal(a, b) for a, b in zip(first, second) if a.float().std() > 0), name
+            assert all(not torch.equal(a, b) for a, b in zip(first, second)
+                       if a.numel() == 1 or a.float().std() > 0), name
     assert loader.state()["epoch"] == 1 and loader.state()["position"] == 0
 
 
 def test_both_loaders_agree_with_k_samples_per_clip(split):
-    """The same samples in the same order; the global log-mels (window and gain drawn in Python per
-    sample) agree to 1e-3 as for k = 1 (test_dali_loader)."""
+    """The same samples in the same order, the same audio windows and parameters; the log-mels made
+    from them agree to 1e-3 as for k = 1 (test_dali_loader)."""
     plan = EpochPlan(len(split), seed=7, samples_per_decode=3)
     from_dali, from_torch = list(dali(split, 6, plan)), list(torch_loader(split, 6, plan))
     assert len(from_dali) == len(from_torch) == 3
     for x, y in zip(from_dali, from_torch):
         assert indices(x) == indices(y)
+        assert torch.allclose(x["audio_window"], y["audio_window"], atol=1e-6)
+        x, y = FINISH(x), FINISH(y)
         assert torch.allclose(x["audio_global"], y["audio_global"], atol=1e-3)
-        assert (x["audio_local"] - y["audio_local"]).abs().mean() < 0.05
+        assert torch.allclose(x["audio_local"], y["audio_local"], atol=1e-3)
 
 
 def test_each_dali_sample_is_the_one_sample_graph_of_its_parameters(split):
@@ -109,8 +117,10 @@ def test_each_dali_sample_is_the_one_sample_graph_of_its_parameters(split):
         outputs = [to_torch_tensor(out.as_tensor(), copy=True) for out in alone.run()]
         assert torch.equal(batch["video_global"][r], outputs[0][0])
         assert torch.equal(batch["video_local"][r], torch.stack([o[0] for o in outputs[1:3]]))
-        assert torch.equal(batch["audio_global"][r], outputs[3][0])
-        assert torch.equal(batch["audio_local"][r], torch.stack([o[0] for o in outputs[4:6]]))
+        assert torch.equal(batch["audio_window"][r], outputs[3][0])
+        for column, key in enumerate(("audio_global_gain", "audio_local_offset", "audio_local_gain",
+                                      "audio_local_box"), start=9):
+            assert torch.equal(batch[key][r], outputs[column][0, 0].to(batch[key].dtype)), key
 
 
 @pytest.mark.parametrize("make_loader", [dali, torch_loader], ids=["dali", "torch"])
@@ -122,7 +132,7 @@ def test_resume_at_a_batch_boundary_gives_the_same_batches(split, make_loader):
     assert len(resumed) == len(straight) - 3
     for x, y in zip(straight[3:], resumed):
         assert indices(x) == indices(y)
-        for name in (*VIEW_KEYS, *VIDEO_PARAM_KEYS):
+        for name in LOADER_KEYS:
             assert torch.equal(x[name], y[name]), name
     assert resumed_loader.state()["epoch"] == 1 and resumed_loader.state()["position"] == 0
 

@@ -17,8 +17,10 @@ import torchvision.transforms.v2.functional as F
 from xkd.data.logmel import LogMel
 from xkd.data.sampler import EpochPlan
 from xkd.data.torch_loader import ClipDataset, TorchClipLoader, collate_clips, decode_frames
-from xkd.data.torch_views import crop_spectrogram, finish_view, global_video_view, local_video_views
-from xkd.data.video_finish import IMAGENET_MEAN, IMAGENET_STD, finish_batch, finish_video
+from xkd.data.audio_finish import crop_spectrogram
+from xkd.data.batch_finish import BatchFinisher
+from xkd.data.torch_views import finish_view, global_video_view, local_video_views
+from xkd.data.video_finish import IMAGENET_MEAN, IMAGENET_STD, finish_video
 from xkd.data.view_params import ColorJitter, draw_view_params, sample_seed
 
 from media import CLIPS, TINY_VIEWS, full_decode, views_config, write_shard, ffmpeg, VP9, RAMP  # noqa: F401
@@ -35,27 +37,31 @@ def test_shapes_and_dtypes(split):
     (item,) = dataset[0]["samples"]
     assert item["video_global"].shape == (3, 8, 32, 32)
     assert item["video_local"].shape == (2, 3, 4, 16, 16)
-    assert item["audio_global"].shape == (1, 80, 224)
-    assert item["audio_local"].shape == (2, 1, 80, 112)
+    assert item["audio_window"].shape == (32000,)
     batch = collate_clips([dataset[0], dataset[4]])
     assert batch["found"] == [] and batch["key"] == [split[0].key, split[4].key]
     assert batch["index"].tolist() == [0, 4] and batch["index"].dtype == torch.int64
-    # Video views stay uint8 until the trainer finishes them on its device, with these parameters.
+    # Video views stay uint8 and audio a waveform until the trainer finishes them on its device,
+    # with these parameters.
     expected = {"video_global": ((2, 3, 8, 32, 32), torch.uint8), "video_local": ((2, 2, 3, 4, 16, 16), torch.uint8),
-                "audio_global": ((2, 1, 80, 224), torch.float32), "audio_local": ((2, 2, 1, 80, 112), torch.float32),
+                "audio_window": ((2, 32000), torch.float32),
                 "video_global_color": ((2, 4), torch.float32), "video_global_flip": ((2,), torch.bool),
                 "video_local_color": ((2, 2, 4), torch.float32), "video_local_flip": ((2, 2), torch.bool),
-                "video_local_blur": ((2, 2), torch.float32)}
+                "video_local_blur": ((2, 2), torch.float32), "audio_global_gain": ((2,), torch.float32),
+                "audio_local_offset": ((2, 2), torch.int64), "audio_local_gain": ((2, 2), torch.float32),
+                "audio_local_box": ((2, 2, 4), torch.float32)}
     for name, (shape, dtype) in expected.items():
         assert batch[name].shape == shape and batch[name].dtype == dtype, name
-    for name, value in finish_batch(batch, torch.device("cpu")).items():
-        assert value.shape == expected[name][0] and value.dtype == torch.float32 and torch.isfinite(value).all()
+    model_inputs = {"video_global": (2, 3, 8, 32, 32), "video_local": (2, 2, 3, 4, 16, 16),
+                    "audio_global": (2, 1, 80, 224), "audio_local": (2, 2, 1, 80, 112)}
+    for name, value in BatchFinisher(views)(batch).items():
+        assert value.shape == model_inputs[name] and value.dtype == torch.float32 and torch.isfinite(value).all()
 
 
 def test_paper_geometry(split):
     views = views_config()
     loader = TorchClipLoader(split, views, batch_size=2, num_workers=0, plan=EpochPlan(len(split)), seed=0)
-    batch = finish_batch(next(iter(loader)), torch.device("cpu"))
+    batch = BatchFinisher(views)(next(iter(loader)))
     assert batch["video_global"].shape == (2, 3, 32, 112, 112)
     assert batch["video_local"].shape == (2, 1, 3, 8, 96, 96)
     assert batch["audio_global"].shape == (2, 1, 80, 448)
@@ -109,9 +115,10 @@ def reference_global_view(frames: torch.Tensor, p, size: int) -> torch.Tensor:
 @pytest.mark.parametrize("repeats", [1, 3])
 def test_global_window_synchronised(clips, split, repeats):
     """Views are computed from frames video_start.. and samples video_start * 2000.. of the clip.
-    With k samples per decode, each sample's views are its own parameters applied to that window."""
+    With k samples per decode, each sample's views are its own parameters applied to that window;
+    the audio views the trainer makes of it are the log-mels of docs/method.md §1.2-1.3."""
     views = views_config(**TINY_VIEWS)
-    logmel = LogMel(views)
+    logmel, finisher = LogMel(views), BatchFinisher(views)
     full = full_decode(clips["ramp"]["webm"])
     audio, _ = soundfile.read(io.BytesIO(clips["ramp"]["flac"]), dtype="float32")
     index, starts = by_key(split, "ramp"), set()
@@ -127,12 +134,19 @@ def test_global_window_synchronised(clips, split, repeats):
             torch.testing.assert_close(finished, expected, atol=2e-5, rtol=0)
             assert torch.equal(item["video_local"], local_video_views(frames, p, views))
             window = torch.from_numpy(audio[start * 2000:start * 2000 + 32000])
-            assert torch.equal(item["audio_global"], logmel((window * p.audio_gain)[None]))
+            assert torch.equal(item["audio_window"], window)
+            assert item["audio_global_gain"] == torch.tensor(p.audio_gain, dtype=torch.float32)
+            finished = finisher(collate_clips([{"samples": [item], "found": []}]))
+            torch.testing.assert_close(finished["audio_global"][0], logmel((window * p.audio_gain)[None]),
+                                       atol=1e-5, rtol=0)
             for a in range(2):
                 offset = int(p.audio_local_offsets[a])
+                assert offset + 16000 <= 32000
                 segment = torch.from_numpy(audio[start * 2000 + offset:start * 2000 + offset + 16000])
                 spec = logmel((segment * float(p.audio_local_gains[a]))[None])[0]
-                assert torch.equal(item["audio_local"][a], crop_spectrogram(spec, p.audio_local_boxes[a]))
+                box = tuple(int(b) for b in p.audio_local_boxes[a])
+                torch.testing.assert_close(finished["audio_local"][0, a], crop_spectrogram(spec, box),
+                                           atol=1e-5, rtol=0)
     assert any(start > 0 for start in starts)  # the seek path ran
 
 
@@ -146,7 +160,7 @@ def views_of(split, views, epoch: int, index: int, repeats: int) -> tuple[list, 
     return params, samples
 
 
-def test_global_logmel_exact_with_padding(clips, split):
+def test_global_window_exact_with_padding(clips, split):
     """Paper geometry on a clip shorter than 4 s: the window is the FLAC read directly, zero padded."""
     views = views_config()
     index = by_key(split, "single_face")
@@ -156,7 +170,7 @@ def test_global_logmel_exact_with_padding(clips, split):
     assert p.video_start == 0 and len(audio) < 64000
     window = torch.zeros(64000)
     window[:len(audio)] = torch.from_numpy(audio)
-    assert torch.equal(item["audio_global"], LogMel(views)((window * p.audio_gain)[None]))
+    assert torch.equal(item["audio_window"], window)
     # The video is shorter than 32 frames: padded by repeating its last frame.
     assert torch.equal(item["video_global"][:, -1], item["video_global"][:, -2])
 
@@ -205,7 +219,7 @@ def test_resume_mid_epoch_reproduces_batches(split):
     assert len(batches) == 2
     for got, expected in zip(batches, uninterrupted[1:]):
         assert got["key"] == expected["key"]
-        for name in ("video_global", "video_local", "audio_global", "audio_local", "index"):
+        for name in ("video_global", "video_local", "audio_window", "audio_global_gain", "audio_local_box", "index"):
             assert torch.equal(got[name], expected[name]), name
     # The next epoch follows: a different order and different views of the same samples.
     assert resumed.state() == {"epoch": 1, "position": 0, **clean}
@@ -220,9 +234,10 @@ def test_views_depend_only_on_seed_epoch_index(split):
     b = ClipDataset(split, views, seed=7, epoch=2, indices=[1])
     c = ClipDataset(split, views, seed=7, epoch=3, indices=[1])
     (first,), (again,), (other,) = a[1]["samples"], b[0]["samples"], c[0]["samples"]
-    for name in ("video_global", "video_local", "audio_global", "audio_local"):
+    for name in ("video_global", "video_local", "audio_global_gain", "audio_local_gain", "audio_local_box"):
         assert torch.equal(first[name], again[name])
         assert not torch.equal(first[name], other[name])
+    assert torch.equal(first["audio_window"], again["audio_window"])
 
 
 def test_corrupt_samples_are_replaced_and_counted(clips, tmp_path, caplog):
@@ -273,6 +288,6 @@ def test_view_ops_semantics(clips):
     torch.testing.assert_close(unnormalised[0], unnormalised[2], atol=1e-5, rtol=0)
 
     spec = torch.randn(80, 112)
-    torch.testing.assert_close(crop_spectrogram(spec, np.array([0, 0, 80, 112]))[0], spec)
-    padded = crop_spectrogram(spec, np.array([0, -112, 80, 112]))[0]  # left half of the crop is padding
+    torch.testing.assert_close(crop_spectrogram(spec, (0, 0, 80, 112))[0], spec)
+    padded = crop_spectrogram(spec, (0, -112, 80, 112))[0]  # left half of the crop is padding
     assert padded[:, :50].abs().max() < 1e-6 and padded[:, 60:].abs().mean() > 0.5

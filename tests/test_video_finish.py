@@ -2,12 +2,10 @@
 import math
 
 import numpy as np
-import pytest
 import torch
 from torchvision.transforms.v2 import functional as tvf
 
-from xkd.data.video_finish import (blur_kernels, color_jitter, finish_batch, finish_video, gaussian_blur, hsv_to_rgb,
-                                   rgb_to_hsv)
+from xkd.data.video_finish import blur_kernels, color_jitter, finish_video, gaussian_blur, hsv_to_rgb, rgb_to_hsv
 from xkd.data.view_params import color_jitter as draw_color_jitter
 
 
@@ -92,27 +90,3 @@ def test_blur_of_a_constant_is_the_constant_and_smooths_an_edge():
     edge = edge.expand(1, 1, 1, 16, 16).contiguous()
     blurred = gaussian_blur(edge, torch.tensor([1.0]))
     assert 0 < blurred[0, 0, 0, 0, 7] < 0.5 < blurred[0, 0, 0, 0, 8] < 1
-
-
-@pytest.mark.parametrize("dtype", [torch.float32])
-def test_finish_batch_gives_the_model_inputs(dtype):
-    b, n = 2, 3
-    batch = {
-        "video_global": random_views(b, 4, 8), "video_local": random_views(b * n, 2, 8).unflatten(0, (b, n)),
-        "audio_global": torch.randn(b, 1, 8, 10), "audio_local": torch.randn(b, n, 1, 8, 5),
-        "video_global_color": torch.tensor([[1.0, 1.0, 1.0, 0.0]] * b), "video_global_flip": torch.tensor([True, False]),
-        "video_local_color": torch.tensor([[1.0, 1.0, 1.0, 0.0]] * (b * n)).unflatten(0, (b, n)),
-        "video_local_flip": torch.zeros(b, n, dtype=torch.bool), "video_local_blur": torch.zeros(b, n),
-        "sample_index": torch.arange(b),
-    }
-    out = finish_batch(batch, torch.device("cpu"))
-    assert set(out) == {"video_global", "video_local", "audio_global", "audio_local"}
-    assert all(v.dtype == dtype for v in out.values())
-    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1, 1)
-    plain = (batch["video_global"].float() / 255 - mean) / std
-    torch.testing.assert_close(out["video_global"][1], plain[1], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["video_global"][0], plain[0].flip(-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["video_local"][1, 2], (batch["video_local"][1, 2].float() / 255 - mean) / std,
-                               atol=1e-5, rtol=0)
-    assert torch.equal(out["audio_local"], batch["audio_local"])

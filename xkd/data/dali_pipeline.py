@@ -7,17 +7,18 @@ Stages (one DALI graph, the same on CPU and GPU; only the decode/op device chang
     -> global view                       crop box + resize, to CFHW, uint8
     -> local views                       frame slice, crop box + resize, to CFHW, uint8
     -> decoders.audio (CPU)              16 kHz mono
-    -> audio windows                     synchronised global window, local windows, gains
-    -> log-mel                           spectrogram + Slaney mel + log + mean/std
-    -> local spectrogram resize-crop     BYOL-A virtual-canvas crop, resized back
+    -> audio window                      the 4 s window synchronised with the video's, float32
 
 With ``data.samples_per_decode`` k, a DALI batch is B / k clips: each is decoded once and the
-view stages run k times on it, with each sample's own parameters (k branches of the graph);
-the loader interleaves them so that a clip's samples sit side by side in the batch of B.
+video view stages run k times on it, with each sample's own parameters (k branches of the
+graph); the loader interleaves them so that a clip's samples sit side by side in the batch of B
+(a clip's samples share its audio window).
 
-Colour jitter, grayscale, blur, flip and normalisation are not in the graph: their parameters
-pass through it beside the uint8 views, and the trainer applies them batched on its device
-(:mod:`xkd.data.video_finish`, shared with the PyTorch loader).
+The rest is not in the graph: every view's remaining parameters pass through it beside the uint8
+video views and the audio window, and the trainer finishes the batch on its device
+(:class:`xkd.data.batch_finish.BatchFinisher`, shared with the PyTorch loader): colour jitter,
+grayscale, blur, flip and normalisation of the video, gains, log-mels and spectrogram crops of the
+audio.
 
 Sample order and every random parameter are decided in Python (``EpochPlan`` and
 ``draw_view_params``) and passed into the graph. DALI 2.4 cannot checkpoint a pipeline
@@ -51,16 +52,18 @@ from xkd.data.video_cut import cut_window
 from xkd.data.view_params import ClipViewParams
 
 # View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
-# The graph uses the crops, offsets and gains; the video finishing parameters pass through it.
+# The graph uses the video crops and offsets; the finishing parameters pass through it.
 REPEAT_COLUMNS = (
     "global_box", "global_flip", "global_color", "local_offsets", "local_boxes", "local_flips", "local_colors",
     "local_blur", "audio_gain", "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
 )
 # Outputs after the views, in this order (one row per clip, a leading repeat axis): the batch's
-# ``xkd.data.video_finish.VIDEO_PARAM_KEYS``.
+# ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish).
 FINISH_COLUMNS = {"global_color": "video_global_color", "global_flip": "video_global_flip",
                   "local_colors": "video_local_color", "local_flips": "video_local_flip",
-                  "local_blur": "video_local_blur"}
+                  "local_blur": "video_local_blur", "audio_gain": "audio_global_gain",
+                  "audio_local_offsets": "audio_local_offset", "audio_local_gains": "audio_local_gain",
+                  "audio_local_boxes": "audio_local_box"}
 # Columns the Python source hands to the graph, in order: per clip, then per sample, then the clip's index.
 SOURCE_COLUMNS = ("video", "audio", "video_frames", "audio_start", *REPEAT_COLUMNS, "sample_index")
 
@@ -205,25 +208,14 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
     """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode, GPU ops). ``batch_size``
     counts clips; each is decoded once and gives ``repeats`` samples (their outputs in repeat order)."""
     from nvidia.dali import fn, pipeline_def, types
-    import nvidia.dali.math as dmath
 
     on_gpu = device == "gpu"
-    window = np.hanning(views.n_fft + 1)[:-1].astype(np.float32).tolist()  # periodic Hann, as torch.hann_window
 
     def crop_resize(frames, box, size):
         """uint8 FHWC frames -> the box resized to size x size, uint8 CFHW (the model's layout)."""
         resized = fn.resize(frames, size=[size, size], roi_start=box[0:2], roi_end=box[2:4], roi_relative=True,
                             antialias=True)
         return fn.transpose(resized, perm=[3, 0, 1, 2], output_layout="CFHW")
-
-    def log_mel(waveform):
-        spectrum = fn.spectrogram(waveform, nfft=views.n_fft, window_length=views.n_fft,
-                                  window_step=views.hop_length, window_fn=window, center_windows=True,
-                                  reflect_padding=True, power=2, layout="ft")
-        mel = fn.mel_filter_bank(spectrum, sample_rate=views.audio_sample_rate, nfilter=views.mel_bins,
-                                 freq_low=views.mel_fmin, freq_high=views.mel_fmax, normalize=True,
-                                 mel_formula="slaney")
-        return (dmath.log(mel + views.mel_log_eps) - views.mel_mean) / views.mel_std
 
     @pipeline_def
     def pipeline():
@@ -236,7 +228,7 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
         waveform, _ = fn.decoders.audio(columns["audio"], sample_rate=views.audio_sample_rate, downmix=True,
                                         dtype=types.FLOAT)
         global_samples = int(round(views.audio_global_seconds * views.audio_sample_rate))
-        local_samples = int(round(views.audio_local_seconds * views.audio_sample_rate))
+        # The shared 4 s window (zeros past the end of the sound); log-mels follow on the device.
         segment = fn.slice(waveform, start=columns["audio_start"], shape=global_samples, axes=[0],
                            out_of_bounds_policy="pad")
         if on_gpu:
@@ -248,20 +240,7 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
             for v in range(views.video_local_views):
                 local = fn.slice(frames, start=p["local_offsets"][v], shape=views.video_local_frames, axes=[0])
                 outputs.append(crop_resize(local, p["local_boxes"][v], views.video_local_size))
-
-            outputs.append(fn.expand_dims(log_mel(segment * p["audio_gain"]), axes=[0], new_axis_names="C"))
-            for a in range(views.audio_local_views):
-                local = fn.slice(segment, start=p["audio_local_offsets"][a], shape=local_samples, axes=[0])
-                local_mel = log_mel(local * p["audio_local_gains"][a])
-                box = p["audio_local_boxes"][a]
-                # BYOL-A virtual canvas: crop (zeros outside = the normalised mean), resize back.
-                crop = fn.slice(local_mel, start=box[0:2], end=box[2:4], axes=[0, 1], out_of_bounds_policy="pad",
-                                fill_values=0.0)
-                crop = fn.expand_dims(fn.reshape(crop, layout="HW"), axes=[2], new_axis_names="C")
-                crop = fn.resize(crop, size=[views.mel_bins, views.audio_local_frames],
-                                 interp_type=types.INTERP_CUBIC, antialias=False)
-                outputs.append(fn.transpose(crop, perm=[2, 0, 1], output_layout="CHW"))
-        return (*outputs, *(columns[name] for name in FINISH_COLUMNS), columns["sample_index"])
+        return (*outputs, segment, *(columns[name] for name in FINISH_COLUMNS), columns["sample_index"])
 
     # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
     # rank; DALI's CPU threads pinned to the CPUs near that GPU (NVML), as the decode feeds it.
@@ -388,20 +367,19 @@ class DaliClipLoader:
 
         tensors = [to_torch_tensor(out.as_tensor(), copy=True) for out in outputs]
         n_video, repeats = self.views.video_local_views, self.plan.samples_per_decode
-        first_param = len(tensors) - 1 - len(FINISH_COLUMNS)
-        views, finishing, sample_index = tensors[:first_param], tensors[first_param:-1], tensors[-1]
-        per_repeat = len(views) // repeats
+        per_repeat = 1 + n_video
+        videos = tensors[:repeats * per_repeat]
+        window, finishing, sample_index = tensors[repeats * per_repeat], tensors[repeats * per_repeat + 1:-1], tensors[-1]
 
         def samples(per_repeat_views: list[torch.Tensor]) -> torch.Tensor:
             """(clips, ...) per repeat -> (clips * repeats, ...), a clip's samples next to each other."""
             return torch.stack(per_repeat_views, dim=1).flatten(0, 1)
 
-        groups = [views[r * per_repeat:(r + 1) * per_repeat] for r in range(repeats)]
+        groups = [videos[r * per_repeat:(r + 1) * per_repeat] for r in range(repeats)]
         batch = {
             "video_global": samples([g[0] for g in groups]),
-            "video_local": samples([torch.stack(g[1:1 + n_video], dim=1) for g in groups]),
-            "audio_global": samples([g[1 + n_video] for g in groups]),
-            "audio_local": samples([torch.stack(g[2 + n_video:], dim=1) for g in groups]),
+            "video_local": samples([torch.stack(g[1:], dim=1) for g in groups]),
+            "audio_window": window.repeat_interleave(repeats, dim=0),  # a clip's samples share its window
             # Index into the loader's samples (not a model input), once per sample.
             "sample_index": sample_index.reshape(-1).repeat_interleave(repeats),
         }
@@ -410,6 +388,10 @@ class DaliClipLoader:
             batch[key] = tensor.flatten(0, 1)
         batch["video_global_flip"] = batch["video_global_flip"].bool()
         batch["video_local_flip"] = batch["video_local_flip"].bool()
+        batch["audio_global_gain"] = batch["audio_global_gain"].float()
+        batch["audio_local_offset"] = batch["audio_local_offset"].long()
+        batch["audio_local_gain"] = batch["audio_local_gain"].float()
+        batch["audio_local_box"] = batch["audio_local_box"].float()
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

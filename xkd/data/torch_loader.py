@@ -5,9 +5,11 @@ Applies the same :class:`~xkd.data.view_params.ClipViewParams` as the DALI pipel
 resume. Video is decoded with PyAV (frame index = decode order at the shard's constant fps),
 audio with soundfile; the view operations live in :mod:`xkd.data.torch_views`.
 
-Batch layout (xkd/models/xkd.py): video_global (B, 3, Tg, S, S), video_local (B, n_v, 3, Tl, s, s),
-audio_global (B, 1, F, Tg_a), audio_local (B, n_a, 1, F, Tl_a), plus "key" (list of str) and
-"index" (B,) int64 split-level sample indices. With ``data.samples_per_decode`` k, a batch holds
+Batch layout (``xkd.data.batch_finish.LOADER_KEYS``): uint8 video_global (B, 3, Tg, S, S) and
+video_local (B, n_v, 3, Tl, s, s), the float32 audio_window (B, N) of the 4 s window, each view's
+remaining parameters (:class:`~xkd.data.batch_finish.BatchFinisher` turns them into the model's
+inputs on the training device), plus "key" (list of str) and "index" (B,) int64 split-level
+sample indices. With ``data.samples_per_decode`` k, a batch holds
 B / k clips, each decoded once and giving k consecutive samples (:func:`~xkd.data.sampler.clip_view_params`).
 
 A corrupt sample is replaced in its batch by the first readable stand-in of its slot
@@ -26,14 +28,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from xkd.config import ViewsConfig
+from xkd.data.audio_finish import audio_param_tensors
+from xkd.data.batch_finish import LOADER_KEYS
 from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.frame_time import frame_index, seek_to_frame
-from xkd.data.logmel import LogMel
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
-from xkd.data.torch_views import global_audio_view, global_video_view, local_audio_views, local_video_views
-from xkd.data.video_finish import VIDEO_PARAM_KEYS, VIEW_KEYS, video_param_tensors
+from xkd.data.torch_views import global_video_view, local_video_views
+from xkd.data.video_finish import video_param_tensors
 from xkd.data.view_params import ClipViewParams
 
 
@@ -101,7 +104,6 @@ class ClipDataset(Dataset):
         self.samples, self.views, self.seed, self.epoch, self.augment = samples, views, seed, epoch, augment
         self.indices = np.asarray(indices, dtype=np.int64)
         self.start, self.batch_size, self.known, self.repeats = start, batch_size, known, repeats
-        self.logmel = LogMel(views)
 
     def __len__(self) -> int:
         return len(self.indices) - self.start
@@ -143,9 +145,9 @@ class ClipDataset(Dataset):
             return [{
                 "video_global": global_video_view(frames, p, v),
                 "video_local": local_video_views(frames, p, v),
-                "audio_global": global_audio_view(window, p, self.logmel),
-                "audio_local": local_audio_views(window, p, v, self.logmel),
+                "audio_window": window,  # the log-mels are computed on the training device
                 **video_param_tensors(p),  # colour, flip, blur: applied on the training device
+                **audio_param_tensors(p),  # gains, local offsets, spectrogram crops: likewise
                 "key": ref.key,
                 "index": index,
             } for p in params]
@@ -155,7 +157,7 @@ def collate_clips(items: list[dict]) -> dict:
     """Stack the views of every sample of the items (a clip's samples next to each other); "found"
     lists the corrupt samples the batch's slots tried."""
     samples = [sample for item in items for sample in item["samples"]]
-    batch = {name: torch.stack([sample[name] for sample in samples]) for name in (*VIEW_KEYS, *VIDEO_PARAM_KEYS)}
+    batch = {name: torch.stack([sample[name] for sample in samples]) for name in LOADER_KEYS}
     batch["key"] = [sample["key"] for sample in samples]
     batch["index"] = torch.tensor([sample["index"] for sample in samples], dtype=torch.int64)
     batch["found"] = [found for item in items for found in item["found"]]

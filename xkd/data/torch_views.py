@@ -4,18 +4,17 @@ Each function applies one clip's :class:`~xkd.data.view_params.ClipViewParams` (
 (seed, epoch, sample)) to decoded frames or to an audio window; no randomness is drawn here.
 Video goes in as uint8 (T, C, H, W) frames and comes out cropped and resized, uint8 (C, T, H, W)
 (colour, blur, flip and normalisation run batched on the training device, xkd/data/video_finish.py);
-audio goes in as a float32 waveform window and comes out as a normalised log-mel spectrogram.
+audio leaves the loader as the float32 waveform window (its log-mels are computed on the training
+device, xkd/data/audio_finish.py).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
 from xkd.config import ViewsConfig
-from xkd.data.logmel import LogMel
 from xkd.data.video_finish import finish_video
 from xkd.data.view_params import IDENTITY_COLOR, ClipViewParams, ColorJitter
 
@@ -55,30 +54,3 @@ def local_video_views(frames: torch.Tensor, p: ClipViewParams, views: ViewsConfi
         x = crop_resize(frames[start:start + views.video_local_frames], p.local_boxes[v], views.video_local_size)
         out.append(x.permute(1, 0, 2, 3))
     return torch.stack(out)
-
-
-def crop_spectrogram(spec: torch.Tensor, box: np.ndarray) -> torch.Tensor:
-    """Random resize crop of a (F, T) log-mel: take the box (f0, t0, f1, t1), zero padded where it
-    reaches outside (0 is the mean of the normalised log-mel), and resize it back to (F, T) with
-    bicubic interpolation. Returns (1, F, T)."""
-    bins, frames = spec.shape
-    f0, t0, f1, t1 = (int(round(float(b))) for b in box)
-    pad_f, pad_t = max(0, -f0), max(0, -t0)
-    padded = nnf.pad(spec, (pad_t, max(0, t1 - frames), pad_f, max(0, f1 - bins)))
-    crop = padded[f0 + pad_f:f1 + pad_f, t0 + pad_t:t1 + pad_t]
-    return nnf.interpolate(crop[None, None], size=(bins, frames), mode="bicubic", align_corners=False)[0]
-
-
-def global_audio_view(window: torch.Tensor, p: ClipViewParams, logmel: LogMel) -> torch.Tensor:
-    """Raw global window (N_global,) -> (1, mel_bins, frames_g): volume jitter, log-mel."""
-    return logmel((window * p.audio_gain)[None])
-
-
-def local_audio_views(window: torch.Tensor, p: ClipViewParams, views: ViewsConfig, logmel: LogMel) -> torch.Tensor:
-    """Raw global window (N_global,) -> (n_a, 1, mel_bins, frames_l): for each local view, the
-    1 s segment at its offset (taken before the global gain), its own gain, log-mel, resize crop."""
-    length = int(round(views.audio_local_seconds * views.audio_sample_rate))
-    segments = torch.stack([window[int(o):int(o) + length] * float(g)
-                            for o, g in zip(p.audio_local_offsets, p.audio_local_gains)])
-    specs = logmel(segments)
-    return torch.stack([crop_spectrogram(spec, box) for spec, box in zip(specs, p.audio_local_boxes)])

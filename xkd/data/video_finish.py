@@ -2,7 +2,7 @@
 
 Both loaders stop after crop + resize: they deliver uint8 video views (4x fewer bytes than
 float to copy and to move to the device) with each view's colour jitter, flip and blur
-parameters. :func:`finish_batch` then applies, to the whole batch at once and on the device
+parameters. :func:`finish_video` then applies, to the whole batch at once and on the device
 the model trains on: brightness, contrast, saturation, hue (grayscale where the saturation is
 0), Gaussian blur, horizontal flip and ImageNet normalisation, in this order.
 
@@ -31,7 +31,6 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 # One kernel size for every view: taps beyond a view's own 2 * ceil(3 sigma) + 1 weigh 0.
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA_MAX)
 
-VIEW_KEYS = ("video_global", "video_local", "audio_global", "audio_local")
 # Per-sample parameters the loaders deliver beside the uint8 video views.
 VIDEO_PARAM_KEYS = ("video_global_color", "video_global_flip", "video_local_color", "video_local_flip",
                     "video_local_blur")
@@ -147,20 +146,3 @@ def finish_video(views: torch.Tensor, color: torch.Tensor | None, flip: torch.Te
         x = gaussian_blur(x, blur.to(views.device))
     flip = flip.to(views.device).reshape(-1, *([1] * (x.dim() - 1)))
     return normalise(torch.where(flip, x.flip(-1), x))
-
-
-def finish_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A loader batch -> the model's inputs (``VIEW_KEYS``, float32) on ``device``: the uint8 video
-    views moved there and finished with their parameters, the log-mels moved as they are."""
-    moved = {key: batch[key].to(device, non_blocking=True) for key in (*VIEW_KEYS, *VIDEO_PARAM_KEYS)}
-    local = moved["video_local"]
-    b, n = local.shape[:2]
-    return {
-        "video_global": finish_video(moved["video_global"], moved["video_global_color"],
-                                     moved["video_global_flip"]),
-        "video_local": finish_video(local.flatten(0, 1), moved["video_local_color"].flatten(0, 1),
-                                    moved["video_local_flip"].flatten(0, 1),
-                                    moved["video_local_blur"].flatten(0, 1)).unflatten(0, (b, n)),
-        "audio_global": moved["audio_global"].float(),
-        "audio_local": moved["audio_local"].float(),
-    }

@@ -1,7 +1,7 @@
 """The XKD training loop in a DeepSpeed ZeRO engine (paper Algorithm 1), top to bottom.
 
-Per optimizer step: schedules at the global step -> the loader's uint8 video views finished on
-the device (colour, blur, flip, normalisation; xkd/data/video_finish.py) -> teachers encode
+Per optimizer step: schedules at the global step -> the loader's batch finished on the device
+(video colour, blur, flip, normalisation; audio log-mels and crops; xkd/data/batch_finish.py) -> teachers encode
 the views (no grad, outside the engine) -> students' loss in the engine -> backward / ZeRO
 step -> EMA update of the teachers from the (gathered) student weights -> logging,
 checkpoints, signals.
@@ -22,7 +22,7 @@ import yaml
 
 from xkd.atomic_files import atomic_write_bytes
 from xkd.config import XKDConfig
-from xkd.data.video_finish import finish_batch
+from xkd.data.batch_finish import BatchFinisher
 from xkd.distributed import DistributedEnv, mean_over_ranks
 from xkd.ema import teacher_student_pairs
 from xkd.engine import checkpoint, checkpoint_safety
@@ -83,6 +83,7 @@ class Trainer:
         import deepspeed
 
         self.config, self.env, self.device, self.options = config, env, device, options
+        self.finish = BatchFinisher(config.views).to(device)  # the loaders' batches -> the model's inputs
         self.output = options.output
         self.checkpoints = self.output / "checkpoints"
         precision = config.train.precision
@@ -312,7 +313,7 @@ class Trainer:
             schedule = schedule_at(step, config, self.steps_per_epoch)
             with sink.waiting_for_data():
                 # uint8 video views -> colour, blur, flip, normalisation, batched on the device
-                batch = finish_batch(next(batches), self.device)
+                batch = self.finish(next(batches))
             outcome = self.train_step(batch, schedule)
             if outcome is None or not outcome.optimizer_stepped:
                 continue
