@@ -9,8 +9,9 @@ only), so stages are costed on whole graphs, by process CPU (getrusage: all of D
     ``decoders.audio``; a decoder's cost is its graph minus the source graph;
   - knock-out: the production graph (``build_pipeline``, unchanged) built with one operator
     replaced by a near-free stand-in (``knockouts``); the stage's cost is the full graph minus
-    that graph. Stand-ins: identity (the layout transpose), a crop to the output size (resizes);
-  - collation: ``DaliClipLoader._to_batch`` (DALI outputs to torch tensors), timed on its thread.
+    that graph. Stand-in: a crop to the output size (the video resizes);
+  - collation: ``DaliClipLoader._to_batch`` (DALI outputs to torch tensors, the video views copied
+    from DALI's FHWC into the model's CFHW layout), timed on its thread.
 
 What no knock-out covers (slices, the audio window, the executor) is "other". The log-mels are
 not in the graph: the trainer computes them on its device (``xkd.data.audio_finish``).
@@ -50,11 +51,7 @@ def crop_to_size(resize):
 
 def knockouts() -> dict[str, tuple[str, object]]:
     """Stage -> (the ``nvidia.dali.fn`` operator replaced, a function of the original giving its stand-in)."""
-    identity = lambda original: lambda data, **kw: data  # noqa: E731
-    return {
-        "video crop + resize": ("resize", crop_to_size),
-        "layout (uint8 to CFHW)": ("transpose", identity),
-    }
+    return {"video crop + resize": ("resize", crop_to_size)}
 
 
 @contextlib.contextmanager
@@ -157,8 +154,8 @@ def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int
     for stage, (name, stand_in) in knockouts().items():
         with replaced(name, stand_in):
             stages[stage] = full - median(lambda: loader_cpu_ms(loader, epochs)[0])
-    stages["collation (DALI outputs -> torch)"] = float(np.median([c for _, c in full_runs]))
-    stages["other (slices, gains, log + standardise, executor)"] = full - sum(stages.values())
+    stages["collation (DALI outputs -> torch, FHWC -> CFHW)"] = float(np.median([c for _, c in full_runs]))
+    stages["other (slices, audio window, executor)"] = full - sum(stages.values())
     stages["total (full graph)"] = full
     return stages
 

@@ -115,8 +115,9 @@ def test_each_dali_sample_is_the_one_sample_graph_of_its_parameters(split):
         alone = build_pipeline(OneSample(row), VIEWS, 1, "cpu", 1, seed=7, prefetch=1)
         alone.build()
         outputs = [to_torch_tensor(out.as_tensor(), copy=True) for out in alone.run()]
-        assert torch.equal(batch["video_global"][r], outputs[0][0])
-        assert torch.equal(batch["video_local"][r], torch.stack([o[0] for o in outputs[1:3]]))
+        cfhw = lambda frames: frames.permute(3, 0, 1, 2)  # noqa: E731  (DALI's FHWC -> the batch's CFHW)
+        assert torch.equal(batch["video_global"][r], cfhw(outputs[0][0]))
+        assert torch.equal(batch["video_local"][r], torch.stack([cfhw(o[0]) for o in outputs[1:3]]))
         assert torch.equal(batch["audio_window"][r], outputs[3][0])
         for column, key in enumerate(("audio_global_gain", "audio_local_offset", "audio_local_gain",
                                       "audio_local_box"), start=9):
