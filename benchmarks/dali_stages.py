@@ -1,20 +1,19 @@
-"""Per-stage CPU cost of the DALI CPU pipeline (``xkd.data.dali_pipeline``) and its decode-only floor (issue 15).
+"""Per-stage CPU cost of the DALI CPU loader (``xkd.data.dali_pipeline``) and its decode-only floor (issue 15).
 
 DALI 2.4 reports no per-operator time on the CPU backend (its executor statistics are memory
-only), so stages are costed on whole graphs, by process CPU (getrusage: all of DALI's threads):
+only), so the graph's stages are costed on whole graphs, by process CPU (getrusage: all of DALI's
+threads):
 
   - additive: the source alone (a graph that only takes the rows of ``ShardSource``: member reads,
-    the cut of each video to its window (``xkd.data.video_cut``),
-    info vectors, view parameters), then source + ``decoders.video`` of the window, source +
-    ``decoders.audio``; a decoder's cost is its graph minus the source graph;
-  - knock-out: the production graph (``build_pipeline``, unchanged) built with one operator
-    replaced by a near-free stand-in (``knockouts``); the stage's cost is the full graph minus
-    that graph. Stand-in: a crop to the output size (the video resizes);
-  - collation: ``DaliClipLoader._to_batch`` (DALI outputs to torch tensors, the video views copied
-    from DALI's FHWC into the model's CFHW layout), timed on its thread.
+    the cut of each video to its window (``xkd.data.video_cut``), info vectors, view parameters),
+    then source + ``decoders.video`` of the window, source + ``decoders.audio``; a decoder's cost
+    is its graph minus the source graph;
+  - the loader's own work on DALI's outputs, timed on its thread: the video crops + resizes
+    (``DaliClipLoader._video_views``, torchvision on the decoded frames) and the rest of the
+    collation (``DaliClipLoader._to_batch`` without them: outputs to torch tensors).
 
-What no knock-out covers (slices, the audio window, the executor) is "other". The log-mels are
-not in the graph: the trainer computes them on its device (``xkd.data.audio_finish``).
+What neither covers (the audio window's slice, the executor) is "other". The log-mels are not
+loader work: the trainer computes them on its device (``xkd.data.audio_finish``).
 The floor: ``decoders.video`` / ``decoders.audio`` of whole clips (sequential, no window, the
 source's cut of each video to its window switched off), per frame / per audio sample, times what
 one sample needs. Used by ``benchmarks/loader_speed.py``.
@@ -42,31 +41,6 @@ def process_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def crop_to_size(resize):
-    """fn.resize -> a crop (padded) to the requested size."""
-    from nvidia.dali import fn
-
-    return lambda data, **kw: fn.crop(data, crop=kw["size"], out_of_bounds_policy="pad")
-
-
-def knockouts() -> dict[str, tuple[str, object]]:
-    """Stage -> (the ``nvidia.dali.fn`` operator replaced, a function of the original giving its stand-in)."""
-    return {"video crop + resize": ("resize", crop_to_size)}
-
-
-@contextlib.contextmanager
-def replaced(name: str, make_stand_in):
-    """``nvidia.dali.fn.<name>`` replaced while graphs are defined (build_pipeline looks ops up then)."""
-    from nvidia.dali import fn
-
-    original = getattr(fn, name)
-    setattr(fn, name, make_stand_in(original))
-    try:
-        yield
-    finally:
-        setattr(fn, name, original)
-
-
 @contextlib.contextmanager
 def whole_videos():
     """The source hands over every video whole (no ``cut_window``), as the floor's sequential
@@ -79,26 +53,31 @@ def whole_videos():
         dali_pipeline.cut_window = cut
 
 
-def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float]:
-    """(CPU ms per sample of iterating ``epochs`` epochs after a first batch, of which in ``_to_batch``)."""
+def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
+    """CPU ms per sample of iterating ``epochs`` epochs after a first batch: (everything, of which in
+    ``_to_batch``, of which in ``_video_views``), the last two on the loader's thread."""
     loader = make_loader()
-    to_batch, collation = loader._to_batch, [0.0]
+    timed = {"_to_batch": [0.0], "_video_views": [0.0]}
+    for name, seconds in timed.items():
+        original = getattr(loader, name)
 
-    def timed_to_batch(outputs):
-        begin = time.thread_time()
-        try:
-            return to_batch(outputs)
-        finally:
-            collation[0] += time.thread_time() - begin
-
-    loader._to_batch = timed_to_batch
+        def clocked(*args, original=original, seconds=seconds):
+            begin = time.thread_time()
+            try:
+                return original(*args)
+            finally:
+                seconds[0] += time.thread_time() - begin
+        setattr(loader, name, clocked)
     iterator = iter(loader)
     next(iterator)
-    samples, collation[0], begin = 0, 0.0, process_cpu()
+    samples, begin = 0, process_cpu()
+    for seconds in timed.values():
+        seconds[0] = 0.0
     for epoch in range(epochs):
         for batch in (iterator if epoch == 0 else loader):
             samples += batch["video_global"].shape[0]
-    return 1000 * (process_cpu() - begin) / samples, 1000 * collation[0] / samples
+    return (1000 * (process_cpu() - begin) / samples, 1000 * timed["_to_batch"][0] / samples,
+            1000 * timed["_video_views"][0] / samples)
 
 
 def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: str | None) -> float:
@@ -147,15 +126,13 @@ def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int
         return median(lambda: subgraph_cpu_ms(samples, views, plan, batch_size, epochs, decode))
 
     full_runs = [loader_cpu_ms(loader, epochs) for _ in range(repeats)]
-    full = float(np.median([cpu for cpu, _ in full_runs]))
+    full, collation, crops = (float(np.median([run[i] for run in full_runs])) for i in range(3))
     source = sub(None)
     stages = {"source: tar/member read, video cut, view parameters": source,
-              "video decode (window)": sub("video") - source, "audio decode (whole FLAC)": sub("audio") - source}
-    for stage, (name, stand_in) in knockouts().items():
-        with replaced(name, stand_in):
-            stages[stage] = full - median(lambda: loader_cpu_ms(loader, epochs)[0])
-    stages["collation (DALI outputs -> torch, FHWC -> CFHW)"] = float(np.median([c for _, c in full_runs]))
-    stages["other (slices, audio window, executor)"] = full - sum(stages.values())
+              "video decode (window)": sub("video") - source, "audio decode (whole FLAC)": sub("audio") - source,
+              "video crop + resize (torchvision on DALI's frames)": crops,
+              "collation (DALI outputs -> torch)": collation - crops}
+    stages["other (audio window slice, executor)"] = full - sum(stages.values())
     stages["total (full graph)"] = full
     return stages
 

@@ -3,19 +3,20 @@
 Stages (one DALI graph, the same on CPU and GPU; only the decode/op device changes):
 
     ShardSource (Python, per batch)      member bytes (video cut to the window's packets) + ClipViewParams
-    -> decoders.video                    the global window's frames ("mixed" = NVDEC on GPU)
-    -> global view                       crop box + resize, uint8 FHWC
-    -> local views                       frame slice, crop box + resize, uint8 FHWC
+    -> decoders.video                    the global window's frames ("mixed" = NVDEC on GPU), uint8 FHWC
     -> decoders.audio (CPU)              16 kHz mono
     -> audio window                      the 4 s window synchronised with the video's, float32
+    then, in the loader (torch, on the frames where DALI left them: host or GPU)
+    -> global view, local views          crop box + resize (xkd.data.torch_views, as the PyTorch loader)
 
-With ``data.samples_per_decode`` k, a DALI batch is B / k clips: each is decoded once and the
-video view stages run k times on it, with each sample's own parameters (k branches of the
-graph); the loader interleaves them so that a clip's samples sit side by side in the batch of B
-(a clip's samples share its audio window).
+The video crops are cut with torchvision from DALI's frames: DALI 2.4's CPU ``resize`` cost
+4-11 ms per sample where torchvision's uint8 resize costs ~1.5 (BENCHMARKS.md, issue 15), and
+both loaders then share one crop. With ``data.samples_per_decode`` k, a DALI batch is B / k
+clips: each is decoded once and gives k samples, each with its own view parameters, side by side
+in the batch of B (a clip's samples share its window, video and audio).
 
-The rest is not in the graph: every view's remaining parameters pass through it beside the uint8
-video views and the audio window, and the trainer finishes the batch on its device
+The rest is not in the graph either: every view's remaining parameters pass through it beside
+the frames and the audio window, and the trainer finishes the batch on its device
 (:class:`xkd.data.batch_finish.BatchFinisher`, shared with the PyTorch loader): colour jitter,
 grayscale, blur, flip and normalisation of the video, gains, log-mels and spectrogram crops of the
 audio.
@@ -48,11 +49,12 @@ from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, corruption_reason, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
+from xkd.data.torch_views import VideoCrops, global_video_view, local_video_views
 from xkd.data.video_cut import cut_window
 from xkd.data.view_params import ClipViewParams
 
 # View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
-# The graph uses the video crops and offsets; the finishing parameters pass through it.
+# They pass through the graph: the loader cuts the video views with the crops, the trainer uses the rest.
 REPEAT_COLUMNS = (
     "global_box", "global_flip", "global_color", "local_offsets", "local_boxes", "local_flips", "local_colors",
     "local_blur", "audio_gain", "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
@@ -211,18 +213,12 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
 
     on_gpu = device == "gpu"
 
-    def crop_resize(frames, box, size):
-        """uint8 FHWC frames -> the box resized to size x size, uint8 FHWC. The model's CFHW layout is
-        made by the collation's copy into the batch (DALI's CPU transpose cost 1-2 ms per sample)."""
-        return fn.resize(frames, size=[size, size], roi_start=box[0:2], roi_end=box[2:4], roi_relative=True,
-                         antialias=True)
-
     @pipeline_def
     def pipeline():
         columns = dict(zip(SOURCE_COLUMNS, fn.external_source(
             source=source, num_outputs=len(SOURCE_COLUMNS), batch=True, batch_info=True, parallel=False)))
         # Explicit indices, no padding by DALI: frames a video lacks are an error, not edge copies.
-        # One decode of the shared window per clip; every sample's views are cut from it.
+        # One decode of the shared window per clip; every sample's views are cut from it (in the loader).
         frames = fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
                                    frames=columns["video_frames"], pad_mode="none")
         waveform, _ = fn.decoders.audio(columns["audio"], sample_rate=views.audio_sample_rate, downmix=True,
@@ -233,14 +229,7 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
                            out_of_bounds_policy="pad")
         if on_gpu:
             segment = segment.gpu()
-        outputs = []
-        for r in range(repeats):
-            p = {name: columns[name][r] for name in REPEAT_COLUMNS}  # sample r's view parameters
-            outputs.append(crop_resize(frames, p["global_box"], views.video_global_size))
-            for v in range(views.video_local_views):
-                local = fn.slice(frames, start=p["local_offsets"][v], shape=views.video_local_frames, axes=[0])
-                outputs.append(crop_resize(local, p["local_boxes"][v], views.video_local_size))
-        return (*outputs, segment, *(columns[name] for name in FINISH_COLUMNS), columns["sample_index"])
+        return (frames, segment, *(columns[name] for name in REPEAT_COLUMNS), columns["sample_index"])
 
     # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
     # rank; DALI's CPU threads pinned to the CPUs near that GPU (NVML), as the decode feeds it.
@@ -294,6 +283,9 @@ class DaliClipLoader:
         self.failed: dict[int, dict[int, str]] = {}
         # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead).
         self.reader = ThreadPoolExecutor(max_workers=max(1, min(4, num_threads)), thread_name_prefix="xkd-read")
+        # Cuts the video views from DALI's frames (_video_views); inline with one thread.
+        self.cropper = (ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="xkd-crop")
+                        if num_threads > 1 else None)
         self._build()
 
     @property
@@ -365,29 +357,21 @@ class DaliClipLoader:
     def _to_batch(self, outputs) -> dict[str, torch.Tensor]:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
-        tensors = [to_torch_tensor(out.as_tensor(), copy=True) for out in outputs]
-        n_video, repeats = self.views.video_local_views, self.plan.samples_per_decode
-        per_repeat = 1 + n_video
-        videos = tensors[:repeats * per_repeat]
-        window, finishing, sample_index = tensors[repeats * per_repeat], tensors[repeats * per_repeat + 1:-1], tensors[-1]
-
-        def samples(per_repeat_views: list[torch.Tensor]) -> torch.Tensor:
-            """(clips, ...) per repeat -> (clips * repeats, ...), a clip's samples next to each other."""
-            return torch.stack(per_repeat_views, dim=1).flatten(0, 1)
-
-        # (clips, F, H, W, C) -> (clips, C, F, H, W): a strided view; the stacks below copy it into place.
-        videos = [video.permute(0, 4, 1, 2, 3) for video in videos]
-        groups = [videos[r * per_repeat:(r + 1) * per_repeat] for r in range(repeats)]
+        frames, window, *params, sample_index = outputs
+        params = dict(zip(REPEAT_COLUMNS, (to_torch_tensor(out.as_tensor(), copy=True) for out in params)))
+        repeats = self.plan.samples_per_decode
+        video_global, video_local = self._video_views(frames, params)
         batch = {
-            "video_global": samples([g[0] for g in groups]),
-            "video_local": samples([torch.stack(g[1:], dim=1) for g in groups]),
-            "audio_window": window.repeat_interleave(repeats, dim=0),  # a clip's samples share its window
+            "video_global": video_global,
+            "video_local": video_local,
+            # A clip's samples share its window.
+            "audio_window": to_torch_tensor(window.as_tensor(), copy=True).repeat_interleave(repeats, dim=0),
             # Index into the loader's samples (not a model input), once per sample.
-            "sample_index": sample_index.reshape(-1).repeat_interleave(repeats),
+            "sample_index": to_torch_tensor(sample_index.as_tensor(), copy=True).reshape(-1).repeat_interleave(repeats),
         }
         # (clips, repeats, ...) -> (clips * repeats, ...): the same clip-major order as the views.
-        for tensor, key in zip(finishing, FINISH_COLUMNS.values()):
-            batch[key] = tensor.flatten(0, 1)
+        for name, key in FINISH_COLUMNS.items():
+            batch[key] = params[name].flatten(0, 1)
         batch["video_global_flip"] = batch["video_global_flip"].bool()
         batch["video_local_flip"] = batch["video_local_flip"].bool()
         batch["audio_global_gain"] = batch["audio_global_gain"].float()
@@ -395,6 +379,30 @@ class DaliClipLoader:
         batch["audio_local_gain"] = batch["audio_local_gain"].float()
         batch["audio_local_box"] = batch["audio_local_box"].float()
         return batch
+
+    def _video_views(self, frames, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's uint8 video views (global (B, 3, Tg, S, S), local (B, n_v, 3, Tl, s, s)), cut
+        from its clip's decoded window (DALI's FHWC frames, on the host or the GPU, read in place)
+        with the PyTorch loader's functions; a clip's samples side by side. Clips are cut in
+        ``num_threads`` threads (torch releases the GIL), so the training loop waits for a fraction."""
+        from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
+
+        def clip_views(clip: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            with torch.no_grad():
+                # (F, H, W, C) -> (F, C, H, W), a view of DALI's buffer: the crops copy what they use.
+                window = to_torch_tensor(frames[clip], copy=False).permute(0, 3, 1, 2)
+                views = []
+                for r in range(self.plan.samples_per_decode):
+                    crops = VideoCrops(params["global_box"][clip, r].numpy(), params["local_offsets"][clip, r].numpy(),
+                                       params["local_boxes"][clip, r].numpy())
+                    views.append((global_video_view(window, crops, self.views),
+                                  local_video_views(window, crops, self.views)))
+                return views
+
+        clips = range(len(frames))
+        per_clip = list(self.cropper.map(clip_views, clips)) if self.cropper else [clip_views(c) for c in clips]
+        samples = [views for clip in per_clip for views in clip]
+        return torch.stack([g for g, _ in samples]), torch.stack([local for _, local in samples])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:

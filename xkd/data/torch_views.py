@@ -1,4 +1,6 @@
-"""Per-view tensor operations of the PyTorch loader (docs/method.md §1).
+"""Per-view tensor operations of both loaders (docs/method.md §1): the PyTorch loader on the frames
+PyAV decoded, the DALI loader on the frames DALI decoded (torchvision's uint8 resize is several
+times cheaper on a CPU than DALI's CPU ``resize``; BENCHMARKS.md, issue 15).
 
 Each function applies one clip's :class:`~xkd.data.view_params.ClipViewParams` (drawn once per
 (seed, epoch, sample)) to decoded frames or to an audio window; no randomness is drawn here.
@@ -8,6 +10,8 @@ audio leaves the loader as the float32 waveform window (its log-mels are compute
 device, xkd/data/audio_finish.py).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,13 +42,21 @@ def finish_view(frames: torch.Tensor, color: ColorJitter = IDENTITY_COLOR, flip:
     return finish_video(view, factors, torch.tensor([flip]))[0]
 
 
-def global_video_view(frames: torch.Tensor, p: ClipViewParams, views: ViewsConfig) -> torch.Tensor:
+class VideoCrops(NamedTuple):
+    """The crop parameters of one sample's video views (a :class:`ClipViewParams` has the same fields)."""
+    global_box: np.ndarray  # (4,) relative (top, left, bottom, right)
+    local_offsets: np.ndarray  # (n_v,) frame offsets inside the global window
+    local_boxes: np.ndarray  # (n_v, 4)
+
+
+def global_video_view(frames: torch.Tensor, p: ClipViewParams | VideoCrops, views: ViewsConfig) -> torch.Tensor:
     """Global window frames (Tg, C, H, W) uint8 -> uint8 (3, Tg, S, S): crop + resize. Colour, flip
-    and normalisation follow on the training device (:mod:`xkd.data.video_finish`)."""
+    and normalisation follow on the training device (:mod:`xkd.data.video_finish`). Both loaders
+    (the DALI loader on the frames DALI decoded) cut their views with this and the next function."""
     return crop_resize(frames, p.global_box, views.video_global_size).permute(1, 0, 2, 3).contiguous()
 
 
-def local_video_views(frames: torch.Tensor, p: ClipViewParams, views: ViewsConfig) -> torch.Tensor:
+def local_video_views(frames: torch.Tensor, p: ClipViewParams | VideoCrops, views: ViewsConfig) -> torch.Tensor:
     """Global window frames (Tg, C, H, W) uint8 -> uint8 (n_v, 3, Tl, s, s): for each local view, Tl
     consecutive frames at its offset, crop + resize. Colour (or grayscale), blur, flip and
     normalisation follow on the training device."""
