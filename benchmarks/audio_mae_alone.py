@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (XKD's configs: 0.3)")
+    parser.add_argument("--grad-clip", type=float, default=0.0,
+                        help="clip the gradient's global norm to this (0: no clipping; XKD's configs: 0.3)")
     parser.add_argument("--held-out", type=int, default=40, help="clips (the last in sorted order) never trained on")
     parser.add_argument("--every", type=int, default=200, help="steps between held-out evaluations")
     parser.add_argument("--seed", type=int, default=0)
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     frames = spectrograms.shape[-1] // 2  # the global view: the first half of each clip's frames
     held_view = held[..., :frames]
     params = list(encoder.parameters()) + list(decoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
 
     def loss_of(view: torch.Tensor) -> torch.Tensor:
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     patch_values = encoder.patch_embed.patch_dim
     result = {"clips": len(spectrograms), "held_out": args.held_out, "config": args.config, "steps": args.steps,
-              "batch": args.batch, "lr": args.lr, "mask_ratio": mask_ratio,
+              "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay, "grad_clip": args.grad_clip,
+              "mask_ratio": mask_ratio,
               "zero": (patch_values - 1) / patch_values,
               "ridge": ridge_reference(train[..., :frames], held_view, encoder.patch_embed, mask_ratio, args.seed),
               "curve": []}
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
         loss = loss_of(view)
         optimizer.zero_grad()
         loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         optimizer.step()
         if step % args.every == 0 or step == args.steps:
             with torch.no_grad():

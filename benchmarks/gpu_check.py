@@ -205,7 +205,8 @@ def check_env() -> dict:
 
 
 def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str = "gpu") -> dict:
-    """The DALI loader on ``device`` ("gpu": NVDEC + GPU ops) against its CPU backend, and its speed."""
+    """The DALI loader on ``device`` ("gpu": NVDEC decode, crops and finishing on the GPU) against its CPU
+    backend, and its speed."""
     import torch
 
     from xkd.data.dali_pipeline import DaliClipLoader
@@ -248,7 +249,8 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
             break
     require(gpu_batches, "the DALI loaders gave no batch")
     require(worst["frame_mean_abs"] < FRAME_MEAN_ABS and worst["frame_mean_shift"] < FRAME_MEAN_SHIFT
-            and worst["mel_max_abs"] < MEL_ATOL, f"GPU decode differs from the CPU decode beyond tolerance: {worst}")
+            and worst["mel_max_abs"] < MEL_ATOL, f"GPU views differ from the CPU views beyond tolerance (frames: decode; mels: the log-mel's "
+            f"numerics on the GPU): {worst}")
     # Throughput of the GPU loader and the finishing on the device (a fresh epoch, after one warm-up batch).
     loader = DaliClipLoader(samples, device=device, **common)
     stream = iter(loader)

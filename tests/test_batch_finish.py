@@ -92,14 +92,6 @@ def test_crop_aligns_corners_like_the_reference():
     assert padded[:, :50].abs().max() < 1e-6 and padded[:, 60:].abs().mean() > 0.5
 
 
-def test_no_local_audio_views():
-    batch = loader_batch()
-    empty = torch.zeros(2, 0, dtype=torch.int64)
-    global_view, local = finish_audio(batch["audio_window"], batch["audio_global_gain"], empty, empty.float(),
-                                      torch.zeros(2, 0, 4), LogMel(VIEWS), 16000)
-    assert global_view.shape == (2, 1, 80, 224) and local.shape == (2, 0, 1, 80, 112)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_finisher_on_the_gpu_matches_the_cpu():
     batch = loader_batch()

@@ -8,10 +8,9 @@ computes, for the whole batch on the device the model trains on:
 * each local view: the 1 s segment at its offset times its own gain, log-mel, and the BYOL-A
   random resize crop (:func:`crop_spectrogram`).
 
-The short-time Fourier transforms were a sixth of a DALI sample's CPU cost (BENCHMARKS.md,
-"Audio on the device"); on an accelerator they are a few batched kernels. Both loaders thus
-share one log-mel and one crop, where DALI's and torch's used to differ by interpolation
-details.
+The log-mels and crops cost a DALI sample 2-5 ms of CPU (BENCHMARKS.md, "Audio and video crops
+off DALI's graph"); on an accelerator they are a few batched kernels. Both loaders thus share one
+log-mel and one crop, where DALI's and torch's used to differ by interpolation details.
 
 Layouts: ``window`` (B, N) float32; ``gain`` (B,); ``local_offset`` (B, n_a) int64 samples;
 ``local_gain`` (B, n_a); ``local_box`` (B, n_a, 4) (f0, t0, f1, t1) in spectrogram bins/frames.
@@ -64,10 +63,7 @@ def finish_audio(window: torch.Tensor, gain: torch.Tensor, local_offset: torch.T
     The boxes are read on the host (one crop size per view: the crops are not batched)."""
     device = window.device
     audio_global = logmel(window * gain.to(device)[:, None]).unsqueeze(1)
-    batch, n_local = local_offset.shape
-    if n_local == 0:
-        frames = local_samples // logmel.views.hop_length + 1
-        return audio_global, window.new_zeros(batch, 0, 1, logmel.views.mel_bins, frames)
+    batch, n_local = local_offset.shape  # at least one local view (config validation)
     segments = local_segments(window, local_offset.to(device), local_samples) * local_gain.to(device)[..., None]
     specs = logmel(segments)
     boxes = local_box.round().to(torch.int64).tolist()

@@ -6,7 +6,7 @@ every view's remaining parameters. :class:`BatchFinisher` does the rest for the 
 the device the model trains on: the video's colour, blur, flip and normalisation
 (:mod:`xkd.data.video_finish`) and the audio's log-mels and spectrogram crops
 (:mod:`xkd.data.audio_finish`). On a GPU that is a few batched kernels over tensors the model is
-about to read; in a loader it was most of a sample's CPU cost (BENCHMARKS.md, issue 15).
+about to read; in a loader it was more than half of a sample's CPU cost (BENCHMARKS.md, issue 15).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ class BatchFinisher(nn.Module):
     @torch.no_grad()
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         device = self.device
-        moved = {key: batch[key].to(device, non_blocking=True)
-                 for key in (*LOADER_VIEW_KEYS, *VIDEO_PARAM_KEYS, *AUDIO_PARAM_KEYS) if key != "audio_local_box"}
+        # The crop boxes stay on the host: crop sizes are read there (xkd.data.audio_finish).
+        moved = {key: batch[key].to(device, non_blocking=True) for key in LOADER_KEYS if key != "audio_local_box"}
         local = moved["video_local"]
         b, n = local.shape[:2]
         audio_global, audio_local = finish_audio(

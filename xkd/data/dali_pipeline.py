@@ -1,6 +1,6 @@
 """NVIDIA DALI loader: shard bytes in, the global and local views of docs/method.md §1 out.
 
-Stages (one DALI graph, the same on CPU and GPU; only the decode/op device changes):
+Stages (one DALI graph, the same on CPU and GPU; only the video decode's device changes):
 
     ShardSource (Python, per batch)      member bytes (video cut to the window's packets) + ClipViewParams
     -> decoders.video                    the global window's frames ("mixed" = NVDEC on GPU), uint8 FHWC
@@ -59,8 +59,8 @@ REPEAT_COLUMNS = (
     "global_box", "global_flip", "global_color", "local_offsets", "local_boxes", "local_flips", "local_colors",
     "local_blur", "audio_gain", "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
 )
-# Outputs after the views, in this order (one row per clip, a leading repeat axis): the batch's
-# ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish).
+# Parameter columns the loader hands on to the trainer (one row per clip, a leading repeat axis)
+# -> the batch's ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish).
 FINISH_COLUMNS = {"global_color": "video_global_color", "global_flip": "video_global_flip",
                   "local_colors": "video_local_color", "local_flips": "video_local_flip",
                   "local_blur": "video_local_blur", "audio_gain": "audio_global_gain",
@@ -206,9 +206,10 @@ class OneSample:
 
 
 def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, device: str, num_threads: int,
-                   seed: int, prefetch: int = 2, repeats: int = 1):
-    """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode, GPU ops). ``batch_size``
-    counts clips; each is decoded once and gives ``repeats`` samples (their outputs in repeat order)."""
+                   seed: int, prefetch: int = 2):
+    """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode; frames and audio window
+    delivered on the GPU). ``batch_size`` counts clips. Outputs per clip: the decoded window (FHWC
+    uint8), the audio window, each ``REPEAT_COLUMNS`` entry (repeat axis first) and the sample index."""
     from nvidia.dali import fn, pipeline_def, types
 
     on_gpu = device == "gpu"
@@ -265,7 +266,8 @@ def dali_error_summary(error: Exception) -> str:
 class DaliClipLoader:
     """Batches of views from shards through DALI, with an exact position for checkpoints.
 
-    Iterating yields one epoch of batch dicts (layout of ``xkd.models.xkd``); ``state()`` is
+    Iterating yields one epoch of batch dicts (``xkd.data.batch_finish.LOADER_KEYS`` plus
+    ``sample_index``; the trainer's ``BatchFinisher`` makes the model's inputs); ``state()`` is
     {"epoch", "position"}, the epoch and the samples this rank consumed in it, plus the corrupt
     samples known (:class:`~xkd.data.sample_check.CorruptSamples`).
     """
@@ -283,9 +285,10 @@ class DaliClipLoader:
         self.failed: dict[int, dict[int, str]] = {}
         # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead).
         self.reader = ThreadPoolExecutor(max_workers=max(1, min(4, num_threads)), thread_name_prefix="xkd-read")
-        # Cuts the video views from DALI's frames (_video_views); inline with one thread.
+        # Cuts the video views from DALI's host frames (_video_views); inline with one thread, and on the
+        # GPU, where the crops are kernels queued on one stream anyway.
         self.cropper = (ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="xkd-crop")
-                        if num_threads > 1 else None)
+                        if num_threads > 1 and device == "cpu" else None)
         self._build()
 
     @property
@@ -309,7 +312,7 @@ class DaliClipLoader:
                                   self.clip_position, frozenset(self.corrupt.known), failed, self.augment,
                                   self.reader)
         self.pipeline = build_pipeline(self.source, self.views, self.clips_per_batch, self.device, self.num_threads,
-                                       self.seed, repeats=self.plan.samples_per_decode)
+                                       self.seed)
         self.pipeline.build()
         check_pipeline_device(self.pipeline, self.device)
 
@@ -338,7 +341,7 @@ class DaliClipLoader:
         bad = {}
         for index, stand_in_for in self.source.chosen.get(position, ()):
             probe = build_pipeline(OneSample(self.source.row(index, stand_in_for)), self.views, 1, self.device, 1,
-                                   self.seed, prefetch=1, repeats=self.plan.samples_per_decode)
+                                   self.seed, prefetch=1)
             probe.build()
             try:
                 probe.run()
@@ -383,14 +386,18 @@ class DaliClipLoader:
     def _video_views(self, frames, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sample's uint8 video views (global (B, 3, Tg, S, S), local (B, n_v, 3, Tl, s, s)), cut
         from its clip's decoded window (DALI's FHWC frames, on the host or the GPU, read in place)
-        with the PyTorch loader's functions; a clip's samples side by side. Clips are cut in
-        ``num_threads`` threads (torch releases the GIL), so the training loop waits for a fraction."""
+        with the PyTorch loader's functions; a clip's samples side by side. On the host, clips are cut
+        in ``num_threads`` threads (torch releases the GIL), so the training loop waits for a fraction
+        of the work (it shows in ``data_wait_fraction``)."""
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
         def clip_views(clip: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
             with torch.no_grad():
-                # (F, H, W, C) -> (F, C, H, W), a view of DALI's buffer: the crops copy what they use.
-                window = to_torch_tensor(frames[clip], copy=False).permute(0, 3, 1, 2)
+                # (F, H, W, C) -> (F, C, H, W). On the host a view of DALI's buffer (the crops are done with
+                # it before this returns); on the GPU a copy, as the crop kernels may still be queued when
+                # DALI reuses its buffer on its own stream.
+                on_gpu = self.device == "gpu"
+                window = to_torch_tensor(frames[clip], copy=on_gpu).permute(0, 3, 1, 2)
                 views = []
                 for r in range(self.plan.samples_per_decode):
                     crops = VideoCrops(params["global_box"][clip, r].numpy(), params["local_offsets"][clip, r].numpy(),

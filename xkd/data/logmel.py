@@ -3,7 +3,7 @@
 STFT n_fft 1024 (Hann, 64 ms), hop 143, centred with reflect padding, power 2; 80 Slaney
 mel bands 0-8 kHz with Slaney area normalisation; natural log(mel + eps); then
 (x - mean) / std with the data set's scalar statistics (docs/method.md §1.2). 4 s -> 80x448, 1 s -> 80x112.
-The DALI pipeline computes the same with fn.spectrogram + fn.mel_filter_bank.
+Both loaders deliver waveforms; the trainer computes this on its device (xkd/data/audio_finish.py).
 """
 from __future__ import annotations
 

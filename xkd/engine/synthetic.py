@@ -1,4 +1,5 @@
-"""Random batches with the exact layout the loaders produce (for smoke runs and benchmarks)."""
+"""Random batches with the exact layout of the model's inputs (the loaders' batches once finished by
+``xkd.data.batch_finish.BatchFinisher``), for smoke runs and benchmarks."""
 from __future__ import annotations
 
 import torch

@@ -7,7 +7,7 @@ component and monitor as a dict of tensors (the trainer logs every key). The met
 shapes and every deviation from paper and reference code, is docs/method.md. A training loop may call the two halves
 itself (teacher outside the DeepSpeed engine, student inside); the computation is the same.
 
-Batch layout (what the loaders produce):
+Batch layout (the loaders' batches after the trainer's ``xkd.data.batch_finish.BatchFinisher``):
     video_global (B, 3, T, H, W)          audio_global (B, 1, F, T_a)
     video_local  (B, n_v, 3, t, h, w)     audio_local  (B, n_a, 1, F, t_a)
 """
