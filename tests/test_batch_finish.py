@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from media import TINY_VIEWS, views_config
-from xkd.data.audio_finish import crop_spectrogram, finish_audio, local_segments
+from xkd.data.audio_finish import crop_spectrogram, crop_spectrograms, finish_audio, local_segments
 from xkd.data.batch_finish import VIEW_KEYS, BatchFinisher
 from xkd.data.logmel import LogMel
 
@@ -90,6 +90,26 @@ def test_crop_aligns_corners_like_the_reference():
     torch.testing.assert_close(crop_spectrogram(spec, (0, 0, 80, 112))[0], spec)
     padded = crop_spectrogram(spec, (0, -112, 80, 112))[0]  # left half of the crop is padding
     assert padded[:, :50].abs().max() < 1e-6 and padded[:, 60:].abs().mean() > 0.5
+
+
+def test_batched_crops_equal_the_per_view_crop():
+    """The two-matrix-product crop of a batch is crop_spectrogram view by view: boxes inside, past
+    every border, larger than the spectrogram (zoom out), one bin or frame wide, and the identity."""
+    generator = torch.Generator().manual_seed(3)
+    bins, frames, views = 80, 50, 64
+    specs = torch.randn(views, bins, frames, generator=generator)
+    starts = torch.randint(-30, 60, (views, 2), generator=generator)
+    sizes = torch.randint(1, 120, (views, 2), generator=generator)
+    boxes = torch.cat([starts, starts + sizes], dim=1)  # (f0, t0, f1, t1)
+    boxes[0] = torch.tensor([0, 0, bins, frames])  # identity
+    boxes[1] = torch.tensor([5, -20, 6, 70])  # one bin tall, past both time borders
+    boxes[2] = torch.tensor([-40, -25, bins + 40, frames + 25])  # zoom out
+    boxes[3] = torch.tensor([79, 49, 80, 50])  # the last bin and frame only
+    got = crop_spectrograms(specs, boxes.float())
+    assert got.shape == (views, 1, bins, frames)
+    for view in range(views):
+        want = crop_spectrogram(specs[view], tuple(boxes[view].tolist()))
+        torch.testing.assert_close(got[view], want, atol=2e-5, rtol=1e-5, msg=f"box {boxes[view].tolist()}")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

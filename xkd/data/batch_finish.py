@@ -41,13 +41,12 @@ class BatchFinisher(nn.Module):
     @torch.no_grad()
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         device = self.device
-        # The crop boxes stay on the host: crop sizes are read there (xkd.data.audio_finish).
-        moved = {key: batch[key].to(device, non_blocking=True) for key in LOADER_KEYS if key != "audio_local_box"}
+        moved = {key: batch[key].to(device, non_blocking=True) for key in LOADER_KEYS}
         local = moved["video_local"]
         b, n = local.shape[:2]
         audio_global, audio_local = finish_audio(
             moved["audio_window"].float(), moved["audio_global_gain"], moved["audio_local_offset"],
-            moved["audio_local_gain"], batch["audio_local_box"], self.logmel, self.local_samples)
+            moved["audio_local_gain"], moved["audio_local_box"], self.logmel, self.local_samples)
         return {
             "video_global": finish_video(moved["video_global"], moved["video_global_color"],
                                          moved["video_global_flip"]),
