@@ -55,7 +55,8 @@ def whole_videos():
 
 def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
     """CPU ms per sample of iterating ``epochs`` epochs after a first batch: (everything, of which in
-    ``_to_batch``, of which in ``_video_views``), the last two on the loader's thread."""
+    ``_to_batch``, of which in ``_video_views``), the last two on the thread that makes the batch
+    (the loader's ``batcher``)."""
     loader = make_loader()
     timed = {"_to_batch": [0.0], "_video_views": [0.0]}
     for name, seconds in timed.items():

@@ -198,3 +198,26 @@ def test_read_ahead_reads_the_next_batch_and_changes_nothing(split):
     assert not ahead.ahead  # the last batch has no successor: every read-ahead row was used
     dali_batches = [b["audio_window"] for b in dali(split)]  # the loader (with its reader) matches too
     assert len(dali_batches) == len(split) // 2
+
+
+def test_batch_made_ahead_is_not_consumed(split):
+    """The loader makes batch k+1 while batch k is used; the position (what a checkpoint saves) counts
+    batch k only, and an iterator left mid-epoch is continued by the next one without a gap or a
+    repeat, as is a loader resumed from the saved state."""
+    straight = [b["video_global"] for b in dali(split, batch_size=1)]
+    loader = dali(split, batch_size=1)
+    iterator = iter(loader)
+    first = next(iterator)
+    assert loader.ahead[0] == 1  # batch 1 made, batch 0 consumed
+    assert loader.state()["position"] == 1
+    second = next(iterator)
+    saved = loader.state()
+    assert saved["position"] == 2
+    del iterator  # the trainer stops here (checkpoint, end of run); a new iterator continues
+    rest = [b["video_global"] for b in loader]
+    assert len(rest) == len(straight) - 2
+    for x, y in zip(straight, [first["video_global"], second["video_global"], *rest]):
+        assert torch.equal(x, y)
+    resumed = [b["video_global"] for b in dali(split, batch_size=1, start_epoch=saved["epoch"],
+                                               start_position=saved["position"])]
+    assert all(torch.equal(x, y) for x, y in zip(straight[2:], resumed)) and len(resumed) == len(rest)

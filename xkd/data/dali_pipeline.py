@@ -263,6 +263,9 @@ def dali_error_summary(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+EPOCH_END = object()  # DaliClipLoader.ahead at the end of an epoch
+
+
 class DaliClipLoader:
     """Batches of views from shards through DALI, with an exact position for checkpoints.
 
@@ -270,6 +273,11 @@ class DaliClipLoader:
     ``sample_index``; the trainer's ``BatchFinisher`` makes the model's inputs); ``state()`` is
     {"epoch", "position"}, the epoch and the samples this rank consumed in it, plus the corrupt
     samples known (:class:`~xkd.data.sample_check.CorruptSamples`).
+
+    The next batch is made while the caller works on the current one (DALI's own prefetch covers
+    the graph; ``ahead`` covers the crops after it). The position counts consumed batches only: a
+    batch made ahead is dropped, and made again from the same position, when the iterator is left
+    or when more corrupt samples become known.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, plan: EpochPlan, seed: int,
@@ -289,6 +297,12 @@ class DaliClipLoader:
         # GPU, where the crops are kernels queued on one stream anyway.
         self.cropper = (ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="xkd-crop")
                         if num_threads > 1 and device == "cpu" else None)
+        # Turns DALI's outputs into the next batch (the crops above) while the model trains on this one.
+        # CPU decode only: on the GPU the crops are kernels, queued from the loop's thread (its device).
+        self.batcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xkd-batch") if device == "cpu" else None
+        # The batch made ahead: (clip position, corrupt samples found there, future of the batch), or
+        # EPOCH_END; None when the graph stands at ``position``.
+        self.ahead: tuple[int, list, Future] | object | None = None
         self._build()
 
     @property
@@ -387,8 +401,8 @@ class DaliClipLoader:
         """Each sample's uint8 video views (global (B, 3, Tg, S, S), local (B, n_v, 3, Tl, s, s)), cut
         from its clip's decoded window (DALI's FHWC frames, on the host or the GPU, read in place)
         with the PyTorch loader's functions; a clip's samples side by side. On the host, clips are cut
-        in ``num_threads`` threads (torch releases the GIL), so the training loop waits for a fraction
-        of the work (it shows in ``data_wait_fraction``)."""
+        in ``num_threads`` threads (torch releases the GIL), one batch ahead of the training loop
+        (``_make``)."""
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
         def clip_views(clip: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -411,22 +425,57 @@ class DaliClipLoader:
         samples = [views for clip in per_clip for views in clip]
         return torch.stack([g for g, _ in samples]), torch.stack([local for _, local in samples])
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def _make(self) -> tuple[int, list, Future] | object:
+        """Run the graph for the batch at the graph's position and start turning it into a batch
+        (in the background on the host); EPOCH_END when the epoch's batches are all made."""
         while True:
-            if self.corrupt.changed:  # a sync made more samples known: the prefetched batches are stale
-                self._build()
             try:
                 outputs = self.pipeline.run()
             except StopIteration:
+                return EPOCH_END
+            except RuntimeError as error:  # DALI's decode errors (the source's own are caught in the source)
+                self._exclude_failed(error)
+                continue
+            position = self.clip_position
+            found = list(self.source.found.get(position, []))
+            if self.batcher is None:
+                future: Future = Future()
+                future.set_result(self._to_batch(outputs))
+            else:  # DALI's buffers stay in use until the next run(), which waits for this (_deliver)
+                future = self.batcher.submit(self._to_batch, outputs)
+            return position, found, future
+
+    def _deliver(self) -> dict[str, torch.Tensor]:
+        """The batch made ahead, consumed: its corrupt samples noted, the position past it."""
+        position, found, future = self.ahead
+        self.ahead = None
+        batch = future.result()
+        self.corrupt.note([*found, *self.failed.pop(position, {}).items()])
+        self.position += self.batch_size
+        return batch
+
+    def _drop_ahead(self) -> None:
+        """Forget what was made ahead (a new iterator, or more corrupt samples known since it was
+        made) and rebuild the graph at the consumed position."""
+        if isinstance(self.ahead, tuple):
+            self.ahead[2].exception()  # waits: its crops read DALI's buffers, done before the graph goes
+        self.ahead = None
+        self._build()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # A batch made ahead by an iterator left mid-epoch is the one at the position: it is used.
+        while True:
+            if self.corrupt.changed:  # a sync made more samples known: what was made ahead is stale
+                self._drop_ahead()
+            if self.ahead is None:
+                self.ahead = self._make()
+            if self.ahead is EPOCH_END:
+                self.ahead = None
                 self.epoch += 1
                 self.position = 0
                 self.failed.clear()
                 self._build()
                 return
-            except RuntimeError as error:  # DALI's decode errors (the source's own are caught in the source)
-                self._exclude_failed(error)
-                continue
-            found = self.source.found.get(self.clip_position, [])
-            self.corrupt.note([*found, *self.failed.pop(self.clip_position, {}).items()])
-            self.position += self.batch_size
-            yield self._to_batch(outputs)
+            batch = self._deliver()
+            self.ahead = self._make()  # the next batch's crops run while the model trains on this one
+            yield batch
