@@ -4,6 +4,7 @@ PyTorch fallback, producing full batches of global + local views of both modalit
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --shards sample_shards --workers 2 --json loader.json
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --stages    # + per-stage breakdown and floor
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --samples-per-decode 4 --json k4.json
+    OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --step-ms 200   # + wait per batch behind a model step
 
 Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112). CPU time counts
 this process and its worker processes (getrusage SELF + CHILDREN). ``--repeat N`` lists each
@@ -26,6 +27,11 @@ pays for it in its main process; on a GPU it is device time.
 batch of ``--batch-size`` samples (a multiple of K) holds batch / K clips; costs stay per sample.
 The stage breakdown and the floor are those of K = 1 (one sample per decode); the floor of K is
 that divided by K.
+
+``--step-ms S`` follows each batch with S ms of sleep, a stand-in for a training step on an
+accelerator (it costs the host no CPU), and reports ``wait_ms_per_batch`` and
+``data_wait_fraction`` (the trainer's monitor): how much of the loader's work is hidden behind
+the step.
 """
 from __future__ import annotations
 
@@ -69,15 +75,33 @@ def finish_cpu_ms(batch: dict, views, repeats: int = 5) -> float:
     return 1000 * sorted(times)[len(times) // 2] / batch["video_global"].shape[0]
 
 
-def measure(make_loader, epochs: int) -> dict:
+def measure(make_loader, epochs: int, step_ms: float = 0.0) -> dict:
+    """Samples/s and CPU ms per sample over ``epochs`` epochs after a first batch; with ``step_ms``,
+    each batch is followed by a sleep of that long (an accelerator's training step: no host CPU),
+    and the time the loop then waits for the next batch is reported as the trainer's
+    ``data_wait_fraction``."""
     loader = make_loader()
     next(iter(loader))  # start-up (pipeline build, workers) is not throughput
-    samples, started_wall, started_cpu = 0, time.perf_counter(), cpu_seconds()
+    samples, batches, waited = 0, 0, 0.0
+    started_wall, started_cpu = time.perf_counter(), cpu_seconds()
     for _ in range(epochs):
-        for batch in loader:
+        iterator = iter(loader)
+        while True:
+            asked = time.perf_counter()
+            batch = next(iterator, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             samples += batch["video_global"].shape[0]
+            batches += 1
+            if step_ms:
+                time.sleep(step_ms / 1000)
     wall, cpu = time.perf_counter() - started_wall, cpu_seconds() - started_cpu
-    return {"samples": samples, "samples_per_second": samples / wall, "cpu_ms_per_sample": 1000 * cpu / samples}
+    result = {"samples": samples, "samples_per_second": samples / wall, "cpu_ms_per_sample": 1000 * cpu / samples}
+    if step_ms:
+        result.update(step_ms=step_ms, wait_ms_per_batch=1000 * waited / batches,
+                      data_wait_fraction=waited / (waited + batches * step_ms / 1000))
+    return result
 
 
 def stage_report(samples, views, plan, args) -> dict:
@@ -108,6 +132,9 @@ def main() -> None:
                         help="training samples per decoded clip (data.samples_per_decode; default 1)")
     parser.add_argument("--stages", action="store_true", help="add the per-stage breakdown, floor and ratio")
     parser.add_argument("--stage-epochs", type=int, default=1, help="epochs per stage measurement (default 1)")
+    parser.add_argument("--step-ms", type=float, default=0.0,
+                        help="sleep this long after each batch (a training step on an accelerator) and report "
+                             "the wait for the next batch (data_wait_fraction); default 0: back to back")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if args.samples_per_decode < 1 or args.batch_size % args.samples_per_decode:
@@ -118,9 +145,9 @@ def main() -> None:
     plan = EpochPlan(len(samples), seed=0, samples_per_decode=args.samples_per_decode)
     results = {
         "dali_cpu": measure(lambda: DaliClipLoader(samples, views, args.batch_size, plan, seed=0, device="cpu",
-                                                   num_threads=args.workers), args.epochs),
+                                                   num_threads=args.workers), args.epochs, args.step_ms),
         "torch": measure(lambda: TorchClipLoader(samples, views, args.batch_size, args.workers, plan, seed=0),
-                         args.epochs),
+                         args.epochs, args.step_ms),
         "workers": args.workers, "batch_size": args.batch_size, "samples": len(samples),
         "samples_per_decode": args.samples_per_decode,
         "keyframe_interval": keyframe_interval(args.shards), "host_to_device": "n/a (CPU path)",

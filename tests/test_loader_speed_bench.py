@@ -24,12 +24,15 @@ from xkd.data.torch_loader import ClipDataset
 def test_json_has_cost_and_rate_per_loader(sample_shards, tmp_path):
     out = tmp_path / "loader.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "loader_speed.py"), "--shards", str(sample_shards),
-                    "--workers", "1", "--epochs", "1", "--samples-per-decode", "2", "--json", str(out)], check=True,
-                   capture_output=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+                    "--workers", "1", "--epochs", "1", "--samples-per-decode", "2", "--step-ms", "5",
+                    "--json", str(out)],
+                   check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     results = json.loads(out.read_text())
     for loader in ("dali_cpu", "torch"):
         assert results[loader]["cpu_ms_per_sample"] > 0 and results[loader]["samples_per_second"] > 0
+        assert results[loader]["step_ms"] == 5 and 0 <= results[loader]["data_wait_fraction"] < 1
+        wait = results[loader]["wait_ms_per_batch"]  # the fraction is the wait's share of wait + step
+        assert results[loader]["data_wait_fraction"] == pytest.approx(wait / (wait + 5), rel=1e-9)
     assert results["keyframe_interval"] >= 1 and results["samples_per_decode"] == 2
     assert results["device_finish"]["cpu_ms_per_sample"] > 0
 
