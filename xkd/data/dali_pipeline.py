@@ -275,9 +275,9 @@ class DaliClipLoader:
     samples known (:class:`~xkd.data.sample_check.CorruptSamples`).
 
     The next batch is made while the caller works on the current one (DALI's own prefetch covers
-    the graph; ``ahead`` covers the crops after it). The position counts consumed batches only: a
-    batch made ahead is dropped, and made again from the same position, when the iterator is left
-    or when more corrupt samples become known.
+    the graph; ``ahead`` covers the crops after it). The position counts consumed batches only. A
+    batch made ahead is the batch at the position: a new iterator (after one left mid-epoch)
+    starts with it; it is dropped, and made again, only when more corrupt samples become known.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, plan: EpochPlan, seed: int,
@@ -455,8 +455,8 @@ class DaliClipLoader:
         return batch
 
     def _drop_ahead(self) -> None:
-        """Forget what was made ahead (a new iterator, or more corrupt samples known since it was
-        made) and rebuild the graph at the consumed position."""
+        """Forget what was made ahead (more corrupt samples are known than when it was made) and
+        rebuild the graph at the consumed position."""
         if isinstance(self.ahead, tuple):
             self.ahead[2].exception()  # waits: its crops read DALI's buffers, done before the graph goes
         self.ahead = None
