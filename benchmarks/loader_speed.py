@@ -31,7 +31,8 @@ that divided by K.
 ``--step-ms S`` follows each batch with S ms of sleep, a stand-in for a training step on an
 accelerator (it costs the host no CPU), and reports ``wait_ms_per_batch`` and
 ``data_wait_fraction`` (the trainer's monitor): how much of the loader's work is hidden behind
-the step.
+the step. The wait includes each epoch's start (a new graph / new workers), as the trainer's does;
+``samples_per_second`` then includes the sleeps (it is the loop's rate, not the loader's).
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def measure(make_loader, epochs: int, step_ms: float = 0.0) -> dict:
                 time.sleep(step_ms / 1000)
     wall, cpu = time.perf_counter() - started_wall, cpu_seconds() - started_cpu
     result = {"samples": samples, "samples_per_second": samples / wall, "cpu_ms_per_sample": 1000 * cpu / samples}
-    if step_ms:
+    if step_ms and batches:
         result.update(step_ms=step_ms, wait_ms_per_batch=1000 * waited / batches,
                       data_wait_fraction=waited / (waited + batches * step_ms / 1000))
     return result

@@ -221,3 +221,45 @@ def test_batch_made_ahead_is_not_consumed(split):
     resumed = [b["video_global"] for b in dali(split, batch_size=1, start_epoch=saved["epoch"],
                                                start_position=saved["position"])]
     assert all(torch.equal(x, y) for x, y in zip(straight[2:], resumed)) and len(resumed) == len(rest)
+
+
+def test_batch_made_ahead_is_remade_when_more_corrupt_samples_are_known(split):
+    """A sync between two batches that makes a sample of the batch made ahead known as corrupt: that
+    batch is made again without it, as a loader resumed from the state at that point makes it."""
+    straight = [b for b in dali(split, batch_size=1)]
+    loader = dali(split, batch_size=1)
+    iterator = iter(loader)
+    next(iterator), next(iterator)  # batch 2 is being made
+    corrupt = int(straight[2]["sample_index"][0])
+    loader.corrupt.known.add(corrupt)  # what a sync does when another rank found it
+    loader.corrupt.changed = True
+    rest = list(iterator)
+    resumed = list(dali(split, batch_size=1, start_position=2, corrupt_state={"corrupt_samples": [corrupt]}))
+    assert corrupt not in {int(i) for b in rest for i in b["sample_index"]}
+    assert len(rest) == len(resumed) == len(straight) - 2
+    for got, expected in zip(rest, resumed):
+        assert torch.equal(got["video_global"], expected["video_global"])
+        assert torch.equal(got["sample_index"], expected["sample_index"])
+
+
+def test_an_error_making_the_next_batch_skips_nothing(split):
+    """The crops of batch 2 fail while batch 1 is used: batch 1 is handed out, the error comes when
+    batch 2 is asked for, and a new iterator starts again at batch 2 (no batch lost, none twice)."""
+    straight = [b["video_global"] for b in dali(split, batch_size=1)]
+    loader = dali(split, batch_size=1)
+    to_batch, calls = loader._to_batch, []
+
+    def failing_once(outputs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("a crop thread failed")
+        return to_batch(outputs)
+
+    loader._to_batch = failing_once
+    iterator = iter(loader)
+    got = [next(iterator)["video_global"], next(iterator)["video_global"]]
+    with pytest.raises(OSError, match="a crop thread failed"):
+        next(iterator)
+    assert loader.state()["position"] == 2
+    got += [b["video_global"] for b in loader]
+    assert len(got) == len(straight) and all(torch.equal(x, y) for x, y in zip(got, straight))

@@ -75,7 +75,7 @@ def resize_matrices(start: torch.Tensor, stop: torch.Tensor, size: int) -> torch
     taps = base.long()[..., None] + torch.arange(-1, 3, device=start.device)  # in the span's coordinates
     taps = torch.minimum(taps.clamp(min=0), (length - 1)[:, None, None]) + start[:, None, None]
     inside = (taps >= 0) & (taps < size)  # taps in the padding read zeros
-    matrix = torch.zeros(len(start), size, size, device=start.device)
+    matrix = torch.zeros(len(start), size, size, device=start.device, dtype=torch.float32)
     return matrix.scatter_add_(2, taps.clamp(0, size - 1), weights * inside)
 
 

@@ -274,10 +274,13 @@ class DaliClipLoader:
     {"epoch", "position"}, the epoch and the samples this rank consumed in it, plus the corrupt
     samples known (:class:`~xkd.data.sample_check.CorruptSamples`).
 
-    The next batch is made while the caller works on the current one (DALI's own prefetch covers
-    the graph; ``ahead`` covers the crops after it). The position counts consumed batches only. A
-    batch made ahead is the batch at the position: a new iterator (after one left mid-epoch)
-    starts with it; it is dropped, and made again, only when more corrupt samples become known.
+    On the CPU-decode path the next batch is made while the caller works on the current one (DALI's
+    own prefetch covers the graph; ``ahead`` covers the crops after it). The position counts
+    consumed batches only. A batch made ahead is the batch at the position: a new iterator (after
+    one left mid-epoch) starts with it; it is dropped, and made again, when more corrupt samples
+    become known. An error making it is raised when that batch is asked for, with the graph rebuilt
+    at the position, so nothing is skipped by a caller that goes on. On the GPU the crops are
+    kernels on the training stream: nothing is made ahead there.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, plan: EpochPlan, seed: int,
@@ -300,9 +303,9 @@ class DaliClipLoader:
         # Turns DALI's outputs into the next batch (the crops above) while the model trains on this one.
         # CPU decode only: on the GPU the crops are kernels, queued from the loop's thread (its device).
         self.batcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xkd-batch") if device == "cpu" else None
-        # The batch made ahead: (clip position, corrupt samples found there, future of the batch), or
-        # EPOCH_END; None when the graph stands at ``position``.
-        self.ahead: tuple[int, list, Future] | object | None = None
+        # What was made ahead of ``position`` (CPU decode): (its clip position, the corrupt samples found
+        # there, the future of the batch); EPOCH_END; the error making it raised; None: nothing.
+        self.ahead: tuple[int, list, Future] | object | Exception | None = None
         self._build()
 
     @property
@@ -449,14 +452,18 @@ class DaliClipLoader:
         """The batch made ahead, consumed: its corrupt samples noted, the position past it."""
         position, found, future = self.ahead
         self.ahead = None
-        batch = future.result()
+        try:
+            batch = future.result()
+        except Exception:
+            self._build()  # the graph is past this batch: back to the position, so a new iterator retries it
+            raise
         self.corrupt.note([*found, *self.failed.pop(position, {}).items()])
         self.position += self.batch_size
         return batch
 
     def _drop_ahead(self) -> None:
-        """Forget what was made ahead (more corrupt samples are known than when it was made) and
-        rebuild the graph at the consumed position."""
+        """Forget what was made ahead (more corrupt samples are known than when it was made, or it
+        failed) and rebuild the graph at the consumed position."""
         if isinstance(self.ahead, tuple):
             self.ahead[2].exception()  # waits: its crops read DALI's buffers, done before the graph goes
         self.ahead = None
@@ -465,10 +472,18 @@ class DaliClipLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         # A batch made ahead by an iterator left mid-epoch is the one at the position: it is used.
         while True:
+            if isinstance(self.ahead, Exception):  # making this batch failed after the last one was handed out
+                error = self.ahead
+                self._drop_ahead()
+                raise error
             if self.corrupt.changed:  # a sync made more samples known: what was made ahead is stale
                 self._drop_ahead()
             if self.ahead is None:
-                self.ahead = self._make()
+                try:
+                    self.ahead = self._make()
+                except Exception:
+                    self._drop_ahead()
+                    raise
             if self.ahead is EPOCH_END:
                 self.ahead = None
                 self.epoch += 1
@@ -477,5 +492,9 @@ class DaliClipLoader:
                 self._build()
                 return
             batch = self._deliver()
-            self.ahead = self._make()  # the next batch's crops run while the model trains on this one
+            if self.batcher is not None:  # host crops: made while the model trains on this batch
+                try:
+                    self.ahead = self._make()
+                except Exception as error:  # raised when that batch is asked for, not instead of this one
+                    self.ahead = error
             yield batch
