@@ -26,6 +26,15 @@ def test_grids_and_defaults():
     assert full.arms == [arm for arm in ablation.ARMS if arm != "xkd_k4"]  # the paper's arms
     assert ablation.global_batch_size(full) == 32
     assert ablation.global_batch_size(ablation.parse_args(["--set", "train.global_batch_size=8"])) == 8
+    long = ablation.parse_args(["--long", "--set", "optim.min_lr=0.0005"])
+    assert long.grid == "long" and long.steps == 2000 and long.arms == full.arms and long.seeds == [0, 1, 2]
+    assert long.work.name == "long"
+    config = _config("xkd", extra=long.set)  # the grid's overrides reach the run; a --set of the same key wins
+    assert config.train.max_micro_batch_size == 16 and config.optim.min_lr == 0.0005
+    assert _config("xkd", extra=ablation.parse_args(["--long"]).set).optim.min_lr == 0.001
+    assert full.set == [] and quick.set == []
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--quick", "--long"])
     custom = ablation.parse_args(["--arms", "ae", "xkd", "--seeds", "3", "4", "--steps", "40", "--set", "loss.kd_weight=2"])
     assert custom.arms == ["ae", "xkd"] and custom.seeds == [3, 4] and custom.steps == 40
     with pytest.raises(SystemExit):
