@@ -6,7 +6,8 @@
     python benchmarks/ablation.py --long     # every arm, 2000 steps at a constant lr (the audio side learns)
     python benchmarks/ablation.py --arms ae xkd --seeds 0 1 --steps 300     # any sub-grid
 
-Steps (each is skipped when its output already exists, so a rerun continues):
+Steps (each is skipped when its output already exists, so a rerun continues; a run directory
+pretrained with other settings stops the rerun):
 
 1. corpus: ``data_prep/make_av_corpus.py`` (seeded; class drives a real 0 A.D. recording and a
    rendered pattern) unless ``--corpus`` points at one;
@@ -288,16 +289,54 @@ def evaluate(args, export: Path, shards: dict[str, Path], out_dir: Path, seed: i
     return scores
 
 
+def run_settings(command: list[str]) -> dict[str, str]:
+    """What makes a pretraining run what it is, from its ``launch/pretrain.py`` command line: the
+    config, DeepSpeed config, steps and every override. Not the port or the paths (a moved work tree
+    or corpus is the same run; the corpus is checked by ``check_corpus``)."""
+    tail = command[command.index("launch/pretrain.py") + 1:]
+    settings, index = {}, 0
+    while index < len(tail):
+        if tail[index].startswith("--"):
+            settings[tail[index]] = tail[index + 1]
+            index += 2
+        else:
+            key, _, value = tail[index].partition("=")
+            settings[key] = value  # a later override of the same key wins, as in load_config
+            index += 1
+    for path_option in ("--data", "--output"):
+        settings.pop(path_option, None)
+    return settings
+
+
+def check_existing_run(log: Path, command: list[str]) -> None:
+    """A run directory already pretrained (its ``pretrain.log`` holds the command) is reused only when
+    it was pretrained with this run's settings; otherwise the rerun stops instead of reporting the
+    old run under the new settings."""
+    logged = next((line[2:].split() for line in log.read_text(errors="replace").splitlines()
+                   if line.startswith("$ ") and "launch/pretrain.py" in line), None)
+    if logged is None:
+        return
+    made, wanted = run_settings(logged), run_settings(command)
+    differ = sorted(key for key in made.keys() | wanted.keys() if made.get(key) != wanted.get(key))
+    if differ:
+        raise SystemExit(f"error: {log.parent} was pretrained with other settings than this run asks for: "
+                         + "; ".join(f"{key} {made.get(key, 'unset')} there, {wanted.get(key, 'unset')} here"
+                                     for key in differ)
+                         + ". Give another --work, or remove that directory to pretrain it again")
+
+
 def pretrain(args, arm: str, seed: int, shards: dict[str, Path], spe: int) -> Path:
     run_dir = args.work / "runs" / arm / f"seed{seed}"
+    command = [str(BIN / "deepspeed"), "--master_port", str(free_port()), "launch/pretrain.py",
+               "--config", args.config,
+               "--ds_config", "ds_configs/zero2.json", "--data", str(shards["pretrain"]),
+               "--output", str(run_dir), "--max-steps", str(args.steps),
+               *arm_overrides(arm, args.steps, spe, seed, args.set)]
+    if (run_dir / "pretrain.log").is_file():
+        check_existing_run(run_dir / "pretrain.log", command)
     if latest_export(run_dir) is None:
         ckpts = run_dir / "checkpoints"
         if not any(ckpts.glob(f"step{args.steps:08d}*")):
-            command = [str(BIN / "deepspeed"), "--master_port", str(free_port()), "launch/pretrain.py",
-                       "--config", args.config,
-                       "--ds_config", "ds_configs/zero2.json", "--data", str(shards["pretrain"]),
-                       "--output", str(run_dir), "--max-steps", str(args.steps),
-                       *arm_overrides(arm, args.steps, spe, seed, args.set)]
             run(command, run_dir / "pretrain.log",
                 env={"LOCAL_SIZE": "2", "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": tracking_uri(args)})
         run([PYTHON, "launch/export_encoders.py", str(run_dir)], run_dir / "export.log")

@@ -121,3 +121,29 @@ def test_the_sounds_probe_keeps_only_recordings_never_pretrained_on(tmp_path):
     assert {row["fold"] for row in rows} == {"3", "4"}
     assert rows == [row for row in everything if row["fold"] in ("3", "4")]
     assert len({row["category"] for row in rows}) == len({row["category"] for row in everything}) == 22
+
+
+def _pretrain_command(output, data="/data/a", port="1234", steps=2000, extra=()):
+    return ["/venv/bin/deepspeed", "--master_port", port, "launch/pretrain.py", "--config", "configs/tiny.yaml",
+            "--ds_config", "ds_configs/zero2.json", "--data", data, "--output", str(output),
+            "--max-steps", str(steps), *ablation.arm_overrides("xkd", steps, 7, 0, list(extra))]
+
+
+def test_a_run_directory_is_reused_only_with_the_settings_it_was_pretrained_with(tmp_path):
+    """A rerun into the same --work continues; one with other steps or overrides must not report the old
+    runs as the new grid's."""
+    log = tmp_path / "runs" / "xkd" / "seed0" / "pretrain.log"
+    log.parent.mkdir(parents=True)
+    long = ablation.parse_args(["--long"]).set
+    log.write_text("$ " + " ".join(_pretrain_command(log.parent, extra=long)) + "\n[rank0] step 5 ...\n")
+    # The port, the paths and the order of the same overrides do not make another run.
+    moved = _pretrain_command("/elsewhere/seed0", data="/moved/shards", port="999", extra=list(reversed(long)))
+    ablation.check_existing_run(log, moved)
+    with pytest.raises(SystemExit, match=r"optim\.min_lr 0\.001 there, unset here; train\.max_micro_batch_size 16 there, unset here\."):
+        ablation.check_existing_run(log, _pretrain_command(log.parent))  # the default grid's settings
+    with pytest.raises(SystemExit, match=r": --max-steps 2000 there, 500 here; optim\.epochs 286 there, 72 here; "):
+        ablation.check_existing_run(log, _pretrain_command(log.parent, steps=500, extra=long))
+    with pytest.raises(SystemExit, match=r": loss\.kd_weight unset there, 2 here\."):
+        ablation.check_existing_run(log, _pretrain_command(log.parent, extra=[*long, "loss.kd_weight=2"]))
+    # A later override of the same key wins, as in load_config.
+    ablation.check_existing_run(log, _pretrain_command(log.parent, extra=[*long, "optim.min_lr=5", "optim.min_lr=0.001"]))
