@@ -23,12 +23,12 @@ def test_grids_and_defaults():
     assert quick.grid == "quick" and quick.seeds == [0] and quick.arms == ["random", "ae", "xkd"]
     full = ablation.parse_args([])
     assert full.grid == "full" and full.seeds == [0, 1, 2] and full.steps == quick.steps == 500
-    assert full.arms == [arm for arm in ablation.ARMS if arm != "xkd_k4"]  # the paper's arms
+    assert full.arms == [arm for arm in ablation.ARMS if arm not in ("xkd_k4", "xkd_mmd_dim")]  # the paper's
     assert ablation.global_batch_size(full) == 32
     assert ablation.global_batch_size(ablation.parse_args(["--set", "train.global_batch_size=8"])) == 8
     long = ablation.parse_args(["--long", "--set", "optim.min_lr=0.0005"])
     assert long.grid == "long" and long.steps == 2000 and long.arms == full.arms and long.seeds == [0, 1, 2]
-    assert long.work.name == "long"
+    assert long.work == (ROOT / "runs" / "ablation" / "long").resolve()
     config = _config("xkd", extra=long.set)  # the grid's overrides reach the run; a --set of the same key wins
     assert config.train.max_micro_batch_size == 16 and config.optim.min_lr == 0.0005
     assert _config("xkd", extra=ablation.parse_args(["--long"]).set).optim.min_lr == 0.001
@@ -45,7 +45,7 @@ def test_grids_and_defaults():
 
 def test_every_arm_of_the_issue_is_there():
     assert set(ablation.ARMS) == {"random", "recon_v", "ae", "ae+kd", "ae+da", "xkd", "xkd_local", "xkd_meanpool",
-                                  "xkd_k4"}
+                                  "xkd_k4", "xkd_mmd_dim"}
     assert ablation.ARMS["random"] is None
     with pytest.raises(ValueError):
         ablation.arm_overrides("random", 10, 5, 0)
@@ -59,6 +59,7 @@ def test_every_arm_of_the_issue_is_there():
     ("xkd", dict(recon="both", kd=1.0, da=1.0, view="global", pool="refine")),
     ("xkd_local", dict(recon="both", kd=1.0, da=1.0, view="local", pool="refine")),
     ("xkd_meanpool", dict(recon="both", kd=1.0, da=1.0, view="global", pool="mean")),
+    ("xkd_mmd_dim", dict(recon="both", kd=1.0, da=1.0, view="global", pool="refine", mmd_scale="dim")),
 ])
 def test_arm_overrides_resolve_to_the_right_config(arm, expected):
     config = _config(arm)
@@ -66,6 +67,7 @@ def test_arm_overrides_resolve_to_the_right_config(arm, expected):
     assert config.loss.kd_weight == expected["kd"] and config.loss.da_weight == expected["da"]
     assert config.loss.ae_weight == 5.0
     assert config.model.teacher_view == expected["view"] and config.model.teacher_pool == expected["pool"]
+    assert config.loss.mmd_distance_scale == expected.get("mmd_scale", "none")
     assert config.train.seed == 1
     # The cosine schedule covers the steps: 250 steps at 30 steps/epoch -> 9 epochs.
     assert config.optim.epochs == 9 and 1 <= config.optim.warmup_epochs <= config.optim.epochs
