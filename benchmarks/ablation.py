@@ -94,9 +94,12 @@ GRIDS = {
 CORPUS_TOOL_DEFAULTS = {"difficulty": 1.0, "max_distractors": 3, "class_colour": 0.0, "object_scale": 1.0}
 CORPUS = {"difficulty": 0.3, "max_distractors": 0, "class_colour": 0.6, "object_scale": 2.0}
 # The tiny model on the corpus's 64 px, 8 fps clips: global views 2 s (16 frames, 64 px), local 1 s;
-# global batch 32 at the config's learning rate (base batch 32).
+# global batch 32 at the config's learning rate (base batch 32); the paper's head width K = 8192,
+# not the tiny config's 128: at K = 128 the MMD kernels still see near-orthogonal outputs and L_da
+# pulls every output of both modalities onto one point, the collapse (docs/method.md 4.6;
+# BENCHMARKS.md, "The head width sets what L_da does").
 BASE_OVERRIDES = {"train.log_every_steps": "5", "train.visualize_every_steps": "0",
-                  "train.global_batch_size": "32", "optim.base_batch_size": "32"}
+                  "train.global_batch_size": "32", "optim.base_batch_size": "32", "model.head.out_dim": "8192"}
 EVAL_CLIP = ["--frames", "16", "--size", "64", "--seconds", "2"]
 
 

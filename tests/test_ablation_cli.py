@@ -69,6 +69,7 @@ def test_arm_overrides_resolve_to_the_right_config(arm, expected):
     assert config.model.teacher_view == expected["view"] and config.model.teacher_pool == expected["pool"]
     assert config.loss.mmd_distance_scale == expected.get("mmd_scale", "none")
     assert config.train.seed == 1
+    assert config.model.head.out_dim == 8192  # the paper's head width, in which L_da is no pull to one point
     # The cosine schedule covers the steps: 250 steps at 30 steps/epoch -> 9 epochs.
     assert config.optim.epochs == 9 and 1 <= config.optim.warmup_epochs <= config.optim.epochs
     assert config.train.checkpoint_every_steps == 250
