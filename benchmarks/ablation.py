@@ -322,7 +322,9 @@ def check_existing_run(log: Path, command: list[str]) -> None:
                    if line.startswith("$ ") and "launch/pretrain.py" in line), None)
     if logged is None:
         return
-    made, wanted = run_settings(logged), run_settings(command)
+    # Both read as the log holds them (run() writes the words joined by spaces): an override whose
+    # value has a space compares equal to itself.
+    made, wanted = run_settings(logged), run_settings(" ".join(command).split())
     differ = sorted(key for key in made.keys() | wanted.keys() if made.get(key) != wanted.get(key))
     if differ:
         raise SystemExit(f"error: {log.parent} was pretrained with other settings than this run asks for: "

@@ -148,5 +148,10 @@ def test_a_run_directory_is_reused_only_with_the_settings_it_was_pretrained_with
         ablation.check_existing_run(log, _pretrain_command(log.parent, steps=500, extra=long))
     with pytest.raises(SystemExit, match=r": loss\.kd_weight unset there, 2 here\."):
         ablation.check_existing_run(log, _pretrain_command(log.parent, extra=[*long, "loss.kd_weight=2"]))
+    # A value with spaces (as the log writes it) is the same setting.
+    sets = ["probe.sets=[{name: a, data: b}]"]
+    log.write_text("$ " + " ".join(_pretrain_command(log.parent, extra=[*long, *sets])) + "\n")
+    ablation.check_existing_run(log, _pretrain_command(log.parent, extra=[*long, *sets]))
+    log.write_text("$ " + " ".join(_pretrain_command(log.parent, extra=long)) + "\n")
     # A later override of the same key wins, as in load_config.
     ablation.check_existing_run(log, _pretrain_command(log.parent, extra=[*long, "optim.min_lr=5", "optim.min_lr=0.001"]))
