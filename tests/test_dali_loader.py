@@ -223,6 +223,34 @@ def test_batch_made_ahead_is_not_consumed(split):
     assert all(torch.equal(x, y) for x, y in zip(straight[2:], resumed)) and len(resumed) == len(rest)
 
 
+def test_close_stops_every_loader_thread_and_keeps_the_position(split):
+    """close() (the trainer's end of run) waits for the batch made ahead and stops the read-ahead,
+    crop and batch threads; the saved position is unchanged and a loader built from it goes on."""
+    import threading
+
+    def loader_threads():
+        return {t for t in threading.enumerate() if t.name.startswith("xkd-")}
+
+    reference = dali(split, batch_size=1)
+    straight = [b["video_global"] for b in reference]
+    reference.close()
+    before = loader_threads()  # other tests' loaders, never closed
+    loader = dali(split, batch_size=1)
+    iterator = iter(loader)
+    next(iterator)
+    assert loader.ahead is not None and loader_threads() - before  # batch 1 being made by the threads
+    saved = loader.state()
+    loader.close()
+    assert loader_threads() - before == set()
+    assert loader.state() == saved
+    with pytest.raises(RuntimeError, match="close"):
+        next(iter(loader))
+    resumed = [b["video_global"] for b in dali(split, batch_size=1, start_epoch=saved["epoch"],
+                                               start_position=saved["position"])]
+    assert len(resumed) == len(straight) - 1
+    assert all(torch.equal(x, y) for x, y in zip(straight[1:], resumed))
+
+
 def test_batch_made_ahead_is_remade_when_more_corrupt_samples_are_known(split):
     """A sync between two batches that makes a sample of the batch made ahead known as corrupt: that
     batch is made again without it, as a loader resumed from the state at that point makes it."""

@@ -469,7 +469,21 @@ class DaliClipLoader:
         self.ahead = None
         self._build()
 
+    def close(self) -> None:
+        """Stop the loader's threads (read-ahead, crops, the batch made ahead) and free the graph.
+        The position and ``state()`` stay valid; the loader cannot be iterated afterwards."""
+        if isinstance(self.ahead, tuple):
+            self.ahead[2].exception()  # its crops read DALI's buffers: done before the graph goes
+        self.ahead = None
+        for pool in (self.batcher, self.cropper, self.reader):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self.batcher = self.cropper = self.reader = None
+        self.pipeline = self.source = None
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.pipeline is None:
+            raise RuntimeError("DaliClipLoader.close() was called: build a new loader (from state()) to go on")
         # A batch made ahead by an iterator left mid-epoch is the one at the position: it is used.
         while True:
             if isinstance(self.ahead, Exception):  # making this batch failed after the last one was handed out

@@ -208,6 +208,9 @@ class TorchClipLoader:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.corrupt = CorruptSamples(self.samples, state)
 
+    def close(self) -> None:
+        """Nothing to stop: each epoch's workers end with its iterator (like ``DaliClipLoader.close``)."""
+
     def _loader(self, epoch: int) -> DataLoader:
         """Batches of ``epoch`` from the current position, planned with the corrupt samples known now."""
         self.corrupt.changed = False

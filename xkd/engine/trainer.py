@@ -340,5 +340,6 @@ class Trainer:
             if step % config.train.checkpoint_every_steps == 0 or step == self.max_steps:
                 self.save(step)
         sink.close()
+        self.loader.close()
         self.tracker.finish("KILLED" if stopped else "FINISHED")
         return step
