@@ -33,6 +33,9 @@ def test_grids_and_defaults():
     assert config.train.max_micro_batch_size == 16 and config.optim.min_lr == 0.0005
     assert _config("xkd", extra=ablation.parse_args(["--long"]).set).optim.min_lr == 0.001
     assert full.set == [] and quick.set == []
+    # Every grid runs one micro-batch of 16 per rank (the batch statistics of L_da and the centre).
+    assert all(_config(arm, extra=grid.set).train.max_micro_batch_size == 16
+               for arm in ("ae", "xkd") for grid in (full, quick, long))
     with pytest.raises(SystemExit):
         ablation.parse_args(["--quick", "--long"])
     custom = ablation.parse_args(["--arms", "ae", "xkd", "--seeds", "3", "4", "--steps", "40", "--set", "loss.kd_weight=2"])
@@ -142,7 +145,7 @@ def test_a_run_directory_is_reused_only_with_the_settings_it_was_pretrained_with
     # The port, the paths and the order of the same overrides do not make another run.
     moved = _pretrain_command("/elsewhere/seed0", data="/moved/shards", port="999", extra=list(reversed(long)))
     ablation.check_existing_run(log, moved)
-    with pytest.raises(SystemExit, match=r"optim\.min_lr 0\.001 there, unset here; train\.max_micro_batch_size 16 there, unset here\."):
+    with pytest.raises(SystemExit, match=r"for: optim\.min_lr 0\.001 there, unset here\. Give"):
         ablation.check_existing_run(log, _pretrain_command(log.parent))  # the default grid's settings
     with pytest.raises(SystemExit, match=r": --max-steps 2000 there, 500 here; optim\.epochs 286 there, 72 here; "):
         ablation.check_existing_run(log, _pretrain_command(log.parent, steps=500, extra=long))
