@@ -82,7 +82,7 @@ EXTRA_ARMS = ("xkd_k4", "xkd_mmd_dim")
 PAPER_ARMS = [arm for arm in ARMS if arm not in EXTRA_ARMS]
 # "long": the setting in which the audio side learns (BENCHMARKS.md, "The audio MAE alone, probed" and
 # the tenth session): 2000 steps at a constant learning rate (min_lr = the peak, 1e-3 at batch 32);
-# ~23 min per arm and seed on a 2-core host, ~9 h for the grid.
+# ~19-21 min per arm and seed on an idle 2-core host (micro-batch 16), 7-8 h for the grid.
 GRIDS = {
     "full": {"arms": PAPER_ARMS, "seeds": [0, 1, 2], "steps": 500, "train_clips": 3, "test_clips": 2},
     "quick": {"arms": ["random", "ae", "xkd"], "seeds": [0], "steps": 500, "train_clips": 3, "test_clips": 2},
@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the smaller grid (GRIDS['quick'])")
     size.add_argument("--long", action="store_true",
-                      help="every arm for 2000 steps at a constant learning rate (GRIDS['long']; ~9 h here)")
+                      help="every arm for 2000 steps at a constant learning rate (GRIDS['long']; 7-8 h here)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None, help="default: every arm")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the grid's seeds")
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps per arm (default: the grid's)")

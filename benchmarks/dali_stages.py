@@ -5,32 +5,39 @@ only), so the graph's stages are costed on whole graphs, by process CPU (getrusa
 threads):
 
   - additive: the source alone (a graph that only takes the rows of ``ShardSource``: member reads,
-    the cut of each video to its window (``xkd.data.video_cut``), info vectors, view parameters),
-    then source + ``decoders.video`` of the window, source + ``decoders.audio``; a decoder's cost
-    is its graph minus the source graph;
+    the cut of each video to its window (``xkd.data.video_cut``), the audio window's read
+    (``xkd.data.audio_window``: libsndfile seek + decode of the window), info vectors, view
+    parameters), then source + ``decoders.video`` of the window (its graph minus the source graph);
+    the audio window's read is also timed alone (one thread, the same calls) and reported apart
+    from the rest of the source;
   - the loader's own work on DALI's outputs, timed on its thread: the video crops + resizes
     (``DaliClipLoader._video_views``, torchvision on the decoded frames) and the rest of the
     collation (``DaliClipLoader._to_batch`` without them: outputs to torch tensors).
 
-What neither covers (the audio window's slice, the executor) is "other". The log-mels are not
-loader work: the trainer computes them on its device (``xkd.data.audio_finish``).
-The floor: ``decoders.video`` / ``decoders.audio`` of whole clips (sequential, no window, the
-source's cut of each video to its window switched off), per frame / per audio sample, times what
-one sample needs. Used by ``benchmarks/loader_speed.py``.
+What neither covers (the executor) is "other". The log-mels are not loader work: the trainer
+computes them on its device (``xkd.data.audio_finish``).
+The floor, with the loader's own decoders: ``decoders.video`` of whole clips (sequential, no
+window, the source's cut of each video to its window switched off) per frame, and libsndfile's
+decode of whole FLAC members per audio sample, times what one sample needs. Used by
+``benchmarks/loader_speed.py``.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import resource
 import time
 import warnings
 
 import numpy as np
+import soundfile
 
 from xkd.data import dali_pipeline
+from xkd.data.audio_window import read_audio_window
 from xkd.data.dali_pipeline import SOURCE_COLUMNS, DaliClipLoader, ShardSource
-from xkd.data.format import NUM_AUDIO_SAMPLES, NUM_FRAMES
+from xkd.data.format import AUDIO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES
 from xkd.data.sample_check import read_info
+from xkd.data.sampler import clip_view_params
 
 # Partial graphs leave source columns unused on purpose; DALI warns once per graph.
 warnings.filterwarnings("ignore", message="The external source node .* are not used")
@@ -83,8 +90,8 @@ def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
 
 def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: str | None) -> float:
     """CPU ms per sample of the source alone (``decode`` None) or with one decoder ("video": the
-    window's frames, as the loader; "video_all", "audio": whole clips), one thread."""
-    from nvidia.dali import fn, pipeline_def, types
+    window's frames, as the loader; "video_all": whole clips), one thread."""
+    from nvidia.dali import fn, pipeline_def
 
     @pipeline_def(enable_conditionals=False)
     def graph(source):
@@ -94,10 +101,7 @@ def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: 
             return fn.decoders.video(columns["video"], device="cpu", frames=columns["video_frames"], pad_mode="none")
         if decode == "video_all":
             return fn.decoders.video(columns["video"], device="cpu")
-        if decode == "audio":
-            return fn.decoders.audio(columns["audio"], sample_rate=views.audio_sample_rate, downmix=True,
-                                     dtype=types.FLOAT)[0]
-        return columns["audio_start"]
+        return columns["sample_index"]
 
     count, begin = 0, None
     for epoch in range(epochs + 1):  # epoch 0 warms up
@@ -129,27 +133,52 @@ def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int
     full_runs = [loader_cpu_ms(loader, epochs) for _ in range(repeats)]
     full, collation, crops = (float(np.median([run[i] for run in full_runs])) for i in range(3))
     source = sub(None)
-    stages = {"source: tar/member read, video cut, view parameters": source,
-              "video decode (window)": sub("video") - source, "audio decode (whole FLAC)": sub("audio") - source,
+    audio = median(lambda: audio_window_cpu_ms(samples, views))
+    stages = {"source: tar/member read, video cut, view parameters": source - audio,
+              "audio window read (libsndfile, in the source)": audio,
+              "video decode (window)": sub("video") - source,
               "video crop + resize (torchvision on DALI's frames)": crops,
               "collation (DALI outputs -> torch)": collation - crops}
-    stages["other (audio window slice, executor)"] = full - sum(stages.values())
+    stages["other (executor)"] = full - sum(stages.values())
     stages["total (full graph)"] = full
     return stages
 
 
+def audio_window_cpu_ms(samples, views) -> float:
+    """CPU ms per sample of the source's audio window read (``read_audio_window``), one thread, at
+    the window start the loader would draw for the sample's first epoch."""
+    count = int(round(views.audio_global_seconds * views.audio_sample_rate))
+    rows = []
+    for index, ref in enumerate(samples):
+        start = clip_view_params(0, 0, index, None, 1, views, read_info(ref), True)[0].audio_start
+        rows.append((ref.read(AUDIO_EXT), start))
+    begin = time.thread_time()
+    for data, start in rows:
+        read_audio_window(data, start, count, views.audio_sample_rate)
+    return 1000 * (time.thread_time() - begin) / len(rows)
+
+
+def whole_audio_cpu_ms_per_sample(samples) -> float:
+    """libsndfile's CPU ms per audio sample decoding whole FLAC members (the floor's audio rate)."""
+    members = [ref.read(AUDIO_EXT) for ref in samples]
+    begin, decoded = time.thread_time(), 0
+    for data in members:
+        decoded += len(soundfile.read(io.BytesIO(data), dtype="float32")[0])
+    return 1000 * (time.thread_time() - begin) / decoded
+
+
 def floor_ms(samples, views, plan, batch_size: int, epochs: int) -> dict[str, float]:
-    """Decode-only CPU ms of what one sample needs with DALI's decoders: the global window's frames
-    (the local windows lie inside it) and the 4 s audio window, at the per-frame / per-sample cost
-    of decoding whole clips (``decoders.video`` without frame indices, ``decoders.audio``)."""
+    """Decode-only CPU ms of what one sample needs with the loader's decoders: the global window's
+    frames (the local windows lie inside it) at the per-frame cost of DALI decoding whole clips
+    (``decoders.video`` without frame indices), and the 4 s audio window at the per-sample cost of
+    libsndfile decoding whole FLAC members."""
     infos = [read_info(ref) for ref in samples]
     frames = np.mean([int(i[NUM_FRAMES]) for i in infos])
     needed_frames = np.mean([min(int(i[NUM_FRAMES]), views.video_global_frames) for i in infos])
-    audio = np.mean([int(i[NUM_AUDIO_SAMPLES]) for i in infos])
     window = int(round(views.audio_global_seconds * views.audio_sample_rate))
     needed_audio = np.mean([min(int(i[NUM_AUDIO_SAMPLES]), window) for i in infos])
     with whole_videos():
         source = subgraph_cpu_ms(samples, views, plan, batch_size, epochs, None)
         video = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "video_all") - source) / frames * needed_frames
-        sound = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "audio") - source) / audio * needed_audio
+    sound = whole_audio_cpu_ms_per_sample(samples) * needed_audio
     return {"video": video, "audio": sound, "total": video + sound}

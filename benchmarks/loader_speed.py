@@ -5,6 +5,7 @@ PyTorch fallback, producing full batches of global + local views of both modalit
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --stages    # + per-stage breakdown and floor
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --samples-per-decode 4 --json k4.json
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --step-ms 200   # + wait per batch behind a model step
+    OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --gpu           # + DALI on the GPU (NVDEC), on a GPU node
 
 Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112). CPU time counts
 this process and its worker processes (getrusage SELF + CHILDREN). ``--repeat N`` lists each
@@ -33,6 +34,10 @@ accelerator (it costs the host no CPU), and reports ``wait_ms_per_batch`` and
 ``data_wait_fraction`` (the trainer's monitor): how much of the loader's work is hidden behind
 the step. The wait includes each epoch's start (a new graph / new workers), as the trainer's does;
 ``samples_per_second`` then includes the sleeps (it is the loop's rate, not the loader's).
+
+``--gpu`` (a GPU node) adds ``dali_gpu``: the same DALI graph with ``device="gpu"`` (NVDEC decode,
+crops on the GPU), whose ``cpu_ms_per_sample`` is what the host still pays per sample on that path,
+and ``device_finish_gpu``: the finishing step's GPU wall time per sample (synchronised).
 """
 from __future__ import annotations
 
@@ -73,6 +78,23 @@ def finish_cpu_ms(batch: dict, views, repeats: int = 5) -> float:
         begin = cpu_seconds()
         finish(batch)
         times.append(cpu_seconds() - begin)
+    return 1000 * sorted(times)[len(times) // 2] / batch["video_global"].shape[0]
+
+
+def finish_gpu_ms(batch: dict, views, repeats: int = 5) -> float:
+    """GPU wall ms per sample of the trainer's :class:`BatchFinisher` on the current CUDA device
+    (median of ``repeats`` after a warm-up, synchronised)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    finish = BatchFinisher(views).to(device)
+    batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+    finish(batch)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        begin = time.perf_counter()
+        finish(batch)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - begin)
     return 1000 * sorted(times)[len(times) // 2] / batch["video_global"].shape[0]
 
 
@@ -136,11 +158,14 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=0.0,
                         help="sleep this long after each batch (a training step on an accelerator) and report "
                              "the wait for the next batch (data_wait_fraction); default 0: back to back")
+    parser.add_argument("--gpu", action="store_true", help="also measure DALI on the GPU (NVDEC) and the finishing there")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if args.samples_per_decode < 1 or args.batch_size % args.samples_per_decode:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --samples-per-decode "
                      f"{args.samples_per_decode} (a batch holds whole clips)")
+    if args.gpu and not torch.cuda.is_available():
+        parser.error("--gpu needs a CUDA GPU visible to torch (DALI's NVDEC decode); none is")
     views = config_from_dict({}).views
     samples = index_split(args.shards) * args.repeat
     plan = EpochPlan(len(samples), seed=0, samples_per_decode=args.samples_per_decode)
@@ -156,6 +181,10 @@ def main() -> None:
     batch = next(iter(TorchClipLoader(samples, views, args.batch_size, 0, plan, seed=0)))
     results["device_finish"] = {"cpu_ms_per_sample": finish_cpu_ms(batch, views),
                                 "where": "the training device (here: this CPU, as CPU-only training runs it)"}
+    if args.gpu:
+        results["dali_gpu"] = measure(lambda: DaliClipLoader(samples, views, args.batch_size, plan, seed=0, device="gpu",
+                                                             num_threads=args.workers), args.epochs, args.step_ms)
+        results["device_finish_gpu"] = {"gpu_ms_per_sample": finish_gpu_ms(batch, views)}
     if args.stages:  # per stage at one sample per decode; the floor per sample of K is 1/K of K = 1's
         for name, report in stage_report(samples, views, EpochPlan(len(samples), seed=0), args).items():
             results[name].update(report)

@@ -77,3 +77,13 @@ def test_dali_floor_decodes_whole_videos_while_the_loader_cuts(sample_shards):
     with dali_stages.whole_videos():
         assert all(whole == given for whole, given in first_batch())
     assert any(whole != given for whole, given in first_batch())  # and the cut is back afterwards
+
+
+def test_gpu_flag_without_a_gpu_says_so(tmp_path):
+    """``--gpu`` (DALI's NVDEC path) on a machine without a CUDA GPU: exit 2 with the reason, before
+    any shard is read."""
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is visible: the flag would run")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "loader_speed.py"), "--gpu",
+                           "--shards", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--gpu needs a CUDA GPU" in done.stderr

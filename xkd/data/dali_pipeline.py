@@ -2,10 +2,10 @@
 
 Stages (one DALI graph, the same on CPU and GPU; only the video decode's device changes):
 
-    ShardSource (Python, per batch)      member bytes (video cut to the window's packets) + ClipViewParams
+    ShardSource (Python, per batch)      video member cut to the window's packets, the 4 s audio window
+                                         (read with libsndfile: seek + window decode), ClipViewParams
     -> decoders.video                    the global window's frames ("mixed" = NVDEC on GPU), uint8 FHWC
-    -> decoders.audio (CPU)              16 kHz mono
-    -> audio window                      the 4 s window synchronised with the video's, float32
+    (audio window passed through; moved to the GPU on the GPU path)
     then, in the loader (torch, on the frames where DALI left them: host or GPU)
     -> global view, local views          crop box + resize (xkd.data.torch_views, as the PyTorch loader)
 
@@ -29,7 +29,7 @@ exactly the same batches, and the PyTorch fallback loader draws identical views.
 
 Corrupt samples (``xkd.data.sample_check``) are replaced in their batch by a stand-in
 (``xkd.data.sampler.slot_candidates``, the PyTorch loader's rule). The source finds unreadable
-members and info vectors while it reads them; a decode failure fails DALI's whole batch, so the
+members, audio and info vectors while it reads them; a video decode failure fails DALI's whole batch, so the
 loader decodes that batch's samples in Python to find the culprits and rebuilds the graph at the
 same position with them excluded. The video is decoded at explicit frame indices (the window,
 clamped to the frames the info vector claims, which pads short clips by repeating their last
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from xkd.config import ViewsConfig
+from xkd.data.audio_window import read_audio_window
 from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, corruption_reason, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
@@ -67,7 +68,7 @@ FINISH_COLUMNS = {"global_color": "video_global_color", "global_flip": "video_gl
                   "audio_local_offsets": "audio_local_offset", "audio_local_gains": "audio_local_gain",
                   "audio_local_boxes": "audio_local_box"}
 # Columns the Python source hands to the graph, in order: per clip, then per sample, then the clip's index.
-SOURCE_COLUMNS = ("video", "audio", "video_frames", "audio_start", *REPEAT_COLUMNS, "sample_index")
+SOURCE_COLUMNS = ("video", "audio_window", "video_frames", *REPEAT_COLUMNS, "sample_index")
 
 
 def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
@@ -76,7 +77,7 @@ def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
 
 
 def repeat_columns(params: ClipViewParams) -> dict[str, np.ndarray]:
-    """The view parameters of one sample as arrays (the columns after ``audio_start``)."""
+    """The view parameters of one sample as arrays (the columns after ``video_frames``)."""
     return {
         "global_box": params.global_box,
         "global_flip": np.array(params.global_flip, dtype=np.int32),
@@ -95,19 +96,22 @@ def repeat_columns(params: ClipViewParams) -> dict[str, np.ndarray]:
 
 def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsConfig, stored_frames: int
                    ) -> dict[str, np.ndarray]:
-    """One clip's row of the source: the video cut to its window's packets, the audio member's
-    bytes, the window they share (``params[0]``'s), and the view parameters of each of its
-    samples, stacked on a leading repeat axis."""
+    """One clip's row of the source: the video cut to its window's packets with the window's frame
+    indices, the audio window (float32), both at the window the clip's samples share
+    (``params[0]``'s), and the view parameters of each of its samples, stacked on a leading repeat axis."""
     per_sample = [repeat_columns(p) for p in params]
     # Only the packets from the window's keyframe on: DALI's decoder does not seek (xkd.data.video_cut).
     video, frames = cut_window(np.frombuffer(ref.read(VIDEO_EXT), dtype=np.uint8),
                                window_frames(params[0].video_start, views.video_global_frames, stored_frames),
                                views.video_fps)
+    # The audio window alone (seek + decode of 4 s), not the whole clip's FLAC (xkd.data.audio_window).
+    audio_window = read_audio_window(ref.read(AUDIO_EXT), params[0].audio_start,
+                                     int(round(views.audio_global_seconds * views.audio_sample_rate)),
+                                     views.audio_sample_rate)
     return {
         "video": video,
-        "audio": np.frombuffer(ref.read(AUDIO_EXT), dtype=np.uint8),
+        "audio_window": audio_window,
         "video_frames": frames,
-        "audio_start": np.array(params[0].audio_start, dtype=np.int32),
         **{name: np.stack([columns[name] for columns in per_sample]) for name in REPEAT_COLUMNS},
     }
 
@@ -210,7 +214,7 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
     """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode; frames and audio window
     delivered on the GPU). ``batch_size`` counts clips. Outputs per clip: the decoded window (FHWC
     uint8), the audio window, each ``REPEAT_COLUMNS`` entry (repeat axis first) and the sample index."""
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def
 
     on_gpu = device == "gpu"
 
@@ -222,12 +226,9 @@ def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, dev
         # One decode of the shared window per clip; every sample's views are cut from it (in the loader).
         frames = fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
                                    frames=columns["video_frames"], pad_mode="none")
-        waveform, _ = fn.decoders.audio(columns["audio"], sample_rate=views.audio_sample_rate, downmix=True,
-                                        dtype=types.FLOAT)
-        global_samples = int(round(views.audio_global_seconds * views.audio_sample_rate))
-        # The shared 4 s window (zeros past the end of the sound); log-mels follow on the device.
-        segment = fn.slice(waveform, start=columns["audio_start"], shape=global_samples, axes=[0],
-                           out_of_bounds_policy="pad")
+        # The shared 4 s window, read by the source (zeros past the end of the sound); log-mels follow
+        # on the device.
+        segment = columns["audio_window"]
         if on_gpu:
             segment = segment.gpu()
         return (frames, segment, *(columns[name] for name in REPEAT_COLUMNS), columns["sample_index"])

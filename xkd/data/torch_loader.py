@@ -23,12 +23,12 @@ import io
 
 import av
 import numpy as np
-import soundfile
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from xkd.config import ViewsConfig
 from xkd.data.audio_finish import audio_param_tensors
+from xkd.data.audio_window import read_audio_window
 from xkd.data.batch_finish import LOADER_KEYS
 from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.frame_time import frame_index, seek_to_frame
@@ -77,16 +77,9 @@ def decode_frames(data: bytes, start: int, count: int, fps: int, seek: bool = Tr
 
 
 def read_audio(data: bytes, start: int, count: int, sample_rate: int) -> torch.Tensor:
-    """Samples [start, start + count) of a mono FLAC as float32 (count,), zero padded at the end."""
-    window = torch.zeros(count)
-    with soundfile.SoundFile(io.BytesIO(data)) as audio:
-        if audio.samplerate != sample_rate or audio.channels != 1:
-            raise ValueError(f"expected {sample_rate} Hz mono audio, got {audio.samplerate} Hz x {audio.channels}")
-        if start < audio.frames:
-            audio.seek(start)
-            samples = audio.read(count, dtype="float32")
-            window[:len(samples)] = torch.from_numpy(samples)
-    return window
+    """Samples [start, start + count) of a mono FLAC as float32 (count,), zero padded at the end
+    (:func:`xkd.data.audio_window.read_audio_window`, shared with the DALI source)."""
+    return torch.from_numpy(read_audio_window(data, start, count, sample_rate))
 
 
 class ClipDataset(Dataset):
