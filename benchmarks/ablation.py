@@ -7,7 +7,7 @@
     python benchmarks/ablation.py --arms ae xkd --seeds 0 1 --steps 300     # any sub-grid
 
 Steps (each is skipped when its output already exists, so a rerun continues; a run directory
-pretrained with other settings stops the rerun):
+pretrained with other settings, or with other code, stops the rerun):
 
 1. corpus: ``data_prep/make_av_corpus.py`` (seeded; class drives a real 0 A.D. recording and a
    rendered pattern) unless ``--corpus`` points at one;
@@ -25,11 +25,19 @@ pretrained with other settings stops the rerun):
 5. one MLflow parent run (experiment ``xkd_ablation``) with a child run per arm (mean/std over
    seeds, every seed's numbers and the pretraining run ids); ``results.json`` and
    ``results.md`` (the table, beside the paper's numbers) in ``--work``.
+
+Every run directory records the code it was made with (``code.json``: a fingerprint of the files
+under ``CODE_PATHS``, the git commit, torch and DeepSpeed versions). A run is only reused by a
+checkout with the same fingerprint: the same seed gives another result after any change to the
+library (float rounding grows over 2000 steps), so a table is only one experiment when every run in it
+comes from one code version. ``--allow-other-code`` reuses such runs anyway and names them under the
+table.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -106,6 +114,11 @@ BASE_OVERRIDES = {"train.log_every_steps": "5", "train.visualize_every_steps": "
                   "train.global_batch_size": "32", "optim.base_batch_size": "32", "train.max_micro_batch_size": "16",
                   "model.head.out_dim": "8192"}
 EVAL_CLIP = ["--frames", "16", "--size", "64", "--seconds", "2"]
+# What decides a run's numbers besides its settings: the library, the entry points the grid calls, the
+# corpus and shard tools and the configs. Not this script (its arms and grids are compared as
+# settings, see run_settings) and not the docs.
+CODE_PATHS = ("xkd", "launch", "eval", "data_prep", "configs", "ds_configs")
+CODE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,6 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every trained arm (e.g. loss.kd_weight=2)")
     parser.add_argument("--no-track", action="store_true", help="no MLflow parent/child runs")
+    parser.add_argument("--allow-other-code", action="store_true",
+                        help="reuse run directories made with other code than this checkout (or with "
+                             "unrecorded code); the table names them")
     args = parser.parse_args(argv)
     args.grid = "quick" if args.quick else "long" if args.long else "full"
     grid = GRIDS[args.grid]
@@ -338,6 +354,81 @@ def check_existing_run(log: Path, command: list[str]) -> None:
                          + ". Give another --work, or remove that directory to pretrain it again")
 
 
+def code_fingerprint(root: Path = ROOT) -> str:
+    """A hash of every code and config file under ``CODE_PATHS`` (path and bytes), so a change to
+    any of them, committed or not, gives another fingerprint."""
+    digest = hashlib.sha256()
+    for top in CODE_PATHS:
+        for path in sorted((root / top).rglob("*")):
+            if path.is_file() and path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts:
+                digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def git_commit(root: Path = ROOT) -> str | None:
+    """HEAD, with ``+dirty`` when a file under ``CODE_PATHS`` differs from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *CODE_PATHS],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def code_record(root: Path = ROOT) -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("torch", "deepspeed"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"fingerprint": code_fingerprint(root), "git_commit": git_commit(root), **versions}
+
+
+def check_run_code(run_dir: Path, code: dict, allow_other_code: bool = False) -> dict:
+    """The code record of a run directory: a new directory gets this checkout's (``code.json``,
+    written before anything else), an existing one must hold the same fingerprint unless
+    ``allow_other_code``. A directory with outputs but no ``code.json`` was made before runs recorded
+    their code: its code is unknown (fingerprint None). Returns the record the run was made with."""
+    path = run_dir / "code.json"
+    if path.is_file():
+        made = json.loads(path.read_text())
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        made = {"fingerprint": None, "git_commit": None}
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(code, indent=1) + "\n")
+        partial.replace(path)  # atomic: a crash never leaves half a record
+        return code
+    if made.get("fingerprint") != code["fingerprint"]:
+        there = (f"code {made['fingerprint']} (commit {made.get('git_commit')})" if made.get("fingerprint")
+                 else "code that was not recorded (no code.json)")
+        message = (f"{run_dir} was made with {there}, this checkout is code {code['fingerprint']} "
+                   f"(commit {code.get('git_commit')})")
+        if not allow_other_code:
+            raise SystemExit(f"error: {message}. The same seed gives another result with other code, so "
+                             "the table would mix two experiments: remove that directory to run it again, "
+                             "give another --work, or pass --allow-other-code to reuse it (the table then "
+                             "names it)")
+        print(f"warning: {message}; reused (--allow-other-code)", flush=True)
+    return made
+
+
+def other_code_note(per_seed: dict[str, list[dict]], fingerprint: str) -> str:
+    """The lines under the table that name every run made with other code than ``fingerprint``."""
+    others = [f"{ARM_LABELS[arm]} seed {row['seed']} ({row.get('code') or 'code not recorded'})"
+              for arm, rows in per_seed.items() for row in rows if row.get("code") != fingerprint]
+    if not others:
+        return f"\nEvery run: code {fingerprint}.\n"
+    return (f"\n**Not one experiment**: made with other code than {fingerprint}: " + "; ".join(others) + ".\n")
+
+
 def pretrain(args, arm: str, seed: int, shards: dict[str, Path], spe: int) -> Path:
     run_dir = args.work / "runs" / arm / f"seed{seed}"
     command = [str(BIN / "deepspeed"), "--master_port", str(free_port()), "launch/pretrain.py",
@@ -347,6 +438,7 @@ def pretrain(args, arm: str, seed: int, shards: dict[str, Path], spe: int) -> Pa
                *arm_overrides(arm, args.steps, spe, seed, args.set)]
     if (run_dir / "pretrain.log").is_file():
         check_existing_run(run_dir / "pretrain.log", command)
+    args.run_code[run_dir] = check_run_code(run_dir, args.code, args.allow_other_code)
     if latest_export(run_dir) is None:
         ckpts = run_dir / "checkpoints"
         if not any(ckpts.glob(f"step{args.steps:08d}*")):
@@ -412,14 +504,15 @@ def markdown_table(summary: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def track(args, summary: dict, per_seed: dict, meta: dict) -> None:
+def track(args, summary: dict, per_seed: dict, meta: dict, table: str) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(args))
     mlflow.set_experiment("xkd_ablation")
     with mlflow.start_run(run_name=f"ablation-{args.grid}-{time.strftime('%Y%m%dT%H%M%S')}") as parent:
         mlflow.log_params({k: str(v)[:500] for k, v in meta.items()})
-        mlflow.log_text(markdown_table(summary), "results.md")
+        mlflow.log_text(table, "results.md")
+        mlflow.set_tags({"xkd.code": args.code["fingerprint"], "xkd.git_commit": str(args.code["git_commit"])})
         for arm, entry in summary.items():
             with mlflow.start_run(run_name=arm, nested=True):
                 mlflow.set_tags({"xkd.kind": "ablation_arm", "mlflow.parentRunId": parent.info.run_id})
@@ -435,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    args.code, args.run_code = code_record(), {}
+    print(f"code {args.code['fingerprint']} (commit {args.code['git_commit']})", flush=True)
     shards = prepare_data(args)
     spe = steps_per_epoch(shards["pretrain"], global_batch_size(args))
     per_seed: dict[str, list[dict]] = {arm: [] for arm in args.arms}
@@ -446,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             if ARMS[arm] is None:
                 run_dir = args.work / "runs" / arm / f"seed{seed}"
                 export = run_dir / "export" / "random_init"
+                args.run_code[run_dir] = check_run_code(run_dir, args.code, args.allow_other_code)
                 if not (export / "config.yaml").is_file():
                     if like is None:  # nothing trained in this grid: one step to get an export
                         like = latest_export(pretrain(args, "ae", seed, shards, spe))
@@ -458,20 +554,22 @@ def main(argv: list[str] | None = None) -> int:
                 like = like or export
                 row = {"seed": seed, **evaluate(args, export, shards, run_dir / "eval", seed),
                        **monitors(run_dir, args.monitor_window)}
+            row["code"] = args.run_code[run_dir]["fingerprint"]
             per_seed[arm].append(row)
             print(f"    {json.dumps(row)}", flush=True)
     summary = summarize({arm: per_seed[arm] for arm in ARMS if arm in per_seed})
     meta = {"grid": args.grid, "arms": args.arms, "seeds": args.seeds, "steps": args.steps,
             "steps_per_epoch": spe, "config": args.config, "extra_overrides": args.set,
             "train_clips": args.train_clips, "test_clips": args.test_clips, "corpus": str(args.corpus),
-            "corpus_options": args.corpus_options,
+            "corpus_options": args.corpus_options, "code": args.code,
             "wall_s": round(time.time() - started, 1)}
     result = {"meta": meta, "summary": summary, "per_seed": per_seed}
     (args.work / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.work / "results.md").write_text(markdown_table(summary))
+    table = markdown_table(summary) + other_code_note(per_seed, args.code["fingerprint"])
+    (args.work / "results.md").write_text(table)
     if not args.no_track:
-        track(args, summary, per_seed, meta)
-    print(markdown_table(summary))
+        track(args, summary, per_seed, meta, table)
+    print(table)
     print(f"wall time {time.time() - started:.0f} s; results in {args.work / 'results.json'}")
     return 0
 

@@ -158,3 +158,64 @@ def test_a_run_directory_is_reused_only_with_the_settings_it_was_pretrained_with
     log.write_text("$ " + " ".join(_pretrain_command(log.parent, extra=long)) + "\n")
     # A later override of the same key wins, as in load_config.
     ablation.check_existing_run(log, _pretrain_command(log.parent, extra=[*long, "optim.min_lr=5", "optim.min_lr=0.001"]))
+
+
+def _code_tree(root):
+    for name, text in {"xkd/losses.py": "a = 1\n", "configs/tiny.yaml": "x: 1\n", "launch/pretrain.py": "",
+                       "benchmarks/ablation.py": "arms\n", "README.md": "words\n"}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_the_code_fingerprint_changes_with_the_library_and_configs_only(tmp_path):
+    """Any change to the code a run executes (library, entry points, configs), committed or not, is another
+    fingerprint; this script (settings are compared by run_settings), docs and bytecode are not."""
+    _code_tree(tmp_path)
+    first = ablation.code_fingerprint(tmp_path)
+    assert len(first) == 16 and first == ablation.code_fingerprint(tmp_path)
+    (tmp_path / "benchmarks" / "ablation.py").write_text("other arms\n")
+    (tmp_path / "README.md").write_text("other words\n")
+    (tmp_path / "xkd" / "__pycache__").mkdir()
+    (tmp_path / "xkd" / "__pycache__" / "losses.cpython-311.pyc").write_bytes(b"\0")
+    assert ablation.code_fingerprint(tmp_path) == first
+    for name, text in (("xkd/losses.py", "a = 2\n"), ("configs/tiny.yaml", "x: 2\n")):
+        before = ablation.code_fingerprint(tmp_path)
+        (tmp_path / name).write_text(text)
+        assert ablation.code_fingerprint(tmp_path) != before
+    renamed = ablation.code_fingerprint(tmp_path)
+    (tmp_path / "launch" / "pretrain.py").rename(tmp_path / "launch" / "train.py")  # same bytes, other file
+    assert ablation.code_fingerprint(tmp_path) != renamed
+    assert ablation.code_record(tmp_path)["git_commit"] is None  # not a git checkout
+    assert ablation.code_record()["fingerprint"] == ablation.code_fingerprint()
+
+
+def test_a_run_directory_is_reused_only_by_the_code_it_was_made_with(tmp_path, capsys):
+    here = {"fingerprint": "aaaa", "git_commit": "c1", "torch": "2"}
+    run_dir = tmp_path / "runs" / "xkd" / "seed0"
+    assert ablation.check_run_code(run_dir, here) == here  # a new run directory records this checkout's code
+    assert json.loads((run_dir / "code.json").read_text()) == here
+    assert not list(run_dir.glob("*.partial"))
+    (run_dir / "pretrain.log").write_text("$ deepspeed ...\n")
+    assert ablation.check_run_code(run_dir, here) == here
+    other = {"fingerprint": "bbbb", "git_commit": "c2+dirty"}
+    with pytest.raises(SystemExit, match=r"seed0 was made with code aaaa \(commit c1\), this checkout is code bbbb "
+                                         r"\(commit c2\+dirty\)\. The same seed .* --allow-other-code"):
+        ablation.check_run_code(run_dir, other)
+    assert ablation.check_run_code(run_dir, other, allow_other_code=True) == here
+    assert "reused (--allow-other-code)" in capsys.readouterr().out
+    assert json.loads((run_dir / "code.json").read_text()) == here  # the record is never rewritten
+    (run_dir / "code.json").unlink()  # a run made before runs recorded their code
+    with pytest.raises(SystemExit, match=r"made with code that was not recorded \(no code\.json\)"):
+        ablation.check_run_code(run_dir, here)
+    assert ablation.check_run_code(run_dir, here, allow_other_code=True)["fingerprint"] is None
+
+
+def test_the_table_names_runs_made_with_other_code():
+    rows = {"xkd": [{"seed": 0, "code": "aaaa"}, {"seed": 1, "code": "aaaa"}], "ae": [{"seed": 2, "code": "aaaa"}]}
+    assert ablation.other_code_note(rows, "aaaa") == "\nEvery run: code aaaa.\n"
+    rows["ae"].append({"seed": 0, "code": None})
+    rows["xkd"][1]["code"] = "bbbb"
+    note = ablation.other_code_note(rows, "aaaa")
+    assert note.startswith("\n**Not one experiment**: made with other code than aaaa: ")
+    assert "`ae+kd+da` (XKD) seed 1 (bbbb); `ae` seed 0 (code not recorded)." in note
+    assert "seed 2" not in note and "XKD) seed 0" not in note
