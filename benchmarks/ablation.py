@@ -397,7 +397,13 @@ def check_run_code(run_dir: Path, code: dict, allow_other_code: bool = False) ->
     their code: its code is unknown (fingerprint None). Returns the record the run was made with."""
     path = run_dir / "code.json"
     if path.is_file():
-        made = json.loads(path.read_text())
+        try:
+            made = json.loads(path.read_text())
+            made["fingerprint"]
+        except (ValueError, TypeError, KeyError) as error:
+            raise SystemExit(f"error: {path}: expected the JSON record of the code the run was made with "
+                             f"(a 'fingerprint' key), got unreadable content ({error}); remove that run "
+                             "directory to run it again") from None
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         made = {"fingerprint": None, "git_commit": None}
     else:

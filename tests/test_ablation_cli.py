@@ -208,6 +208,10 @@ def test_a_run_directory_is_reused_only_by_the_code_it_was_made_with(tmp_path, c
     with pytest.raises(SystemExit, match=r"made with code that was not recorded \(no code\.json\)"):
         ablation.check_run_code(run_dir, here)
     assert ablation.check_run_code(run_dir, here, allow_other_code=True)["fingerprint"] is None
+    for damaged in ("{\"fingerprint\": ", "[1, 2]", "{}"):  # cut short, not a record, no fingerprint
+        (run_dir / "code.json").write_text(damaged)
+        with pytest.raises(SystemExit, match=r"code\.json: expected the JSON record .* got unreadable content"):
+            ablation.check_run_code(run_dir, here, allow_other_code=True)
 
 
 def test_the_table_names_runs_made_with_other_code():
