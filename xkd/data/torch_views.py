@@ -4,13 +4,16 @@ times cheaper on a CPU than DALI's CPU ``resize``; BENCHMARKS.md, issue 15).
 
 Each function applies one clip's :class:`~xkd.data.view_params.ClipViewParams` (drawn once per
 (seed, epoch, sample)) to decoded frames or to an audio window; no randomness is drawn here.
-Video goes in as uint8 (T, C, H, W) frames and comes out cropped and resized, uint8 (C, T, H, W)
-(colour, blur, flip and normalisation run batched on the training device, xkd/data/video_finish.py);
+Video goes in as the decoder's planes (uint8 (T, C_i, H_i, W_i) each: YUV luma and chroma from
+PyAV, whose chroma may have half the luma's size, or one RGB group from DALI's decoders) and comes
+out cropped and resized, uint8 (3, T, S, S), in the planes' colour space (the conversion to RGB,
+colour, blur, flip and normalisation run batched on the training device, xkd/data/video_finish.py);
 audio leaves the loader as the float32 waveform window (its log-mels are computed on the training
 device, xkd/data/audio_finish.py).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +37,15 @@ def crop_resize(frames: torch.Tensor, box: np.ndarray, size: int) -> torch.Tenso
                           interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
+def crop_planes(planes: Sequence[torch.Tensor], box: np.ndarray, size: int) -> torch.Tensor:
+    """The same relative box of each plane group (T, C_i, H_i, W_i), resized to size x size and stacked
+    on channels: uint8 (T, sum C_i, S, S). A relative box covers the same picture in a half-size
+    chroma plane as in the luma plane, so chroma is upsampled by the resize, never on its own."""
+    if len(planes) == 1:
+        return crop_resize(planes[0], box, size)
+    return torch.cat([crop_resize(plane, box, size) for plane in planes], dim=1)
+
+
 def finish_view(frames: torch.Tensor, color: ColorJitter = IDENTITY_COLOR, flip: bool = False) -> torch.Tensor:
     """One uint8 (T, C, H, W) view -> normalised float32 (C, T, H, W): colour jitter, flip and ImageNet
     normalisation, by the batched ops the trainer applies (:func:`xkd.data.video_finish.finish_video`)."""
@@ -49,20 +61,22 @@ class VideoCrops(NamedTuple):
     local_boxes: np.ndarray  # (n_v, 4)
 
 
-def global_video_view(frames: torch.Tensor, p: ClipViewParams | VideoCrops, views: ViewsConfig) -> torch.Tensor:
-    """Global window frames (Tg, C, H, W) uint8 -> uint8 (3, Tg, S, S): crop + resize. Colour, flip
-    and normalisation follow on the training device (:mod:`xkd.data.video_finish`). Both loaders
-    (the DALI loader on the frames DALI decoded) cut their views with this and the next function."""
-    return crop_resize(frames, p.global_box, views.video_global_size).permute(1, 0, 2, 3).contiguous()
+def global_video_view(planes: Sequence[torch.Tensor], p: ClipViewParams | VideoCrops, views: ViewsConfig
+                      ) -> torch.Tensor:
+    """The global window's planes (Tg frames each) -> uint8 (3, Tg, S, S): crop + resize. The
+    conversion to RGB, colour, flip and normalisation follow on the training device
+    (:mod:`xkd.data.video_finish`). Both loaders cut their views with this and the next function."""
+    return crop_planes(planes, p.global_box, views.video_global_size).permute(1, 0, 2, 3).contiguous()
 
 
-def local_video_views(frames: torch.Tensor, p: ClipViewParams | VideoCrops, views: ViewsConfig) -> torch.Tensor:
-    """Global window frames (Tg, C, H, W) uint8 -> uint8 (n_v, 3, Tl, s, s): for each local view, Tl
-    consecutive frames at its offset, crop + resize. Colour (or grayscale), blur, flip and
-    normalisation follow on the training device."""
+def local_video_views(planes: Sequence[torch.Tensor], p: ClipViewParams | VideoCrops, views: ViewsConfig
+                      ) -> torch.Tensor:
+    """The global window's planes (Tg frames each) -> uint8 (n_v, 3, Tl, s, s): for each local view,
+    Tl consecutive frames at its offset, crop + resize. The conversion to RGB, colour (or
+    grayscale), blur, flip and normalisation follow on the training device."""
     out = []
     for v in range(views.video_local_views):
         start = int(p.local_offsets[v])
-        x = crop_resize(frames[start:start + views.video_local_frames], p.local_boxes[v], views.video_local_size)
-        out.append(x.permute(1, 0, 2, 3))
+        frames = [plane[start:start + views.video_local_frames] for plane in planes]
+        out.append(crop_planes(frames, p.local_boxes[v], views.video_local_size).permute(1, 0, 2, 3))
     return torch.stack(out)
