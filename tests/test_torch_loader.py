@@ -94,15 +94,17 @@ def test_decode_frames_matches_full_decode(clips, key, tmp_path):
 
 def reference_global_view(luma: torch.Tensor, chroma: torch.Tensor, p, size: int) -> torch.Tensor:
     """The global video view written out with torchvision's ops alone (not xkd.data.torch_views):
-    the relative box in pixels of each plane (luma (T, 1, H, W), chroma (T, 2, H/2, W/2)), bilinear
-    antialiased resize, BT.601 studio-swing YUV -> RGB, brightness / contrast / saturation / hue
-    (grayscale when saturation is 0), flip, ImageNet normalisation, (T, C, H, W) -> (C, T, H, W)."""
+    the relative box in luma pixels (luma (T, 1, H, W)), its edges rounded down to even pixels, and
+    half of it in the chroma (T, 2, H/2, W/2), bilinear antialiased resize, BT.601 studio-swing
+    YUV -> RGB, brightness / contrast / saturation / hue (grayscale when saturation is 0), flip,
+    ImageNet normalisation, (T, C, H, W) -> (C, T, H, W)."""
     from torchvision.transforms.v2 import functional as tvf
 
+    height, width = luma.shape[-2:]
+    edges = [2 * (round(float(p.global_box[i]) * (height if i % 2 == 0 else width)) // 2) for i in range(4)]
+
     def crop(plane):
-        height, width = plane.shape[-2:]
-        top, left = round(float(p.global_box[0]) * height), round(float(p.global_box[1]) * width)
-        bottom, right = round(float(p.global_box[2]) * height), round(float(p.global_box[3]) * width)
+        top, left, bottom, right = (edge * plane.shape[-1] // width for edge in edges)
         return tvf.resize(plane[..., top:bottom, left:right], [size, size], antialias=True).double()
 
     y, (u, v) = crop(luma)[:, 0] - 16, crop(chroma).unbind(1)

@@ -61,12 +61,13 @@ def encode(tmp_path, name: str, *args: str) -> bytes:
     return path.read_bytes()
 
 
-STREAMS = {  # make_shards' default (VP9, yuv420p, untagged), its mjpeg option (full range), a BT.709
-    # tagged stream, and an RGB codec (converted to YUV by swscale first)
+STREAMS = {  # make_shards' default (VP9, yuv420p, untagged), its mjpeg option (full range), BT.709 and
+    # BT.2020 tagged streams, and an RGB codec (converted to YUV by swscale first)
     "vp9": ("clip.webm", [*VP9, "-pix_fmt", "yuv420p"]),
     "mjpeg": ("clip.mkv", ["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p"]),
     "vp9_bt709": ("clip709.webm", [*VP9, "-pix_fmt", "yuv420p", "-colorspace", "bt709", "-color_primaries", "bt709",
                                    "-color_trc", "bt709", "-color_range", "tv"]),
+    "vp9_bt2020": ("clip2020.webm", [*VP9, "-pix_fmt", "yuv420p", "-colorspace", "bt2020nc", "-color_range", "tv"]),
     "ffv1_rgb": ("rgb.mkv", ["-c:v", "ffv1", "-pix_fmt", "bgr0"]),
 }
 
@@ -90,8 +91,8 @@ def test_planes_give_swscales_rgb(tmp_path, kind):
     assert all(abs(float(diff[c].mean())) < 1.6 for c in range(3)), [float(diff[c].mean()) for c in range(3)]
     if kind == "mjpeg":
         assert window.to_rgb[0, 0] == pytest.approx(1 / 255)  # full range
-    if kind == "vp9_bt709":
-        np.testing.assert_allclose(window.to_rgb, yuv_to_rgb_matrix("bt709", full_range=False))
+    if kind in ("vp9_bt709", "vp9_bt2020"):
+        np.testing.assert_allclose(window.to_rgb, yuv_to_rgb_matrix(kind[4:], full_range=False))
 
 
 def full_luma(data: bytes) -> torch.Tensor:
@@ -127,3 +128,67 @@ def test_fewer_frames_than_claimed_and_garbage_are_errors(tmp_path):
         decode_planes(data, n - 4, 8, fps=8, stored_frames=n + 10)
     with pytest.raises(av.error.InvalidDataError):
         decode_planes(b"\x1aE\xdf\xa3 this is not a webm" * 50, 0, 8, fps=8)
+
+
+def test_plane_crops_cut_the_same_picture_from_luma_and_chroma():
+    """4:2:0 planes: the box's edges land on even luma pixels, so the chroma crop is exactly half
+    of the luma crop (the same picture); a 4:4:4 group crops the same pixels in every plane."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvf
+
+    from xkd.data.torch_views import crop_planes
+
+    g = torch.Generator().manual_seed(0)
+    luma = torch.randint(0, 256, (3, 1, 64, 90), dtype=torch.uint8, generator=g)
+    chroma = torch.randint(0, 256, (3, 2, 32, 45), dtype=torch.uint8, generator=g)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        top, left = rng.uniform(0, 0.5, 2)
+        box = np.array([top, left, top + rng.uniform(0.2, 0.5), left + rng.uniform(0.2, 0.5)])
+        edges = [2 * (round(box[i] * (64 if i % 2 == 0 else 90)) // 2) for i in range(4)]
+        got = crop_planes((luma, chroma), box, 16)
+        t, l, b, r = edges
+
+        def resized(plane, t, l, h, w):
+            return tvf.resized_crop(plane, t, l, h, w, [16, 16], interpolation=InterpolationMode.BILINEAR,
+                                    antialias=True)
+        assert torch.equal(got[:, :1], resized(luma, t, l, b - t, r - l))
+        assert torch.equal(got[:, 1:], resized(chroma, t // 2, l // 2, (b - t) // 2, (r - l) // 2))
+    full = torch.randint(0, 256, (3, 2, 64, 90), dtype=torch.uint8, generator=g)
+    both = crop_planes((luma, full), np.array([0.1, 0.2, 0.7, 0.9]), 16)
+    assert torch.equal(both[:, 1:], crop_planes((full[:, :1], full), np.array([0.1, 0.2, 0.7, 0.9]), 16)[:, 1:])
+
+
+@pytest.mark.parametrize("tags", [[], ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"]])
+def test_dalis_bt601_frames_are_corrected_to_the_streams_standard(tmp_path, tags):
+    """DALI's decoder converts with BT.601 whatever the tag; with the correction matrix its frames
+    finish to the colours of the YUV planes converted by the stream's own matrix (chroma upsampled
+    bilinearly, as DALI does: measured 0.2-0.4 grey levels on the saturated pattern; uncorrected, a
+    BT.709 stream is 7.4 off)."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    from xkd.data.video_decode import bt601_rgb_matrix, stream_colour_standard
+
+    data = encode(tmp_path, "clip.webm", *VP9, "-pix_fmt", "yuv420p", *tags)
+    standard = stream_colour_standard(data)
+    assert standard == ("bt709" if tags else "bt601")
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def decode():
+        video = fn.external_source(source=[[np.frombuffer(data, np.uint8)]], batch=True)
+        return fn.decoders.video(video, device="cpu", frames=np.arange(8, dtype=np.int32) + 4, pad_mode="none")
+
+    pipe = decode()
+    pipe.build()
+    (frames,) = pipe.run()
+    rgb = torch.from_numpy(np.array(frames.as_tensor())[0]).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
+    window = decode_planes(data, 4, 8, fps=8)
+    luma, chroma = window.planes
+    chroma = torch.nn.functional.interpolate(chroma.float(), size=luma.shape[-2:], mode="bilinear", align_corners=False)
+    reference = to_rgb(torch.cat([luma.float(), chroma], 1).permute(1, 0, 2, 3)[None],
+                       torch.from_numpy(window.to_rgb)[None])[0] * 255
+    corrected = to_rgb(rgb, torch.from_numpy(bt601_rgb_matrix(standard))[None])[0] * 255
+    assert (corrected - reference).abs().mean() < 1.0, (corrected - reference).abs().mean()
+    if tags:
+        assert (to_rgb(rgb, None)[0] * 255 - reference).abs().mean() > 4  # the correction is needed

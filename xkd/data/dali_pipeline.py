@@ -27,10 +27,12 @@ clips: each is decoded once and gives k samples, each with its own view paramete
 in the batch of B (a clip's samples share its window, video and audio).
 
 The rest is not in the graph either: every view's remaining parameters pass through it beside
-the frames and the audio window, and the trainer finishes the batch on its device
-(:class:`xkd.data.batch_finish.BatchFinisher`, shared with the PyTorch loader): colour jitter,
-grayscale, blur, flip and normalisation of the video, gains, log-mels and spectrogram crops of the
-audio.
+the frames and the audio window, with each clip's YUV -> RGB matrix (``video_to_rgb``; for
+DALI's decoder, which converts with BT.601 whatever the stream says, the correction to the
+stream's standard), and the trainer finishes the batch on its device
+(:class:`xkd.data.batch_finish.BatchFinisher`, shared with the PyTorch loader): conversion to RGB,
+colour jitter, grayscale, blur, flip and normalisation of the video, gains, log-mels and
+spectrogram crops of the audio.
 
 Sample order and every random parameter are decided in Python (``EpochPlan`` and
 ``draw_view_params``) and passed into the graph. DALI 2.4 cannot checkpoint a pipeline
@@ -40,12 +42,14 @@ exactly the same batches, and the PyTorch fallback loader draws identical views.
 
 Corrupt samples (``xkd.data.sample_check``) are replaced in their batch by a stand-in
 (``xkd.data.sampler.slot_candidates``, the PyTorch loader's rule). The source finds unreadable
-members, audio and info vectors while it reads them; a video decode failure fails DALI's whole batch, so the
-loader decodes that batch's samples in Python to find the culprits and rebuilds the graph at the
-same position with them excluded. The video is decoded at explicit frame indices (the window,
-clamped to the frames the info vector claims, which pads short clips by repeating their last
-frame) with no DALI padding, so a video with fewer frames than it claims fails instead of being
-padded silently.
+members, audio and info vectors while it reads them, and with PyAV also undecodable videos and
+videos with fewer frames than their info vector claims (``decode_planes`` pads a window past the
+end of a short clip by repeating its last frame, as the PyTorch loader does). With DALI's decoder
+a video decode failure fails DALI's whole batch, so the loader decodes that batch's samples in
+Python to find the culprits and rebuilds the graph at the same position with them excluded;
+that decoder gets explicit frame indices (the window, clamped to the frames the info vector
+claims, which pads short clips by repeating their last frame) with no DALI padding, so a video
+with fewer frames than it claims fails instead of being padded silently.
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
 from xkd.data.torch_views import VideoCrops, global_video_view, local_video_views
 from xkd.data.video_cut import cut_window
-from xkd.data.video_decode import RGB_TO_RGB, decode_planes
+from xkd.data.video_decode import bt601_rgb_matrix, decode_planes, stream_colour_standard
 from xkd.data.view_params import ClipViewParams
 
 # View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
@@ -124,7 +128,9 @@ def video_columns(data: bytes, start: int, views: ViewsConfig, stored_frames: in
         return {"luma": luma, "chroma": chroma, "video_to_rgb": window.to_rgb}
     # Only the packets from the window's keyframe on: DALI's decoder does not seek (xkd.data.video_cut).
     video, frames = cut_window(np.frombuffer(data, dtype=np.uint8), frames, views.video_fps)
-    return {"video": video, "video_frames": frames, "video_to_rgb": RGB_TO_RGB}
+    # DALI converts to RGB with BT.601 whatever the stream's tag: a BT.709 (...) stream's colours are
+    # corrected on the device, so both decoders and the evaluation see the same colours.
+    return {"video": video, "video_frames": frames, "video_to_rgb": bt601_rgb_matrix(stream_colour_standard(data))}
 
 
 def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsConfig, stored_frames: int,
@@ -337,8 +343,10 @@ class DaliClipLoader:
         self.corrupt = CorruptSamples(samples, corrupt_state)
         # Batch position (in clips) -> {sample: reason} of samples whose decode failed there (this epoch).
         self.failed: dict[int, dict[int, str]] = {}
-        # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead).
-        self.reader = ThreadPoolExecutor(max_workers=max(1, min(4, num_threads)), thread_name_prefix="xkd-read")
+        # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead); with PyAV
+        # these threads also decode the video (PyAV releases the GIL), so they get all of num_threads.
+        readers = num_threads if self.decoder == "pyav" else min(4, num_threads)
+        self.reader = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="xkd-read")
         # Cuts the video views from DALI's host frames (_video_views); inline with one thread, and on the
         # GPU, where the crops are kernels queued on one stream anyway.
         self.cropper = (ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="xkd-crop")
@@ -371,7 +379,9 @@ class DaliClipLoader:
         self.source = ShardSource(self.samples, self.views, self.plan, self.clips_per_batch, self.seed, self.epoch,
                                   self.clip_position, frozenset(self.corrupt.known), failed, self.augment,
                                   self.reader, self.decoder)
-        self.pipeline = build_pipeline(self.source, self.views, self.clips_per_batch, self.device, self.num_threads,
+        # With PyAV the graph only passes the source's arrays through: one DALI thread is enough.
+        dali_threads = self.num_threads if self.decoder == "dali" else 1
+        self.pipeline = build_pipeline(self.source, self.views, self.clips_per_batch, self.device, dali_threads,
                                        self.seed)
         self.pipeline.build()
         check_pipeline_device(self.pipeline, self.device)

@@ -37,13 +37,34 @@ def crop_resize(frames: torch.Tensor, box: np.ndarray, size: int) -> torch.Tenso
                           interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
-def crop_planes(planes: Sequence[torch.Tensor], box: np.ndarray, size: int) -> torch.Tensor:
-    """The same relative box of each plane group (T, C_i, H_i, W_i), resized to size x size and stacked
-    on channels: uint8 (T, sum C_i, S, S). A relative box covers the same picture in a half-size
-    chroma plane as in the luma plane, so chroma is upsampled by the resize, never on its own."""
-    if len(planes) == 1:
-        return crop_resize(planes[0], box, size)
-    return torch.cat([crop_resize(plane, box, size) for plane in planes], dim=1)
+# The loaders' crop edges lie on even pixels: the chroma grid of 4:2:0 video, whether the decoder
+# delivers its planes (PyAV) or RGB (DALI, NVDEC), so a sample's views are the same crops either way.
+CROP_GRID = 2
+
+
+def crop_planes(planes: Sequence[torch.Tensor], box: np.ndarray, size: int, grid: int = CROP_GRID) -> torch.Tensor:
+    """The relative box (top, left, bottom, right) of each plane group (T, C_i, H_i, W_i), resized to
+    size x size and stacked on channels: uint8 (T, sum C_i, S, S); one group for RGB frames.
+
+    The box is placed on the first (luma or RGB) plane's pixels with its edges on multiples of
+    ``grid`` and of the most subsampled plane's factor (even rows and columns for 4:2:0), so every
+    plane crops exactly the same picture (a box rounded on each plane's own pixels could be a luma
+    pixel off in the chroma); the resize upsamples the chroma, never a step of its own."""
+    height, width = planes[0].shape[-2:]
+    # Subsampling factor of each plane (4:2:0 chroma: 2; odd sizes round, e.g. 97 rows -> 49)
+    factors = [(round(height / plane.shape[-2]), round(width / plane.shape[-1])) for plane in planes]
+    grid_y, grid_x = max(grid, *(f for f, _ in factors)), max(grid, *(f for _, f in factors))
+    top, bottom = (grid_y * (round(float(box[i]) * height) // grid_y) for i in (0, 2))
+    left, right = (grid_x * (round(float(box[i]) * width) // grid_x) for i in (1, 3))
+    # At least one grid cell, inside the frame (an odd size's last row or column is left out).
+    last_y, last_x = grid_y * (height // grid_y), grid_x * (width // grid_x)
+    top, left = min(top, last_y - grid_y), min(left, last_x - grid_x)
+    bottom, right = min(max(bottom, top + grid_y), last_y), min(max(right, left + grid_x), last_x)
+    out = []
+    for plane, (fy, fx) in zip(planes, factors):
+        out.append(F.resized_crop(plane, top // fy, left // fx, (bottom - top) // fy, (right - left) // fx,
+                                  [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True))
+    return torch.cat(out, dim=1)
 
 
 def finish_view(frames: torch.Tensor, color: ColorJitter = IDENTITY_COLOR, flip: bool = False) -> torch.Tensor:

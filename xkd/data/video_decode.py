@@ -29,9 +29,11 @@ from xkd.data.frame_time import frame_index, seek_to_frame
 # (an RGB codec, 10-bit video) is converted to YUV_FALLBACK by swscale first.
 PLANAR_YUV = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p")
 YUV_FALLBACK = "yuv444p"  # no chroma subsampling: only the conversion rounds
-# (Kr, Kb) luma weights of the YUV matrices: BT.709 for streams tagged so, BT.601 otherwise, as
-# swscale and FFmpeg assume for untagged video.
-LUMA_WEIGHTS = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
+# (Kr, Kb) luma weights of the YUV matrices, by the stream's colour-space tag (FFmpeg's AVColorSpace);
+# untagged and other streams are BT.601, as swscale and FFmpeg assume.
+LUMA_WEIGHTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "fcc": (0.30, 0.11),
+                "smpte240m": (0.212, 0.087), "bt2020": (0.2627, 0.0593)}
+COLORSPACE_TAGS = {1: "bt709", 4: "fcc", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
 # Maps RGB uint8 views to [0, 1] (decoders that output RGB: DALI's, NVDEC).
 RGB_TO_RGB = np.array([[1 / 255, 0, 0, 0], [0, 1 / 255, 0, 0], [0, 0, 1 / 255, 0]], dtype=np.float32)
 
@@ -57,12 +59,33 @@ def yuv_to_rgb_matrix(standard: str, full_range: bool) -> np.ndarray:
     return np.concatenate([linear, offset[:, None]], axis=1).astype(np.float32)
 
 
+def colour_standard(colorspace_tag: int) -> str:
+    """The ``LUMA_WEIGHTS`` key of an FFmpeg colour-space tag (frame or stream ``colorspace``)."""
+    return COLORSPACE_TAGS.get(int(colorspace_tag), "bt601")
+
+
 def frame_yuv_matrix(frame: av.VideoFrame) -> np.ndarray:
-    """The YUV -> RGB matrix of a decoded planar YUV frame: BT.709 when the stream says so, else
-    BT.601; full range for the "j" formats and frames tagged JPEG range."""
-    standard = "bt709" if frame.colorspace == 1 else "bt601"  # AVCOL_SPC_BT709
+    """The YUV -> RGB matrix of a decoded planar YUV frame: the weights of its colour-space tag
+    (BT.601 when untagged); full range for the "j" formats and frames tagged JPEG range."""
     full_range = frame.format.name.startswith("yuvj") or frame.color_range == 2  # AVCOL_RANGE_JPEG
-    return yuv_to_rgb_matrix(standard, full_range)
+    return yuv_to_rgb_matrix(colour_standard(frame.colorspace), full_range)
+
+
+def stream_colour_standard(data: bytes) -> str:
+    """The colour standard a video's container declares for its stream (no decode)."""
+    with av.open(io.BytesIO(data)) as container:
+        return colour_standard(container.streams.video[0].codec_context.colorspace)
+
+
+def bt601_rgb_matrix(standard: str) -> np.ndarray:
+    """(3, 4) map from RGB uint8 that a decoder converted with BT.601 studio-swing weights whatever
+    the stream's tag (DALI's CPU decoder and NVDEC) to RGB in [0, 1] with ``standard``'s weights:
+    back to YUV, then forward with the right matrix (exact where the decoder did not clip)."""
+    if standard == "bt601":
+        return RGB_TO_RGB
+    decoded = np.vstack([yuv_to_rgb_matrix("bt601", full_range=False).astype(np.float64), [0, 0, 0, 1]])
+    from_rgb255 = np.linalg.inv(decoded) @ np.diag([1 / 255, 1 / 255, 1 / 255, 1.0])
+    return (yuv_to_rgb_matrix(standard, full_range=False).astype(np.float64) @ from_rgb255).astype(np.float32)
 
 
 def _decode_window(data: bytes, start: int, count: int, fps: int, convert: Callable[[av.VideoFrame], Frame],
