@@ -222,9 +222,9 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     samples = training_samples(config, shards, 1)
     plan = EpochPlan(len(samples), 1, 0, config.train.seed)
     common = dict(views=config.views, batch_size=batch_size, plan=plan, seed=0, augment=False)
-    gpu_loader = DaliClipLoader(samples, device=device, **common)
-    # The same graph with DALI's CPU decoder: the comparison isolates NVDEC (the CPU default, PyAV into
-    # YUV, differs from DALI's RGB by ~0.2 grey levels more; tests/test_video_decode.py).
+    # Both with DALI's decoder (NVDEC on the GPU; on the CPU, where tests run this check, the same graph
+    # twice), so the comparison isolates NVDEC from the CPU default's PyAV decode into YUV.
+    gpu_loader = DaliClipLoader(samples, device=device, cpu_decoder="dali", **common)
     cpu_loader = DaliClipLoader(samples, device="cpu", cpu_decoder="dali", **common)
     current = torch.device("cpu")
     if device == "gpu":
