@@ -121,13 +121,13 @@ def repeat_columns(params: ClipViewParams) -> dict[str, np.ndarray]:
 def video_columns(data: bytes, start: int, views: ViewsConfig, stored_frames: int, decoder: str
                   ) -> dict[str, np.ndarray]:
     """The video columns of a clip's row for ``decoder`` (``VIDEO_COLUMNS``) and its "video_to_rgb"."""
-    frames = window_frames(start, views.video_global_frames, stored_frames)
     if decoder == "pyav":  # seek + decode of the window, no RGB conversion (xkd.data.video_decode)
         window = decode_planes(data, start, views.video_global_frames, views.video_fps, stored_frames)
         luma, chroma = (plane.numpy() for plane in window.planes)
         return {"luma": luma, "chroma": chroma, "video_to_rgb": window.to_rgb}
     # Only the packets from the window's keyframe on: DALI's decoder does not seek (xkd.data.video_cut).
-    video, frames = cut_window(np.frombuffer(data, dtype=np.uint8), frames, views.video_fps)
+    video, frames = cut_window(np.frombuffer(data, dtype=np.uint8),
+                               window_frames(start, views.video_global_frames, stored_frames), views.video_fps)
     # DALI converts to RGB with BT.601 whatever the stream's tag: a BT.709 (...) stream's colours are
     # corrected on the device, so both decoders and the evaluation see the same colours.
     return {"video": video, "video_frames": frames, "video_to_rgb": bt601_rgb_matrix(stream_colour_standard(data))}
