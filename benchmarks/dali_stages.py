@@ -1,25 +1,27 @@
-"""Per-stage CPU cost of the DALI CPU loader (``xkd.data.dali_pipeline``) and its decode-only floor (issue 15).
+"""Per-stage CPU cost of the DALI CPU loader (``xkd.data.dali_pipeline``) and its decode-only floor (issue 15),
+for either CPU video decoder (the loader's ``cpu_decoder``: "pyav", the default, or "dali").
 
 DALI 2.4 reports no per-operator time on the CPU backend (its executor statistics are memory
 only), so the graph's stages are costed on whole graphs, by process CPU (getrusage: all of DALI's
 threads):
 
   - additive: the source alone (a graph that only takes the rows of ``ShardSource``: member reads,
-    the cut of each video to its window (``xkd.data.video_cut``), the audio window's read
-    (``xkd.data.audio_window``: libsndfile seek + decode of the window), info vectors, view
-    parameters), then source + ``decoders.video`` of the window (its graph minus the source graph);
-    the audio window's read is also timed alone (one thread, the same calls) and reported apart
-    from the rest of the source;
+    the audio window's read (``xkd.data.audio_window``: libsndfile seek + decode of the window),
+    info vectors, view parameters, and the video: with "pyav" its window decoded into YUV planes
+    (``xkd.data.video_decode``), with "dali" its cut to the window (``xkd.data.video_cut``)); with
+    "dali", source + ``decoders.video`` of the window (its graph minus the source graph). The audio
+    window's read, and PyAV's window decode, are also timed alone (one thread, the same calls) and
+    reported apart from the rest of the source;
   - the loader's own work on DALI's outputs, timed on its thread: the video crops + resizes
     (``DaliClipLoader._video_views``, torchvision on the decoded frames) and the rest of the
     collation (``DaliClipLoader._to_batch`` without them: outputs to torch tensors).
 
 What neither covers (the executor) is "other". The log-mels are not loader work: the trainer
 computes them on its device (``xkd.data.audio_finish``).
-The floor, with the loader's own decoders: ``decoders.video`` of whole clips (sequential, no
-window, the source's cut of each video to its window switched off) per frame, and libsndfile's
-decode of whole FLAC members per audio sample, times what one sample needs. Used by
-``benchmarks/loader_speed.py``.
+The floor, with the loader's own decoders: whole clips decoded sequentially (no window, no seek;
+with "dali", ``decoders.video`` with the source's cut switched off; with "pyav", PyAV into YUV
+planes) per frame, and libsndfile's decode of whole FLAC members per audio sample, times what one
+sample needs. Used by ``benchmarks/loader_speed.py``.
 """
 from __future__ import annotations
 
@@ -34,10 +36,11 @@ import soundfile
 
 from xkd.data import dali_pipeline
 from xkd.data.audio_window import read_audio_window
-from xkd.data.dali_pipeline import SOURCE_COLUMNS, DaliClipLoader, ShardSource
-from xkd.data.format import AUDIO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES
+from xkd.data.dali_pipeline import DaliClipLoader, ShardSource
+from xkd.data.format import AUDIO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import read_info
 from xkd.data.sampler import clip_view_params
+from xkd.data.video_decode import decode_planes
 
 # Partial graphs leave source columns unused on purpose; DALI warns once per graph.
 warnings.filterwarnings("ignore", message="The external source node .* are not used")
@@ -88,15 +91,16 @@ def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
             1000 * timed["_video_views"][0] / samples)
 
 
-def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: str | None) -> float:
-    """CPU ms per sample of the source alone (``decode`` None) or with one decoder ("video": the
-    window's frames, as the loader; "video_all": whole clips), one thread."""
+def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: str | None,
+                    decoder: str = "dali") -> float:
+    """CPU ms per sample of the source alone (``decode`` None; for ``decoder``) or, with DALI's
+    decoder, with it ("video": the window's frames, as the loader; "video_all": whole clips), one thread."""
     from nvidia.dali import fn, pipeline_def
 
     @pipeline_def(enable_conditionals=False)
     def graph(source):
-        columns = dict(zip(SOURCE_COLUMNS, fn.external_source(
-            source=source, num_outputs=len(SOURCE_COLUMNS), batch=True, batch_info=True, parallel=False)))
+        columns = dict(zip(source.columns, fn.external_source(
+            source=source, num_outputs=len(source.columns), batch=True, batch_info=True, parallel=False)))
         if decode == "video":
             return fn.decoders.video(columns["video"], device="cpu", frames=columns["video_frames"], pad_mode="none")
         if decode == "video_all":
@@ -105,7 +109,8 @@ def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: 
 
     count, begin = 0, None
     for epoch in range(epochs + 1):  # epoch 0 warms up
-        pipe = graph(ShardSource(samples, views, plan, batch_size, seed=0, epoch=epoch), batch_size=batch_size,
+        pipe = graph(ShardSource(samples, views, plan, batch_size, seed=0, epoch=epoch, decoder=decoder),
+                     batch_size=batch_size,
                      num_threads=1, device_id=None, prefetch_queue_depth=2, exec_dynamic=True)
         pipe.build()
         begin = process_cpu() if epoch == 1 else begin
@@ -119,26 +124,35 @@ def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: 
     return 1000 * (process_cpu() - begin) / count
 
 
-def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int = 3) -> dict[str, float]:
-    """CPU ms per sample per stage of the DALI CPU pipeline (one thread), median of ``repeats``."""
+def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int = 3, decoder: str = "pyav"
+                ) -> dict[str, float]:
+    """CPU ms per sample per stage of the DALI CPU pipeline with ``decoder`` (one thread), median of
+    ``repeats``."""
     def median(measure) -> float:
         return float(np.median([measure() for _ in range(repeats)]))
 
     def loader():
-        return DaliClipLoader(samples, views, batch_size, plan, seed=0, device="cpu", num_threads=1)
+        return DaliClipLoader(samples, views, batch_size, plan, seed=0, device="cpu", num_threads=1,
+                              cpu_decoder=decoder)
 
     def sub(decode):
-        return median(lambda: subgraph_cpu_ms(samples, views, plan, batch_size, epochs, decode))
+        return median(lambda: subgraph_cpu_ms(samples, views, plan, batch_size, epochs, decode, decoder))
 
     full_runs = [loader_cpu_ms(loader, epochs) for _ in range(repeats)]
     full, collation, crops = (float(np.median([run[i] for run in full_runs])) for i in range(3))
     source = sub(None)
     audio = median(lambda: audio_window_cpu_ms(samples, views))
-    stages = {"source: tar/member read, video cut, view parameters": source - audio,
-              "audio window read (libsndfile, in the source)": audio,
-              "video decode (window)": sub("video") - source,
-              "video crop + resize (torchvision on DALI's frames)": crops,
-              "collation (DALI outputs -> torch)": collation - crops}
+    if decoder == "pyav":  # the source decodes: its decode is timed alone and taken out of it
+        video = median(lambda: pyav_window_cpu_ms(samples, views))
+        stages = {"source: tar/member read, view parameters": source - audio - video,
+                  "audio window read (libsndfile, in the source)": audio,
+                  "video decode (PyAV: seek, window, YUV planes; in the source)": video}
+    else:
+        stages = {"source: tar/member read, video cut, view parameters": source - audio,
+                  "audio window read (libsndfile, in the source)": audio,
+                  "video decode (DALI decoders.video, window)": sub("video") - source}
+    stages.update({"video crop + resize (torchvision on the decoded planes)": crops,
+                   "collation (DALI outputs -> torch)": collation - crops})
     stages["other (executor)"] = full - sum(stages.values())
     stages["total (full graph)"] = full
     return stages
@@ -158,6 +172,29 @@ def audio_window_cpu_ms(samples, views) -> float:
     return 1000 * (time.thread_time() - begin) / len(rows)
 
 
+def pyav_window_cpu_ms(samples, views) -> float:
+    """CPU ms per sample of the source's PyAV window decode (``decode_planes``), one thread, at the
+    window start the loader would draw for the sample's first epoch."""
+    rows = []
+    for index, ref in enumerate(samples):
+        info = read_info(ref)
+        start = clip_view_params(0, 0, index, None, 1, views, info, True)[0].video_start
+        rows.append((ref.read(VIDEO_EXT), start, int(info[NUM_FRAMES])))
+    begin = time.thread_time()
+    for data, start, stored in rows:
+        decode_planes(data, start, views.video_global_frames, views.video_fps, stored)
+    return 1000 * (time.thread_time() - begin) / len(rows)
+
+
+def pyav_whole_cpu_ms_per_frame(samples, views) -> float:
+    """PyAV's CPU ms per frame decoding whole clips into YUV planes (no seek; the floor's video rate)."""
+    members = [(ref.read(VIDEO_EXT), int(read_info(ref)[NUM_FRAMES])) for ref in samples]
+    begin = time.thread_time()
+    for data, frames in members:
+        decode_planes(data, 0, frames, views.video_fps, frames)
+    return 1000 * (time.thread_time() - begin) / sum(frames for _, frames in members)
+
+
 def whole_audio_cpu_ms_per_sample(samples) -> float:
     """libsndfile's CPU ms per audio sample decoding whole FLAC members (the floor's audio rate)."""
     members = [ref.read(AUDIO_EXT) for ref in samples]
@@ -167,18 +204,22 @@ def whole_audio_cpu_ms_per_sample(samples) -> float:
     return 1000 * (time.thread_time() - begin) / decoded
 
 
-def floor_ms(samples, views, plan, batch_size: int, epochs: int) -> dict[str, float]:
+def floor_ms(samples, views, plan, batch_size: int, epochs: int, decoder: str = "pyav") -> dict[str, float]:
     """Decode-only CPU ms of what one sample needs with the loader's decoders: the global window's
-    frames (the local windows lie inside it) at the per-frame cost of DALI decoding whole clips
-    (``decoders.video`` without frame indices), and the 4 s audio window at the per-sample cost of
-    libsndfile decoding whole FLAC members."""
+    frames (the local windows lie inside it) at the per-frame cost of ``decoder`` decoding whole
+    clips (DALI: ``decoders.video`` without frame indices; PyAV: into YUV planes), and the 4 s audio
+    window at the per-sample cost of libsndfile decoding whole FLAC members."""
     infos = [read_info(ref) for ref in samples]
     frames = np.mean([int(i[NUM_FRAMES]) for i in infos])
     needed_frames = np.mean([min(int(i[NUM_FRAMES]), views.video_global_frames) for i in infos])
     window = int(round(views.audio_global_seconds * views.audio_sample_rate))
     needed_audio = np.mean([min(int(i[NUM_AUDIO_SAMPLES]), window) for i in infos])
-    with whole_videos():
-        source = subgraph_cpu_ms(samples, views, plan, batch_size, epochs, None)
-        video = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "video_all") - source) / frames * needed_frames
+    if decoder == "pyav":
+        video = pyav_whole_cpu_ms_per_frame(samples, views) * needed_frames
+    else:
+        with whole_videos():
+            source = subgraph_cpu_ms(samples, views, plan, batch_size, epochs, None)
+            video = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "video_all") - source
+                     ) / frames * needed_frames
     sound = whole_audio_cpu_ms_per_sample(samples) * needed_audio
     return {"video": video, "audio": sound, "total": video + sound}

@@ -7,9 +7,10 @@ builds the clips of ``--clips`` into shards with data_prep/make_shards.py, then 
   - video bytes per clip (the .webm members) and per second of video, and make_shards CPU per clip;
   - the frames decoded before each window (window start - the keyframe at or before it);
   - the CPU ms to decode one sample's global window (``--frames`` frames, 4 s at 8 fps), seeking to
-    its start, with the PyTorch loader's decoder (``xkd.data.torch_loader.decode_frames``, PyAV)
-    and with DALI's CPU ``decoders.video`` at explicit frame indices of the video cut to the window's
-    packets (as ``xkd.data.dali_pipeline``: ``xkd.data.video_cut``).
+    its start, with both loaders' CPU decoder (``xkd.data.video_decode.decode_planes``: PyAV into
+    YUV planes) and with DALI's CPU ``decoders.video`` (the GPU path's graph, ``cpu_video_decoder:
+    dali``) at explicit frame indices of the video cut to the window's packets (as
+    ``xkd.data.dali_pipeline``: ``xkd.data.video_cut``).
 
 The windows are the same for every GOP: per clip, ``--windows`` starts spread evenly over its
 valid starts. CPU time is process CPU (getrusage), single-threaded decoders.
@@ -39,8 +40,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 from xkd.data import format as fmt
-from xkd.data.torch_loader import decode_frames
 from xkd.data.video_cut import cut_window
+from xkd.data.video_decode import decode_planes
 
 MAKE_SHARDS = REPO / "data_prep" / "make_shards.py"
 POLICY_ARGS = ["--short-policy", "pad", "--no-audio-policy", "silence"]  # every sample clip is packed
@@ -91,7 +92,7 @@ def frames_before(starts: list[int], keys: list[int]) -> list[int]:
 
 
 def pyav_window_ms(videos: dict, windows: dict, frames: int, fps: int, repeats: int) -> float:
-    """Mean CPU ms of ``decode_frames`` (seek + decode + RGB) per window, best of ``repeats`` per window."""
+    """Mean CPU ms of ``decode_planes`` (seek + decode, YUV planes) per window, best of ``repeats`` per window."""
     costs = []
     for key, starts in windows.items():
         data, stored = videos[key]
@@ -99,7 +100,7 @@ def pyav_window_ms(videos: dict, windows: dict, frames: int, fps: int, repeats: 
             best = float("inf")
             for _ in range(repeats):
                 begin = time.process_time()
-                decode_frames(data, start, frames, fps, stored_frames=stored)
+                decode_planes(data, start, frames, fps, stored_frames=stored)
                 best = min(best, time.process_time() - begin)
             costs.append(best)
     return 1000 * float(np.mean(costs))

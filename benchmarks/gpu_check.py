@@ -222,8 +222,10 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     samples = training_samples(config, shards, 1)
     plan = EpochPlan(len(samples), 1, 0, config.train.seed)
     common = dict(views=config.views, batch_size=batch_size, plan=plan, seed=0, augment=False)
-    gpu_loader = DaliClipLoader(samples, device=device, **common)
-    cpu_loader = DaliClipLoader(samples, device="cpu", **common)
+    # Both with DALI's decoder (NVDEC on the GPU; on the CPU, where tests run this check, the same graph
+    # twice), so the comparison isolates NVDEC from the CPU default's PyAV decode into YUV.
+    gpu_loader = DaliClipLoader(samples, device=device, cpu_decoder="dali", **common)
+    cpu_loader = DaliClipLoader(samples, device="cpu", cpu_decoder="dali", **common)
     current = torch.device("cpu")
     if device == "gpu":
         current = torch.device("cuda", torch.cuda.current_device())

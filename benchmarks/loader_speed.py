@@ -7,6 +7,9 @@ PyTorch fallback, producing full batches of global + local views of both modalit
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --step-ms 200   # + wait per batch behind a model step
     OMP_NUM_THREADS=1 python benchmarks/loader_speed.py --gpu           # + DALI on the GPU (NVDEC), on a GPU node
 
+``--cpu-decoder dali`` measures the DALI loader with DALI's own CPU video decoder (the GPU path's
+graph) instead of PyAV (``data.cpu_video_decoder``, default pyav).
+
 Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112). CPU time counts
 this process and its worker processes (getrusage SELF + CHILDREN). ``--repeat N`` lists each
 sample N times in the split (distinct indices, so distinct windows and augmentations), so the
@@ -134,8 +137,10 @@ def stage_report(samples, views, plan, args) -> dict:
     return {
         "torch": {"stages": torch_stages.stage_costs(dataset, args.batch_size, args.stage_epochs),
                   "floor": torch_stages.floor_ms(dataset)},
-        "dali_cpu": {"stages": dali_stages.stage_costs(samples, views, plan, args.batch_size, args.stage_epochs),
-                     "floor": dali_stages.floor_ms(samples, views, plan, args.batch_size, args.stage_epochs)},
+        "dali_cpu": {"stages": dali_stages.stage_costs(samples, views, plan, args.batch_size, args.stage_epochs,
+                                                       decoder=args.cpu_decoder),
+                     "floor": dali_stages.floor_ms(samples, views, plan, args.batch_size, args.stage_epochs,
+                                                   decoder=args.cpu_decoder)},
     }
 
 
@@ -158,6 +163,8 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=0.0,
                         help="sleep this long after each batch (a training step on an accelerator) and report "
                              "the wait for the next batch (data_wait_fraction); default 0: back to back")
+    parser.add_argument("--cpu-decoder", choices=("pyav", "dali"), default="pyav",
+                        help="the DALI loader's CPU video decoder (data.cpu_video_decoder; default pyav)")
     parser.add_argument("--gpu", action="store_true", help="also measure DALI on the GPU (NVDEC) and the finishing there")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
@@ -171,7 +178,9 @@ def main() -> None:
     plan = EpochPlan(len(samples), seed=0, samples_per_decode=args.samples_per_decode)
     results = {
         "dali_cpu": measure(lambda: DaliClipLoader(samples, views, args.batch_size, plan, seed=0, device="cpu",
-                                                   num_threads=args.workers), args.epochs, args.step_ms),
+                                                   num_threads=args.workers, cpu_decoder=args.cpu_decoder),
+                            args.epochs, args.step_ms),
+        "cpu_decoder": args.cpu_decoder,
         "torch": measure(lambda: TorchClipLoader(samples, views, args.batch_size, args.workers, plan, seed=0),
                          args.epochs, args.step_ms),
         "workers": args.workers, "batch_size": args.batch_size, "samples": len(samples),

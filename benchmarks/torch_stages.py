@@ -4,7 +4,7 @@
 functions, each under a CPU clock (``time.process_time``, one thread: run with
 OMP_NUM_THREADS=1, as a DataLoader worker does), and checks that the views equal ``load``'s.
 ``floor_ms`` is the decode-only cost of exactly the frames and audio one sample needs, with the
-same decoders (PyAV video to RGB, soundfile FLAC), from sequential decodes of whole clips.
+same decoders (PyAV video into YUV planes, libsndfile FLAC), from sequential decodes of whole clips.
 Used by ``benchmarks/loader_speed.py``.
 """
 from __future__ import annotations
@@ -18,15 +18,16 @@ import torch
 
 from xkd.data.format import AUDIO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import read_info
-from xkd.data.torch_loader import ClipDataset, collate_clips, decode_frames, read_audio
+from xkd.data.torch_loader import ClipDataset, collate_clips, read_audio
 from xkd.data.audio_finish import audio_param_tensors
 from xkd.data.batch_finish import LOADER_KEYS
-from xkd.data.torch_views import crop_resize
+from xkd.data.torch_views import crop_planes
+from xkd.data.video_decode import decode_planes
 from xkd.data.video_finish import video_param_tensors
 
 # The log-mels and spectrogram crops are not a loader stage: the trainer computes them on its
 # device (xkd.data.audio_finish), as it finishes the video.
-STAGES = ("tar/member read", "view parameters", "video decode (window)", "audio decode (window)",
+STAGES = ("tar/member read", "view parameters", "video decode (window, YUV planes)", "audio decode (window)",
           "video crop + resize", "layout (to CTHW) + finishing parameters", "collation")
 
 
@@ -45,11 +46,12 @@ class StageClock:
             self.seconds[stage] += time.process_time() - begin
 
 
-def video_view(clock: StageClock, frames: torch.Tensor, box, size: int):
-    """One video view, stage by stage (``global_video_view`` / ``local_video_views``); colour, blur,
-    flip and normalisation run on the training device (``xkd.data.video_finish``), not here."""
+def video_view(clock: StageClock, planes, box, size: int):
+    """One video view, stage by stage (``global_video_view`` / ``local_video_views``); the conversion
+    to RGB, colour, blur, flip and normalisation run on the training device
+    (``xkd.data.video_finish``), not here."""
     with clock("video crop + resize"):
-        x = crop_resize(frames, box, size)
+        x = crop_planes(planes, box, size)
     with clock("layout (to CTHW) + finishing parameters"):
         return x.permute(1, 0, 2, 3)
 
@@ -61,19 +63,21 @@ def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
         info, video, audio = read_info(ref), ref.read(VIDEO_EXT), ref.read(AUDIO_EXT)
     with clock("view parameters"):
         (p,) = dataset._params(info, index, None)  # one sample per decode (k = 1)
-    with clock("video decode (window)"):
-        frames = decode_frames(video, p.video_start, v.video_global_frames, v.video_fps,
-                               stored_frames=int(info[NUM_FRAMES]))
+    with clock("video decode (window, YUV planes)"):
+        decoded = decode_planes(video, p.video_start, v.video_global_frames, v.video_fps,
+                                stored_frames=int(info[NUM_FRAMES]))
+    planes = decoded.planes
     with clock("audio decode (window)"):
         window = read_audio(audio, p.audio_start, int(round(v.audio_global_seconds * v.audio_sample_rate)),
                             v.audio_sample_rate)
     with torch.no_grad():
-        video_global = video_view(clock, frames, p.global_box, v.video_global_size).contiguous()
+        video_global = video_view(clock, planes, p.global_box, v.video_global_size).contiguous()
         video_local = torch.stack([
-            video_view(clock, frames[int(o):int(o) + v.video_local_frames], p.local_boxes[i], v.video_local_size)
+            video_view(clock, [plane[int(o):int(o) + v.video_local_frames] for plane in planes], p.local_boxes[i],
+                       v.video_local_size)
             for i, o in enumerate(p.local_offsets)])
         with clock("layout (to CTHW) + finishing parameters"):
-            finishing = {**video_param_tensors(p), **audio_param_tensors(p)}
+            finishing = {**video_param_tensors(p, decoded.to_rgb), **audio_param_tensors(p)}
     return {"video_global": video_global, "video_local": video_local, "audio_window": window, **finishing,
             "key": ref.key, "index": index}
 
@@ -107,7 +111,7 @@ def floor_ms(dataset: ClipDataset) -> dict[str, float]:
         stored, samples = int(info[NUM_FRAMES]), int(info[NUM_AUDIO_SAMPLES])
         data = ref.read(VIDEO_EXT)
         begin = time.process_time()
-        decode_frames(data, 0, stored, v.video_fps, seek=False, stored_frames=stored)
+        decode_planes(data, 0, stored, v.video_fps, stored_frames=stored)
         video.append((time.process_time() - begin) / stored * min(stored, v.video_global_frames))
         data = ref.read(AUDIO_EXT)
         begin = time.process_time()

@@ -1,7 +1,9 @@
 """The trainer's finishing of a loader batch (xkd/data/batch_finish.py, xkd/data/audio_finish.py):
-video views normalised with their parameters, audio log-mels and spectrogram crops from the window."""
+video views converted to RGB and normalised with their parameters, audio log-mels and spectrogram
+crops from the window."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from media import TINY_VIEWS, views_config
 from xkd.data.audio_finish import crop_spectrogram, crop_spectrograms, finish_audio, local_segments
 from xkd.data.batch_finish import VIEW_KEYS, BatchFinisher
 from xkd.data.logmel import LogMel
+from xkd.data.video_decode import RGB_TO_RGB, yuv_to_rgb_matrix
 
 VIEWS = views_config(**TINY_VIEWS)  # 2 s global (32000 samples, 224 frames), 1 s locals (112 frames)
 
@@ -22,6 +25,8 @@ def loader_batch(b: int = 2, n: int = 2) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return {
         "video_global": random_views(b, 4, 8), "video_local": random_views(b * n, 2, 8).unflatten(0, (b, n)),
+        # sample 0 decoded to RGB (DALI's decoders), sample 1 to BT.601 limited-range YUV (PyAV)
+        "video_to_rgb": torch.from_numpy(np.stack([RGB_TO_RGB, yuv_to_rgb_matrix("bt601", full_range=False)])),
         "video_global_color": torch.tensor([[1.0, 1.0, 1.0, 0.0]] * b), "video_global_flip": torch.tensor([True, False]),
         "video_local_color": torch.tensor([[1.0, 1.0, 1.0, 0.0]] * (b * n)).unflatten(0, (b, n)),
         "video_local_flip": torch.zeros(b, n, dtype=torch.bool), "video_local_blur": torch.zeros(b, n),
@@ -35,6 +40,17 @@ def loader_batch(b: int = 2, n: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
+def bt601_limited_to_rgb(yuv: torch.Tensor) -> torch.Tensor:
+    """(3, ...) uint8 Y, U, V -> RGB in [0, 1]: R = 1.164383 (Y - 16) + 1.596027 (V - 128), G =
+    1.164383 (Y - 16) - 0.391762 (U - 128) - 0.812968 (V - 128), B = 1.164383 (Y - 16) + 2.017232 (U - 128),
+    over 255 and clamped."""
+    y, u, v = (c.double() for c in yuv)
+    y, u, v = y - 16, u - 128, v - 128
+    rgb = torch.stack([1.164383 * y + 1.596027 * v, 1.164383 * y - 0.391762 * u - 0.812968 * v,
+                       1.164383 * y + 2.017232 * u]) / 255
+    return rgb.clamp(0, 1).float()
+
+
 def test_finisher_gives_the_model_inputs():
     batch = loader_batch()
     out = BatchFinisher(VIEWS)(batch)
@@ -44,9 +60,13 @@ def test_finisher_gives_the_model_inputs():
     mean = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1, 1)
     plain = (batch["video_global"].float() / 255 - mean) / std
-    torch.testing.assert_close(out["video_global"][1], plain[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(out["video_global"][0], plain[0].flip(-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["video_local"][1, 1], (batch["video_local"][1, 1].float() / 255 - mean) / std,
+    torch.testing.assert_close(out["video_local"][0, 1], (batch["video_local"][0, 1].float() / 255 - mean) / std,
+                               atol=1e-5, rtol=0)
+    # sample 1 is YUV: the textbook BT.601 studio-swing equations, then the same normalisation
+    torch.testing.assert_close(out["video_global"][1], (bt601_limited_to_rgb(batch["video_global"][1]) - mean) / std,
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["video_local"][1, 1], (bt601_limited_to_rgb(batch["video_local"][1, 1]) - mean) / std,
                                atol=1e-5, rtol=0)
     # audio: docs/method.md §1.2-1.3 by hand, view by view
     logmel = LogMel(VIEWS)

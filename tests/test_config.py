@@ -90,6 +90,7 @@ def test_removed_recon_average_modalities(tmp_path):
         ("model: 3\n", "model", "expected a mapping"),
         ("loss:\n  pair_reduction: half\n", "loss.pair_reduction", "one of ['sum', 'mean']"),
         ("loss:\n  mmd_distance_scale: sqrt\n", "loss.mmd_distance_scale", "one of ['none', 'dim']"),
+        ("data:\n  cpu_video_decoder: ffmpeg\n", "data.cpu_video_decoder", "one of ['pyav', 'dali']"),
     ],
 )
 def test_bad_values_name_file_key_and_expectation(tmp_path, text, key, expected):

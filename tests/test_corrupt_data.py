@@ -173,10 +173,13 @@ def test_truncated_shards_lose_only_their_tail(sources, tmp_path, caplog):
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_damage_is_replaced_counted_and_logged_once(kind, sources, tmp_path, caplog):
     """Two epochs of a good shard plus a damaged one: full batches, no damaged sample delivered,
-    each counted and logged once, and both loaders pick the same stand-ins with the same views."""
+    each counted and logged once, and both loaders pick the same stand-ins with the same views. The
+    DALI loader runs with each CPU video decoder: PyAV's failures are found in the source, DALI's
+    decoder fails the graph's batch."""
     split, damaged = make_split(tmp_path / "split", [("good",), (kind,)], sources)
     samples = index_split(str(split))
-    loaders = {"dali": dali(samples), "torch": torch_loader(samples)}
+    loaders = {"dali": dali(samples), "dali_decoder": dali(samples, cpu_decoder="dali"),
+               "torch": torch_loader(samples)}
     runs = {}
     for name, loader in loaders.items():
         caplog.clear()
@@ -190,9 +193,11 @@ def test_each_damage_is_replaced_counted_and_logged_once(kind, sources, tmp_path
             assert batch["video_global"].shape == (2, 3, 8, 32, 32) and batch["audio_window"].shape == (2, 32000)
             assert all(torch.isfinite(batch[view].float()).all() for view in ("video_global", "audio_window"))
     assert not {key for batch in runs["torch"] for key in batch["key"]} & damaged
-    for from_dali, from_torch in zip(runs["dali"], runs["torch"]):
-        assert torch.equal(from_dali["audio_window"], from_torch["audio_window"])
-        assert torch.equal(from_dali["audio_local_box"], from_torch["audio_local_box"])
+    for from_dali, from_dali_decoder, from_torch in zip(runs["dali"], runs["dali_decoder"], runs["torch"]):
+        assert torch.equal(from_dali["video_global"], from_torch["video_global"])  # the same decoder
+        for got in (from_dali, from_dali_decoder):
+            assert torch.equal(got["audio_window"], from_torch["audio_window"])
+            assert torch.equal(got["audio_local_box"], from_torch["audio_local_box"])
 
 
 @pytest.mark.parametrize("make_loader", [dali, torch_loader], ids=["dali", "torch"])
@@ -313,7 +318,7 @@ def test_dali_only_failures_are_found_by_decoding_each_sample_alone(sources, tmp
     damaged stream), the loader runs each through DALI alone and excludes the ones that fail."""
     monkeypatch.setattr("xkd.data.dali_pipeline.corruption_reason", lambda ref: None)
     split, damaged = make_split(tmp_path / "split", [("good",), ("frames",)], sources)
-    loader = dali(index_split(str(split)))
+    loader = dali(index_split(str(split)), cpu_decoder="dali")
     with caplog.at_level(logging.WARNING, logger="xkd.data.sample_check"):
         batches = [batch for batch, _ in epochs(loader, 1)]
     assert len(batches) == 4 and loader.corrupt_samples == 1

@@ -68,8 +68,8 @@ def test_dali_floor_decodes_whole_videos_while_the_loader_cuts(sample_shards):
     plan = EpochPlan(len(samples), seed=0)
 
     def first_batch():
-        source = ShardSource(samples, views, plan, batch_size=len(samples), seed=0)
-        columns = dict(zip(dali_stages.SOURCE_COLUMNS, source(type("Info", (), {"iteration": 0})())))
+        source = ShardSource(samples, views, plan, batch_size=len(samples), seed=0, decoder="dali")
+        columns = dict(zip(source.columns, source(type("Info", (), {"iteration": 0})())))
         return [(samples[index].read(VIDEO_EXT), bytes(video)) for (index, _), video in
                 zip(source.chosen[0], columns["video"])]
 

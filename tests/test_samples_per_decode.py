@@ -101,18 +101,19 @@ def test_both_loaders_agree_with_k_samples_per_clip(split):
         assert torch.allclose(x["audio_local"], y["audio_local"], atol=1e-3)
 
 
-def test_each_dali_sample_is_the_one_sample_graph_of_its_parameters(split):
+@pytest.mark.parametrize("decoder", ["pyav", "dali"])
+def test_each_dali_sample_is_the_one_sample_graph_of_its_parameters(split, decoder):
     """Sample r of a clip, cut from the one decode, equals DALI's k = 1 graph run on that clip with
     repeat r's parameters alone: the k samples are the k = 1 pipeline, decoded once."""
     plan = EpochPlan(len(split), seed=7, samples_per_decode=3)
-    batch = next(iter(dali(split, 3, plan)))
-    one_sample_loader = dali(split, 1, EpochPlan(len(split), seed=7))
+    batch = next(iter(dali(split, 3, plan, cpu_decoder=decoder)))
+    one_sample_loader = dali(split, 1, EpochPlan(len(split), seed=7), cpu_decoder=decoder)
     index = int(plan.indices(0)[0])
     ref = split[index]
     info = read_info(ref)
     for r, params in enumerate(clip_view_params(7, 0, index, None, 3, VIEWS, info)):
-        row = {**source_columns(ref, [params], VIEWS, int(info[NUM_FRAMES])), "sample_index": np.array(index)}
-        alone = build_pipeline(OneSample(row), VIEWS, 1, "cpu", 1, seed=7, prefetch=1)
+        row = {**source_columns(ref, [params], VIEWS, int(info[NUM_FRAMES]), decoder), "sample_index": np.array(index)}
+        alone = build_pipeline(OneSample(row, decoder), VIEWS, 1, "cpu", 1, seed=7, prefetch=1)
         alone.build()
         single = one_sample_loader._to_batch(alone.run())  # the k = 1 loader's batch of that graph
         for key in LOADER_KEYS:

@@ -16,10 +16,11 @@ import torchvision.transforms.v2.functional as F
 
 from xkd.data.logmel import LogMel
 from xkd.data.sampler import EpochPlan
-from xkd.data.torch_loader import ClipDataset, TorchClipLoader, collate_clips, decode_frames
+from xkd.data.torch_loader import ClipDataset, TorchClipLoader, collate_clips
 from xkd.data.audio_finish import crop_spectrogram
 from xkd.data.batch_finish import BatchFinisher
 from xkd.data.torch_views import finish_view, global_video_view, local_video_views
+from xkd.data.video_decode import decode_frames, decode_planes, yuv_to_rgb_matrix
 from xkd.data.video_finish import IMAGENET_MEAN, IMAGENET_STD, finish_video
 from xkd.data.view_params import ColorJitter, draw_view_params, sample_seed
 
@@ -44,7 +45,7 @@ def test_shapes_and_dtypes(split):
     # Video views stay uint8 and audio a waveform until the trainer finishes them on its device,
     # with these parameters.
     expected = {"video_global": ((2, 3, 8, 32, 32), torch.uint8), "video_local": ((2, 2, 3, 4, 16, 16), torch.uint8),
-                "audio_window": ((2, 32000), torch.float32),
+                "audio_window": ((2, 32000), torch.float32), "video_to_rgb": ((2, 3, 4), torch.float32),
                 "video_global_color": ((2, 4), torch.float32), "video_global_flip": ((2,), torch.bool),
                 "video_local_color": ((2, 2, 4), torch.float32), "video_local_flip": ((2, 2), torch.bool),
                 "video_local_blur": ((2, 2), torch.float32), "audio_global_gain": ((2,), torch.float32),
@@ -91,16 +92,25 @@ def test_decode_frames_matches_full_decode(clips, key, tmp_path):
         assert torch.equal(got, expected), start
 
 
-def reference_global_view(frames: torch.Tensor, p, size: int) -> torch.Tensor:
+def reference_global_view(luma: torch.Tensor, chroma: torch.Tensor, p, size: int) -> torch.Tensor:
     """The global video view written out with torchvision's ops alone (not xkd.data.torch_views):
-    the relative box in pixels, bilinear antialiased resize, brightness / contrast / saturation / hue
-    (grayscale when saturation is 0), flip, ImageNet normalisation, (T, C, H, W) -> (C, T, H, W)."""
+    the relative box in luma pixels (luma (T, 1, H, W)), its edges rounded down to even pixels, and
+    half of it in the chroma (T, 2, H/2, W/2), bilinear antialiased resize, BT.601 studio-swing
+    YUV -> RGB, brightness / contrast / saturation / hue (grayscale when saturation is 0), flip,
+    ImageNet normalisation, (T, C, H, W) -> (C, T, H, W)."""
     from torchvision.transforms.v2 import functional as tvf
 
-    height, width = frames.shape[-2:]
-    top, left = round(float(p.global_box[0]) * height), round(float(p.global_box[1]) * width)
-    bottom, right = round(float(p.global_box[2]) * height), round(float(p.global_box[3]) * width)
-    x = tvf.resize(frames[..., top:bottom, left:right], [size, size], antialias=True).float() / 255
+    height, width = luma.shape[-2:]
+    edges = [2 * (round(float(p.global_box[i]) * (height if i % 2 == 0 else width)) // 2) for i in range(4)]
+
+    def crop(plane):
+        top, left, bottom, right = (edge * plane.shape[-1] // width for edge in edges)
+        return tvf.resize(plane[..., top:bottom, left:right], [size, size], antialias=True).double()
+
+    y, (u, v) = crop(luma)[:, 0] - 16, crop(chroma).unbind(1)
+    u, v = u - 128, v - 128
+    x = torch.stack([1.164383 * y + 1.596027 * v, 1.164383 * y - 0.391762 * u - 0.812968 * v,
+                     1.164383 * y + 2.017232 * u], dim=1).div(255).clamp(0, 1).float()
     c = p.global_color
     x = tvf.adjust_contrast(tvf.adjust_brightness(x, c.brightness), c.contrast)
     x = tvf.adjust_hue(tvf.adjust_saturation(x, c.saturation) if c.saturation > 0 else x, c.hue)
@@ -120,6 +130,7 @@ def test_global_window_synchronised(clips, split, repeats):
     views = views_config(**TINY_VIEWS)
     logmel, finisher = LogMel(views), BatchFinisher(views)
     full = full_decode(clips["ramp"]["webm"])
+    luma, chroma = decode_planes(clips["ramp"]["webm"], 0, len(full), 8).planes
     audio, _ = soundfile.read(io.BytesIO(clips["ramp"]["flac"]), dtype="float32")
     index, starts = by_key(split, "ramp"), set()
     for epoch in range(4):
@@ -127,12 +138,13 @@ def test_global_window_synchronised(clips, split, repeats):
             start = p.video_start
             starts.add(start)
             assert p.audio_start == start * 2000
-            frames = full[start:start + 8]
-            expected = reference_global_view(frames, p, views.video_global_size)
+            planes = (luma[start:start + 8], chroma[start:start + 8])
+            expected = reference_global_view(*planes, p, views.video_global_size)
+            torch.testing.assert_close(item["video_to_rgb"].numpy(), yuv_to_rgb_matrix("bt601", full_range=False))
             finished = finish_video(item["video_global"][None], item["video_global_color"][None],
-                                    item["video_global_flip"][None])[0]
+                                    item["video_global_flip"][None], rgb_matrix=item["video_to_rgb"][None])[0]
             torch.testing.assert_close(finished, expected, atol=2e-5, rtol=0)
-            assert torch.equal(item["video_local"], local_video_views(frames, p, views))
+            assert torch.equal(item["video_local"], local_video_views(planes, p, views))
             window = torch.from_numpy(audio[start * 2000:start * 2000 + 32000])
             assert torch.equal(item["audio_window"], window)
             assert item["audio_global_gain"] == torch.tensor(p.audio_gain, dtype=torch.float32)
@@ -276,7 +288,7 @@ def test_view_ops_semantics(clips):
     p = draw_view_params(sample_seed(0, 0, 0), views, 48, 96000, frames.shape[2], frames.shape[3])
     plain = replace(p, global_box=np.array([0, 0, 1, 1], np.float32))
     resized = F.resize(frames, [32, 32], antialias=True)
-    view = global_video_view(frames, plain, views)
+    view = global_video_view((frames,), plain, views)
     assert view.dtype == torch.uint8 and torch.equal(view, resized.permute(1, 0, 2, 3))
     expected = F.normalize(resized.float() / 255, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
     torch.testing.assert_close(finish_view(resized), expected, atol=1e-5, rtol=0)

@@ -29,6 +29,7 @@ PAIR_REDUCTIONS = ("sum", "mean")  # loss.pair_reduction, docs/method.md §4.8
 MMD_DISTANCE_SCALES = ("none", "dim")  # loss.mmd_distance_scale, docs/method.md §4.6
 PRECISIONS = ("fp32", "fp16", "bf16")
 LOADERS = ("dali", "torch")
+CPU_VIDEO_DECODERS = ("pyav", "dali")
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -184,6 +185,10 @@ class DataConfig:
     shards: str = ""  # directory or brace pattern of WebDataset shards
     loader: str = "dali"  # dali | torch
     device: str = "auto"  # auto | cpu | gpu (where DALI decodes)
+    # The DALI loader's video decoder on the CPU (the GPU always decodes with NVDEC): pyav seeks to the
+    # window and leaves YUV to the trainer (about half the CPU per window; BENCHMARKS.md, issue 15);
+    # dali is DALI's own CPU decoder, the GPU path's graph.
+    cpu_video_decoder: str = "pyav"  # pyav | dali
     num_workers: int = 2
     shuffle_buffer: int = 256
     steps_per_epoch: int = 0  # 0: derived from the shard manifest
@@ -393,6 +398,7 @@ def validate(config: XKDConfig, source: str = "<config>") -> None:
     _one_of(t.precision, PRECISIONS, source, "train.precision")
     _one_of(d.loader, LOADERS, source, "data.loader")
     _one_of(d.device, DEVICES, source, "data.device")
+    _one_of(d.cpu_video_decoder, CPU_VIDEO_DECODERS, source, "data.cpu_video_decoder")
     if m.variant in ("mas", "mats"):
         _check(
             m.video_encoder == m.audio_encoder, source, "model.audio_encoder",

@@ -1,13 +1,24 @@
 """NVIDIA DALI loader: shard bytes in, the global and local views of docs/method.md §1 out.
 
-Stages (one DALI graph, the same on CPU and GPU; only the video decode's device changes):
+Stages (one DALI graph; the video decoder depends on the device):
 
-    ShardSource (Python, per batch)      video member cut to the window's packets, the 4 s audio window
-                                         (read with libsndfile: seek + window decode), ClipViewParams
-    -> decoders.video                    the global window's frames ("mixed" = NVDEC on GPU), uint8 FHWC
-    (audio window passed through; moved to the GPU on the GPU path)
+    ShardSource (Python, per batch)      the 4 s audio window (libsndfile: seek + window decode),
+                                         ClipViewParams, and the video: on the GPU (and with
+                                         ``cpu_decoder="dali"``) the member cut to the window's
+                                         packets; on the CPU the window decoded by PyAV into YUV planes
+    -> decoders.video                    GPU: the window's frames by NVDEC ("mixed"), uint8 FHWC RGB
+                                         (CPU with ``cpu_decoder="dali"``: DALI's CPU decoder)
+    (PyAV's planes and the audio window pass through; moved to the GPU on the GPU path)
     then, in the loader (torch, on the frames where DALI left them: host or GPU)
     -> global view, local views          crop box + resize (xkd.data.torch_views, as the PyTorch loader)
+
+Why PyAV decodes on the CPU path: DALI 2.4's CPU ``decoders.video`` cannot seek (it decodes every
+frame before the window; the source's cut limits that to the window's GOP) and converts every
+frame to RGB, which at 128 px costs more than the decode itself. PyAV seeks, and its YUV planes
+go to the trainer, which converts the cropped views on its device: about half the CPU per
+window (BENCHMARKS.md, issue 15). The PyTorch loader decodes the same way, so on the CPU the two
+loaders deliver identical views. ``cpu_decoder="dali"`` keeps DALI's decoder
+on the CPU: the GPU path's graph, run where there is no GPU (tests, benchmarks).
 
 The video crops are cut with torchvision from DALI's frames: DALI 2.4's CPU ``resize`` cost
 4-11 ms per sample where torchvision's uint8 resize costs ~1.5 (BENCHMARKS.md, issue 15), and
@@ -16,10 +27,12 @@ clips: each is decoded once and gives k samples, each with its own view paramete
 in the batch of B (a clip's samples share its window, video and audio).
 
 The rest is not in the graph either: every view's remaining parameters pass through it beside
-the frames and the audio window, and the trainer finishes the batch on its device
-(:class:`xkd.data.batch_finish.BatchFinisher`, shared with the PyTorch loader): colour jitter,
-grayscale, blur, flip and normalisation of the video, gains, log-mels and spectrogram crops of the
-audio.
+the frames and the audio window, with each clip's YUV -> RGB matrix (``video_to_rgb``; for
+DALI's decoder, which converts with BT.601 whatever the stream says, the correction to the
+stream's standard), and the trainer finishes the batch on its device
+(:class:`xkd.data.batch_finish.BatchFinisher`, shared with the PyTorch loader): conversion to RGB,
+colour jitter, grayscale, blur, flip and normalisation of the video, gains, log-mels and
+spectrogram crops of the audio.
 
 Sample order and every random parameter are decided in Python (``EpochPlan`` and
 ``draw_view_params``) and passed into the graph. DALI 2.4 cannot checkpoint a pipeline
@@ -29,12 +42,14 @@ exactly the same batches, and the PyTorch fallback loader draws identical views.
 
 Corrupt samples (``xkd.data.sample_check``) are replaced in their batch by a stand-in
 (``xkd.data.sampler.slot_candidates``, the PyTorch loader's rule). The source finds unreadable
-members, audio and info vectors while it reads them; a video decode failure fails DALI's whole batch, so the
-loader decodes that batch's samples in Python to find the culprits and rebuilds the graph at the
-same position with them excluded. The video is decoded at explicit frame indices (the window,
-clamped to the frames the info vector claims, which pads short clips by repeating their last
-frame) with no DALI padding, so a video with fewer frames than it claims fails instead of being
-padded silently.
+members, audio and info vectors while it reads them, and with PyAV also undecodable videos and
+videos with fewer frames than their info vector claims (``decode_planes`` pads a window past the
+end of a short clip by repeating its last frame, as the PyTorch loader does). With DALI's decoder
+a video decode failure fails DALI's whole batch, so the loader decodes that batch's samples in
+Python to find the culprits and rebuilds the graph at the same position with them excluded;
+that decoder gets explicit frame indices (the window, clamped to the frames the info vector
+claims, which pads short clips by repeating their last frame) with no DALI padding, so a video
+with fewer frames than it claims fails instead of being padded silently.
 """
 from __future__ import annotations
 
@@ -52,6 +67,7 @@ from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
 from xkd.data.torch_views import VideoCrops, global_video_view, local_video_views
 from xkd.data.video_cut import cut_window
+from xkd.data.video_decode import bt601_rgb_matrix, decode_planes, stream_colour_standard
 from xkd.data.view_params import ClipViewParams
 
 # View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
@@ -67,8 +83,16 @@ FINISH_COLUMNS = {"global_color": "video_global_color", "global_flip": "video_gl
                   "local_blur": "video_local_blur", "audio_gain": "audio_global_gain",
                   "audio_local_offsets": "audio_local_offset", "audio_local_gains": "audio_local_gain",
                   "audio_local_boxes": "audio_local_box"}
-# Columns the Python source hands to the graph, in order: per clip, then per sample, then the clip's index.
-SOURCE_COLUMNS = ("video", "audio_window", "video_frames", *REPEAT_COLUMNS, "sample_index")
+# Who decodes the video (DaliClipLoader's ``cpu_decoder``; the GPU path always uses DALI's NVDEC decode)
+# and the video columns the source hands to the graph for it: DALI's decoder takes the cut member and
+# its frame indices, PyAV's decode arrives as planes (luma (T, 1, H, W), chroma (T, 2, h, w)).
+VIDEO_COLUMNS = {"dali": ("video", "video_frames"), "pyav": ("luma", "chroma")}
+
+
+def source_column_names(decoder: str) -> tuple[str, ...]:
+    """Columns the Python source hands to the graph, in order: per clip (the video's, the clip's
+    YUV -> RGB matrix, the audio window), then per sample, then the clip's index."""
+    return (*VIDEO_COLUMNS[decoder], "video_to_rgb", "audio_window", *REPEAT_COLUMNS, "sample_index")
 
 
 def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
@@ -94,24 +118,35 @@ def repeat_columns(params: ClipViewParams) -> dict[str, np.ndarray]:
     }
 
 
-def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsConfig, stored_frames: int
-                   ) -> dict[str, np.ndarray]:
-    """One clip's row of the source: the video cut to its window's packets with the window's frame
-    indices, the audio window (float32), both at the window the clip's samples share
-    (``params[0]``'s), and the view parameters of each of its samples, stacked on a leading repeat axis."""
-    per_sample = [repeat_columns(p) for p in params]
+def video_columns(data: bytes, start: int, views: ViewsConfig, stored_frames: int, decoder: str
+                  ) -> dict[str, np.ndarray]:
+    """The video columns of a clip's row for ``decoder`` (``VIDEO_COLUMNS``) and its "video_to_rgb"."""
+    if decoder == "pyav":  # seek + decode of the window, no RGB conversion (xkd.data.video_decode)
+        window = decode_planes(data, start, views.video_global_frames, views.video_fps, stored_frames)
+        luma, chroma = (plane.numpy() for plane in window.planes)
+        return {"luma": luma, "chroma": chroma, "video_to_rgb": window.to_rgb}
     # Only the packets from the window's keyframe on: DALI's decoder does not seek (xkd.data.video_cut).
-    video, frames = cut_window(np.frombuffer(ref.read(VIDEO_EXT), dtype=np.uint8),
-                               window_frames(params[0].video_start, views.video_global_frames, stored_frames),
-                               views.video_fps)
+    video, frames = cut_window(np.frombuffer(data, dtype=np.uint8),
+                               window_frames(start, views.video_global_frames, stored_frames), views.video_fps)
+    # DALI converts to RGB with BT.601 whatever the stream's tag: a BT.709 (...) stream's colours are
+    # corrected on the device, so both decoders and the evaluation see the same colours.
+    return {"video": video, "video_frames": frames, "video_to_rgb": bt601_rgb_matrix(stream_colour_standard(data))}
+
+
+def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsConfig, stored_frames: int,
+                   decoder: str = "dali") -> dict[str, np.ndarray]:
+    """One clip's row of the source: the video for ``decoder`` (:func:`video_columns`), the audio
+    window (float32), both at the window the clip's samples share (``params[0]``'s), and the view
+    parameters of each of its samples, stacked on a leading repeat axis."""
+    per_sample = [repeat_columns(p) for p in params]
+    video = video_columns(ref.read(VIDEO_EXT), params[0].video_start, views, stored_frames, decoder)
     # The audio window alone (seek + decode of 4 s), not the whole clip's FLAC (xkd.data.audio_window).
     audio_window = read_audio_window(ref.read(AUDIO_EXT), params[0].audio_start,
                                      int(round(views.audio_global_seconds * views.audio_sample_rate)),
                                      views.audio_sample_rate)
     return {
-        "video": video,
+        **video,
         "audio_window": audio_window,
-        "video_frames": frames,
         **{name: np.stack([columns[name] for columns in per_sample]) for name in REPEAT_COLUMNS},
     }
 
@@ -134,8 +169,9 @@ class ShardSource:
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, plan: EpochPlan, batch_size: int, seed: int,
                  epoch: int = 0, start_position: int = 0, known: frozenset[int] = frozenset(),
                  failed: dict[int, frozenset[int]] | None = None, augment: bool = True,
-                 reader: Executor | None = None):
+                 reader: Executor | None = None, decoder: str = "dali"):
         self.samples, self.views, self.plan, self.augment = samples, views, plan, augment
+        self.decoder, self.columns = decoder, source_column_names(decoder)
         self.batch_size, self.seed, self.repeats = batch_size, seed, plan.samples_per_decode
         self.epoch, self.start_position = epoch, start_position
         self.order = plan.indices(epoch)
@@ -162,7 +198,7 @@ class ShardSource:
             rows.append(row)
         self.chosen[begin], self.found[begin] = chosen, found
         self.read_ahead(begin + self.batch_size)
-        return tuple([row[name] for row in rows] for name in SOURCE_COLUMNS)
+        return tuple([row[name] for row in rows] for name in self.columns)
 
     def read_ahead(self, begin: int) -> None:
         """Start reading the batch at ``begin`` (each slot's own sample; stand-ins are rare)."""
@@ -193,45 +229,54 @@ class ShardSource:
         params = clip_view_params(self.seed, self.epoch, index, stand_in_for, self.repeats, self.views, info,
                                   self.augment)
         # The sample's index rides through the graph, so a batch says which samples it holds.
-        return {**source_columns(ref, params, self.views, int(info[NUM_FRAMES])),
+        return {**source_columns(ref, params, self.views, int(info[NUM_FRAMES]), self.decoder),
                 "sample_index": np.array(index, dtype=np.int64)}
 
 
 class OneSample:
     """External source of a single one-sample batch: one sample through DALI alone."""
 
-    def __init__(self, row: dict[str, np.ndarray]):
-        self.row = row
+    def __init__(self, row: dict[str, np.ndarray], decoder: str):
+        self.row, self.decoder, self.columns = row, decoder, source_column_names(decoder)
 
     def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
         if batch_info.iteration:
             raise StopIteration
-        return tuple([self.row[name]] for name in SOURCE_COLUMNS)
+        return tuple([self.row[name]] for name in self.columns)
 
 
-def build_pipeline(source: ShardSource, views: ViewsConfig, batch_size: int, device: str, num_threads: int,
-                   seed: int, prefetch: int = 2):
+def build_pipeline(source: ShardSource | OneSample, views: ViewsConfig, batch_size: int, device: str,
+                   num_threads: int, seed: int, prefetch: int = 2):
     """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode; frames and audio window
-    delivered on the GPU). ``batch_size`` counts clips. Outputs per clip: the decoded window (FHWC
-    uint8), the audio window, each ``REPEAT_COLUMNS`` entry (repeat axis first) and the sample index."""
+    delivered on the GPU); the source's ``decoder`` says whether the graph decodes the video
+    ("dali") or the source did ("pyav"). ``batch_size`` counts clips. Outputs per clip: the decoded
+    window's plane groups (DALI: one FHWC uint8 RGB; PyAV: luma, chroma), the YUV -> RGB matrix,
+    the audio window, each ``REPEAT_COLUMNS`` entry (repeat axis first) and the sample index."""
     from nvidia.dali import fn, pipeline_def
 
     on_gpu = device == "gpu"
+    if on_gpu and source.decoder != "dali":
+        raise ValueError(f"the GPU pipeline decodes with NVDEC: its source must hand it video for DALI's decoder, "
+                         f"not {source.decoder!r}")
 
     @pipeline_def
     def pipeline():
-        columns = dict(zip(SOURCE_COLUMNS, fn.external_source(
-            source=source, num_outputs=len(SOURCE_COLUMNS), batch=True, batch_info=True, parallel=False)))
-        # Explicit indices, no padding by DALI: frames a video lacks are an error, not edge copies.
-        # One decode of the shared window per clip; every sample's views are cut from it (in the loader).
-        frames = fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
-                                   frames=columns["video_frames"], pad_mode="none")
+        columns = dict(zip(source.columns, fn.external_source(
+            source=source, num_outputs=len(source.columns), batch=True, batch_info=True, parallel=False)))
+        if source.decoder == "dali":
+            # Explicit indices, no padding by DALI: frames a video lacks are an error, not edge copies.
+            # One decode of the shared window per clip; every sample's views are cut from it (in the loader).
+            planes = (fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
+                                        frames=columns["video_frames"], pad_mode="none"),)
+        else:  # decoded by the source (PyAV); passed through
+            planes = (columns["luma"], columns["chroma"])
         # The shared 4 s window, read by the source (zeros past the end of the sound); log-mels follow
         # on the device.
         segment = columns["audio_window"]
         if on_gpu:
             segment = segment.gpu()
-        return (frames, segment, *(columns[name] for name in REPEAT_COLUMNS), columns["sample_index"])
+        return (*planes, columns["video_to_rgb"], segment, *(columns[name] for name in REPEAT_COLUMNS),
+                columns["sample_index"])
 
     # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
     # rank; DALI's CPU threads pinned to the CPUs near that GPU (NVML), as the decode feeds it.
@@ -286,17 +331,22 @@ class DaliClipLoader:
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, plan: EpochPlan, seed: int,
                  device: str = "cpu", num_threads: int = 2, start_epoch: int = 0, start_position: int = 0,
-                 augment: bool = True, corrupt_state: dict | None = None):
+                 augment: bool = True, corrupt_state: dict | None = None, cpu_decoder: str = "pyav"):
+        if cpu_decoder not in VIDEO_COLUMNS:
+            raise ValueError(f"cpu_decoder {cpu_decoder!r}: expected one of {sorted(VIDEO_COLUMNS)}")
         self.samples, self.views, self.batch_size, self.plan = samples, views, batch_size, plan
         self.augment = augment
         self.device, self.num_threads, self.seed = device, num_threads, seed
+        self.decoder = "dali" if device == "gpu" else cpu_decoder  # the GPU decodes with NVDEC
         self.epoch, self.position = start_epoch, start_position
         self.clips_per_batch = plan.clips_per_batch(batch_size)
         self.corrupt = CorruptSamples(samples, corrupt_state)
         # Batch position (in clips) -> {sample: reason} of samples whose decode failed there (this epoch).
         self.failed: dict[int, dict[int, str]] = {}
-        # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead).
-        self.reader = ThreadPoolExecutor(max_workers=max(1, min(4, num_threads)), thread_name_prefix="xkd-read")
+        # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead); with PyAV
+        # these threads also decode the video (PyAV releases the GIL), so they get all of num_threads.
+        readers = num_threads if self.decoder == "pyav" else min(4, num_threads)
+        self.reader = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="xkd-read")
         # Cuts the video views from DALI's host frames (_video_views); inline with one thread, and on the
         # GPU, where the crops are kernels queued on one stream anyway.
         self.cropper = (ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="xkd-crop")
@@ -328,8 +378,10 @@ class DaliClipLoader:
         failed = {position: frozenset(bad) for position, bad in self.failed.items()}
         self.source = ShardSource(self.samples, self.views, self.plan, self.clips_per_batch, self.seed, self.epoch,
                                   self.clip_position, frozenset(self.corrupt.known), failed, self.augment,
-                                  self.reader)
-        self.pipeline = build_pipeline(self.source, self.views, self.clips_per_batch, self.device, self.num_threads,
+                                  self.reader, self.decoder)
+        # With PyAV the graph only passes the source's arrays through: one DALI thread is enough.
+        dali_threads = self.num_threads if self.decoder == "dali" else 1
+        self.pipeline = build_pipeline(self.source, self.views, self.clips_per_batch, self.device, dali_threads,
                                        self.seed)
         self.pipeline.build()
         check_pipeline_device(self.pipeline, self.device)
@@ -358,8 +410,8 @@ class DaliClipLoader:
         decode in Python (DALI and FFmpeg/PyAV can disagree on a damaged stream). Slow, and rare."""
         bad = {}
         for index, stand_in_for in self.source.chosen.get(position, ()):
-            probe = build_pipeline(OneSample(self.source.row(index, stand_in_for)), self.views, 1, self.device, 1,
-                                   self.seed, prefetch=1)
+            probe = build_pipeline(OneSample(self.source.row(index, stand_in_for), self.decoder), self.views, 1,
+                                   self.device, 1, self.seed, prefetch=1)
             probe.build()
             try:
                 probe.run()
@@ -378,13 +430,15 @@ class DaliClipLoader:
     def _to_batch(self, outputs) -> dict[str, torch.Tensor]:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
-        frames, window, *params, sample_index = outputs
+        groups = 1 if self.decoder == "dali" else 2  # plane groups: DALI's RGB frames; PyAV's luma, chroma
+        planes, (to_rgb, window, *params, sample_index) = outputs[:groups], outputs[groups:]
         params = dict(zip(REPEAT_COLUMNS, (to_torch_tensor(out.as_tensor(), copy=True) for out in params)))
         repeats = self.plan.samples_per_decode
-        video_global, video_local = self._video_views(frames, params)
+        video_global, video_local = self._video_views(planes, params)
         batch = {
             "video_global": video_global,
             "video_local": video_local,
+            "video_to_rgb": to_torch_tensor(to_rgb.as_tensor(), copy=True).repeat_interleave(repeats, dim=0),
             # A clip's samples share its window.
             "audio_window": to_torch_tensor(window.as_tensor(), copy=True).repeat_interleave(repeats, dim=0),
             # Index into the loader's samples (not a model input), once per sample.
@@ -401,21 +455,28 @@ class DaliClipLoader:
         batch["audio_local_box"] = batch["audio_local_box"].float()
         return batch
 
-    def _video_views(self, frames, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _video_views(self, planes, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sample's uint8 video views (global (B, 3, Tg, S, S), local (B, n_v, 3, Tl, s, s)), cut
-        from its clip's decoded window (DALI's FHWC frames, on the host or the GPU, read in place)
-        with the PyTorch loader's functions; a clip's samples side by side. On the host, clips are cut
-        in ``num_threads`` threads (torch releases the GIL), one batch ahead of the training loop
-        (``_make``)."""
+        from its clip's decoded window (DALI's FHWC frames or PyAV's planes, on the host or the GPU,
+        read in place) with the PyTorch loader's functions; a clip's samples side by side. On the
+        host, clips are cut in ``num_threads`` threads (torch releases the GIL), one batch ahead of
+        the training loop (``_make``)."""
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
+
+        on_gpu = self.device == "gpu"
+
+        def clip_window(clip: int) -> tuple[torch.Tensor, ...]:
+            # On the host a view of DALI's buffer (the crops are done with it before _video_views
+            # returns); on the GPU a copy, as the crop kernels may still be queued when DALI reuses its
+            # buffer on its own stream.
+            window = tuple(to_torch_tensor(group[clip], copy=on_gpu) for group in planes)
+            if self.decoder == "dali":  # (F, H, W, C) -> (F, C, H, W); PyAV's planes are (F, C, H, W)
+                window = (window[0].permute(0, 3, 1, 2),)
+            return window
 
         def clip_views(clip: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
             with torch.no_grad():
-                # (F, H, W, C) -> (F, C, H, W). On the host a view of DALI's buffer (the crops are done with
-                # it before this returns); on the GPU a copy, as the crop kernels may still be queued when
-                # DALI reuses its buffer on its own stream.
-                on_gpu = self.device == "gpu"
-                window = to_torch_tensor(frames[clip], copy=on_gpu).permute(0, 3, 1, 2)
+                window = clip_window(clip)
                 views = []
                 for r in range(self.plan.samples_per_decode):
                     crops = VideoCrops(params["global_box"][clip, r].numpy(), params["local_offsets"][clip, r].numpy(),
@@ -424,7 +485,7 @@ class DaliClipLoader:
                                   local_video_views(window, crops, self.views)))
                 return views
 
-        clips = range(len(frames))
+        clips = range(len(planes[0]))
         per_clip = list(self.cropper.map(clip_views, clips)) if self.cropper else [clip_views(c) for c in clips]
         samples = [views for clip in per_clip for views in clip]
         return torch.stack([g for g, _ in samples]), torch.stack([local for _, local in samples])

@@ -2,15 +2,17 @@
 
 Applies the same :class:`~xkd.data.view_params.ClipViewParams` as the DALI pipeline, drawn per
 (seed, epoch, sample index), so a sample's views do not depend on the worker, the batch or a
-resume. Video is decoded with PyAV (frame index = decode order at the shard's constant fps),
-audio with soundfile; the view operations live in :mod:`xkd.data.torch_views`.
+resume. Video is decoded with PyAV into its YUV planes (:func:`xkd.data.video_decode.decode_planes`;
+the trainer converts the views to RGB), audio with libsndfile; the view operations live in
+:mod:`xkd.data.torch_views`.
 
 Batch layout (``xkd.data.batch_finish.LOADER_KEYS``): uint8 video_global (B, 3, Tg, S, S) and
-video_local (B, n_v, 3, Tl, s, s), the float32 audio_window (B, N) of the 4 s window, each view's
-remaining parameters (:class:`~xkd.data.batch_finish.BatchFinisher` turns them into the model's
-inputs on the training device), plus "key" (list of str) and "index" (B,) int64 split-level
-sample indices. With ``data.samples_per_decode`` k, a batch holds
-B / k clips, each decoded once and giving k consecutive samples (:func:`~xkd.data.sampler.clip_view_params`).
+video_local (B, n_v, 3, Tl, s, s) in YUV with each sample's video_to_rgb matrix (B, 3, 4), the
+float32 audio_window (B, N) of the 4 s window, each view's remaining parameters
+(:class:`~xkd.data.batch_finish.BatchFinisher` turns them into the model's inputs on the training
+device), plus "key" (list of str) and "index" (B,) int64 split-level sample indices. With
+``data.samples_per_decode`` k, a batch holds B / k clips, each decoded once and giving k
+consecutive samples (:func:`~xkd.data.sampler.clip_view_params`).
 
 A corrupt sample is replaced in its batch by the first readable stand-in of its slot
 (:func:`~xkd.data.sampler.slot_candidates`, the same rule as the DALI loader), so batches stay
@@ -19,9 +21,6 @@ full; the worker that met it reports it with the item and the loader logs and co
 """
 from __future__ import annotations
 
-import io
-
-import av
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,49 +30,13 @@ from xkd.data.audio_finish import audio_param_tensors
 from xkd.data.audio_window import read_audio_window
 from xkd.data.batch_finish import LOADER_KEYS
 from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
-from xkd.data.frame_time import frame_index, seek_to_frame
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
 from xkd.data.torch_views import global_video_view, local_video_views
+from xkd.data.video_decode import decode_planes
 from xkd.data.video_finish import video_param_tensors
 from xkd.data.view_params import ClipViewParams
-
-
-def decode_frames(data: bytes, start: int, count: int, fps: int, seek: bool = True,
-                  stored_frames: int | None = None) -> torch.Tensor:
-    """Frames [start, start + count) of a video as uint8 (count, 3, H, W).
-
-    Seeks to the keyframe at or before ``start`` (when start > 0), decodes forward, and pads by
-    repeating the last frame when the video is shorter (DALI's pad_mode "edge"). With
-    ``stored_frames`` (the sample's info vector), a video that ends before the frames it claims
-    to have is corrupt (``ValueError``), as it is for the DALI loader.
-    """
-    frames, first = [], None
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.thread_count = 1  # the DataLoader workers parallelise; codec threads only oversubscribe
-        if seek and start > 0:
-            seek_to_frame(container, stream, start, fps)
-        index = -1
-        for frame in container.decode(stream):
-            index = index + 1 if frame.pts is None else frame_index(stream, frame.pts, fps)
-            first = index if first is None else first
-            if index >= start:
-                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
-                if len(frames) == count:
-                    break
-    if seek and first is not None and first > start:  # the seek overshot: decode from the beginning instead
-        return decode_frames(data, start, count, fps, seek=False, stored_frames=stored_frames)
-    if not frames:
-        raise ValueError(f"no frames decoded at or after frame {start}")
-    if stored_frames is not None and len(frames) < min(count, stored_frames - start):
-        raise ValueError(f"video ends after frame {start + len(frames) - 1}, its info vector says {stored_frames} "
-                         "frames")
-    video = torch.stack(frames).permute(0, 3, 1, 2)
-    if len(frames) < count:
-        video = torch.cat([video, video[-1:].expand(count - len(frames), -1, -1, -1)])
-    return video
 
 
 def read_audio(data: bytes, start: int, count: int, sample_rate: int) -> torch.Tensor:
@@ -130,16 +93,16 @@ class ClipDataset(Dataset):
         info = read_info(ref)
         params = self._params(info, index, stand_in_for)
         first = params[0]
-        frames = decode_frames(ref.read(VIDEO_EXT), first.video_start, v.video_global_frames, v.video_fps,
+        window = decode_planes(ref.read(VIDEO_EXT), first.video_start, v.video_global_frames, v.video_fps,
                                stored_frames=int(info[NUM_FRAMES]))
         audio_window = int(round(v.audio_global_seconds * v.audio_sample_rate))
-        window = read_audio(ref.read(AUDIO_EXT), first.audio_start, audio_window, v.audio_sample_rate)
+        audio = read_audio(ref.read(AUDIO_EXT), first.audio_start, audio_window, v.audio_sample_rate)
         with torch.no_grad():
             return [{
-                "video_global": global_video_view(frames, p, v),
-                "video_local": local_video_views(frames, p, v),
-                "audio_window": window,  # the log-mels are computed on the training device
-                **video_param_tensors(p),  # colour, flip, blur: applied on the training device
+                "video_global": global_video_view(window.planes, p, v),
+                "video_local": local_video_views(window.planes, p, v),
+                "audio_window": audio,  # the log-mels are computed on the training device
+                **video_param_tensors(p, window.to_rgb),  # RGB, colour, flip, blur: on the training device
                 **audio_param_tensors(p),  # gains, local offsets, spectrogram crops: likewise
                 "key": ref.key,
                 "index": index,

@@ -1,10 +1,12 @@
 """The last video augmentations, batched on the training device (docs/method.md §1.3).
 
 Both loaders stop after crop + resize: they deliver uint8 video views (4x fewer bytes than
-float to copy and to move to the device) with each view's colour jitter, flip and blur
-parameters. :func:`finish_video` then applies, to the whole batch at once and on the device
-the model trains on: brightness, contrast, saturation, hue (grayscale where the saturation is
-0), Gaussian blur, horizontal flip and ImageNet normalisation, in this order.
+float to copy and to move to the device) in their decoder's colour space (YUV from PyAV, RGB from
+DALI's decoders), with each sample's YUV -> RGB matrix and each view's colour jitter, flip and
+blur parameters. :func:`finish_video` then applies, to the whole batch at once and on the device
+the model trains on: the conversion to RGB, brightness, contrast, saturation, hue (grayscale
+where the saturation is 0), Gaussian blur, horizontal flip and ImageNet normalisation, in this
+order.
 
 These were most of a sample's CPU cost in the loaders (BENCHMARKS.md, "Colour on the
 device"); on a GPU they are a few batched kernels. torchvision's functional ops take one factor
@@ -13,7 +15,8 @@ torchvision's definitions (tests/test_video_finish.py checks each against torchv
 view): contrast blends with each frame's grayscale mean, hue rotates in HSV.
 
 Layouts: a view batch is (N, C, T, H, W); colours are (N, 4) rows of (brightness, contrast,
-saturation, hue) as :meth:`~xkd.data.view_params.ColorJitter.as_array`.
+saturation, hue) as :meth:`~xkd.data.view_params.ColorJitter.as_array`; colour-space matrices
+are (N, 3, 4) rows of :func:`xkd.data.video_decode.yuv_to_rgb_matrix`.
 """
 from __future__ import annotations
 
@@ -31,14 +34,17 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 # One kernel size for every view: taps beyond a view's own 2 * ceil(3 sigma) + 1 weigh 0.
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA_MAX)
 
-# Per-sample parameters the loaders deliver beside the uint8 video views.
-VIDEO_PARAM_KEYS = ("video_global_color", "video_global_flip", "video_local_color", "video_local_flip",
-                    "video_local_blur")
+# Per-sample parameters the loaders deliver beside the uint8 video views ("video_to_rgb": the (3, 4)
+# matrix of the sample's decoded colour space, shared by its global and local views).
+VIDEO_PARAM_KEYS = ("video_to_rgb", "video_global_color", "video_global_flip", "video_local_color",
+                    "video_local_flip", "video_local_blur")
 
 
-def video_param_tensors(params: ClipViewParams) -> dict[str, torch.Tensor]:
-    """One sample's finishing parameters (the loaders' ``VIDEO_PARAM_KEYS`` entries)."""
+def video_param_tensors(params: ClipViewParams, to_rgb: np.ndarray) -> dict[str, torch.Tensor]:
+    """One sample's finishing parameters (the loaders' ``VIDEO_PARAM_KEYS`` entries); ``to_rgb``: the
+    (3, 4) matrix of its decoded frames' colour space."""
     return {
+        "video_to_rgb": torch.from_numpy(np.asarray(to_rgb, dtype=np.float32)),
         "video_global_color": torch.from_numpy(params.global_color.as_array()),
         "video_global_flip": torch.tensor(bool(params.global_flip)),
         "video_local_color": torch.from_numpy(np.stack([color.as_array() for color in params.local_colors])),
@@ -56,6 +62,17 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, ...) -> (N, 1, ...) luma."""
     r, g, b = x.unbind(1)
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def to_rgb(views: torch.Tensor, matrix: torch.Tensor | None) -> torch.Tensor:
+    """uint8 views (N, 3, T, H, W) -> RGB floats in [0, 1] by each view's (3, 4) affine matrix on
+    (channel values in [0, 255], 1) (None: the views are RGB already)."""
+    x = views.float()
+    if matrix is None:
+        return x / 255.0
+    matrix = matrix.to(device=views.device, dtype=x.dtype)
+    rgb = torch.einsum("nrc,ncthw->nrthw", matrix[:, :, :3], x) + matrix[:, :, 3, None, None, None]
+    return rgb.clamp(0, 1)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -136,10 +153,10 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def finish_video(views: torch.Tensor, color: torch.Tensor | None, flip: torch.Tensor,
-                 blur: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 views (N, 3, T, H, W) -> normalised float32: colour jitter, blur, flip, normalisation
-    (``color`` / ``blur`` None: none)."""
-    x = views.float() / 255.0
+                 blur: torch.Tensor | None = None, rgb_matrix: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 views (N, 3, T, H, W) -> normalised float32: conversion to RGB by ``rgb_matrix`` (N, 3, 4)
+    (None: RGB views), colour jitter, blur, flip, normalisation (``color`` / ``blur`` None: none)."""
+    x = to_rgb(views, rgb_matrix)
     if color is not None:
         x = color_jitter(x, color.to(views.device))
     if blur is not None:

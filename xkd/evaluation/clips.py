@@ -32,8 +32,8 @@ from torch.utils.data import Dataset
 from xkd.config import ViewsConfig
 from xkd.data import format as fmt
 from xkd.data.logmel import LogMel
-from xkd.data.torch_loader import decode_frames
 from xkd.data.torch_views import crop_resize, finish_view
+from xkd.data.video_decode import decode_frames
 from xkd.data.view_params import ColorJitter, centre_box, color_jitter, random_resized_box
 from xkd.evaluation.datasets import DatasetError, LabeledItem
 from xkd.evaluation.errors import EvalInputError

@@ -1,0 +1,157 @@
+"""A window of a stored clip's frames, decoded with PyAV (docs/method.md §1.1).
+
+Two outputs of the same seeking decode:
+
+- :func:`decode_planes` (the training loaders): the decoder's own YUV planes, luma (T, 1, H, W)
+  and chroma (T, 2, h, w) uint8, with the clip's YUV -> RGB matrix. The views are cut from the
+  planes and the trainer converts them to RGB on its device (:mod:`xkd.data.video_finish`): at
+  128 px, swscale's YUV -> RGB conversion costs 2-4x the VP9 decode itself (BENCHMARKS.md,
+  issue 15), and on the device it is one 3 x 3 matrix per view.
+- :func:`decode_frames` (the evaluation suite): RGB (T, 3, H, W) uint8, converted by swscale.
+
+Frame i is the frame shown i / fps after the stream's start (:mod:`xkd.data.frame_time`): the
+decode seeks to the keyframe at or before the window and decodes forward, and a clip shorter than
+the window is padded by repeating its last frame (DALI's pad_mode "edge").
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
+
+import av
+import numpy as np
+import torch
+
+from xkd.data.frame_time import frame_index, seek_to_frame
+
+# Planar 8-bit YUV as decoders output it; the "j" formats are full range. Another pixel format
+# (an RGB codec, 10-bit video) is converted to YUV_FALLBACK by swscale first.
+PLANAR_YUV = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p")
+YUV_FALLBACK = "yuv444p"  # no chroma subsampling: only the conversion rounds
+# (Kr, Kb) luma weights of the YUV matrices, by the stream's colour-space tag (FFmpeg's AVColorSpace);
+# untagged and other streams are BT.601, as swscale and FFmpeg assume.
+LUMA_WEIGHTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "fcc": (0.30, 0.11),
+                "smpte240m": (0.212, 0.087), "bt2020": (0.2627, 0.0593)}
+COLORSPACE_TAGS = {1: "bt709", 4: "fcc", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+# Maps RGB uint8 views to [0, 1] (decoders that output RGB: DALI's, NVDEC).
+RGB_TO_RGB = np.array([[1 / 255, 0, 0, 0], [0, 1 / 255, 0, 0], [0, 0, 1 / 255, 0]], dtype=np.float32)
+
+Frame = TypeVar("Frame")
+
+
+def yuv_to_rgb_matrix(standard: str, full_range: bool) -> np.ndarray:
+    """(3, 4) float32 affine map from (Y, U, V, 1), each in [0, 255], to (R, G, B) in [0, 1].
+
+    With luma weights (Kr, Kb), Kg = 1 - Kr - Kb, and Y', Cb', Cr' the levels scaled to [0, 1]
+    and [-1/2, 1/2] (limited range: Y in [16, 235], U and V in [16, 240]):
+    R = Y' + 2 (1 - Kr) Cr', G = Y' - 2 Kb (1 - Kb) / Kg Cb' - 2 Kr (1 - Kr) / Kg Cr', B = Y' + 2 (1 - Kb) Cb'.
+    """
+    kr, kb = LUMA_WEIGHTS[standard]
+    kg = 1 - kr - kb
+    luma_scale, chroma_scale, luma_zero = (1 / 255, 1 / 255, 0.0) if full_range else (1 / 219, 1 / 224, 16.0)
+    # Rows: (R, G, B); columns: the weight of Y', Cb', Cr' before scaling.
+    weights = np.array([[1.0, 0.0, 2 * (1 - kr)],
+                        [1.0, -2 * kb * (1 - kb) / kg, -2 * kr * (1 - kr) / kg],
+                        [1.0, 2 * (1 - kb), 0.0]])
+    linear = weights * np.array([luma_scale, chroma_scale, chroma_scale])
+    offset = -linear @ np.array([luma_zero, 128.0, 128.0])
+    return np.concatenate([linear, offset[:, None]], axis=1).astype(np.float32)
+
+
+def colour_standard(colorspace_tag: int) -> str:
+    """The ``LUMA_WEIGHTS`` key of an FFmpeg colour-space tag (frame or stream ``colorspace``)."""
+    return COLORSPACE_TAGS.get(int(colorspace_tag), "bt601")
+
+
+def frame_yuv_matrix(frame: av.VideoFrame) -> np.ndarray:
+    """The YUV -> RGB matrix of a decoded planar YUV frame: the weights of its colour-space tag
+    (BT.601 when untagged); full range for the "j" formats and frames tagged JPEG range."""
+    full_range = frame.format.name.startswith("yuvj") or frame.color_range == 2  # AVCOL_RANGE_JPEG
+    return yuv_to_rgb_matrix(colour_standard(frame.colorspace), full_range)
+
+
+def stream_colour_standard(data: bytes) -> str:
+    """The colour standard a video's container declares for its stream (no decode)."""
+    with av.open(io.BytesIO(data)) as container:
+        return colour_standard(container.streams.video[0].codec_context.colorspace)
+
+
+def bt601_rgb_matrix(standard: str) -> np.ndarray:
+    """(3, 4) map from RGB uint8 that a decoder converted with BT.601 studio-swing weights whatever
+    the stream's tag (DALI's CPU decoder and NVDEC) to RGB in [0, 1] with ``standard``'s weights:
+    back to YUV, then forward with the right matrix (exact where the decoder did not clip)."""
+    if standard == "bt601":
+        return RGB_TO_RGB
+    decoded = np.vstack([yuv_to_rgb_matrix("bt601", full_range=False).astype(np.float64), [0, 0, 0, 1]])
+    from_rgb255 = np.linalg.inv(decoded) @ np.diag([1 / 255, 1 / 255, 1 / 255, 1.0])
+    return (yuv_to_rgb_matrix(standard, full_range=False).astype(np.float64) @ from_rgb255).astype(np.float32)
+
+
+def _decode_window(data: bytes, start: int, count: int, fps: int, convert: Callable[[av.VideoFrame], Frame],
+                   stored_frames: int | None, seek: bool = True) -> list[Frame]:
+    """``convert`` of each frame of [start, start + count) that the video has (fewer at its end)."""
+    frames, first = [], None
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1  # the loaders parallelise over clips; codec threads only oversubscribe
+        if seek and start > 0:
+            seek_to_frame(container, stream, start, fps)
+        index = -1
+        for frame in container.decode(stream):
+            index = index + 1 if frame.pts is None else frame_index(stream, frame.pts, fps)
+            first = index if first is None else first
+            if index >= start:
+                frames.append(convert(frame))
+                if len(frames) == count:
+                    break
+    if seek and first is not None and first > start:  # the seek overshot: decode from the beginning instead
+        return _decode_window(data, start, count, fps, convert, stored_frames, seek=False)
+    if not frames:
+        raise ValueError(f"no frames decoded at or after frame {start}")
+    if stored_frames is not None and len(frames) < min(count, stored_frames - start):
+        raise ValueError(f"video ends after frame {start + len(frames) - 1}, its info vector says {stored_frames} "
+                         "frames")
+    return frames
+
+
+def _pad(frames: torch.Tensor, count: int) -> torch.Tensor:
+    """Repeat the last frame up to ``count`` frames."""
+    if len(frames) >= count:
+        return frames
+    return torch.cat([frames, frames[-1:].expand(count - len(frames), *frames.shape[1:])])
+
+
+def decode_frames(data: bytes, start: int, count: int, fps: int, stored_frames: int | None = None) -> torch.Tensor:
+    """Frames [start, start + count) of a video as RGB uint8 (count, 3, H, W).
+
+    With ``stored_frames`` (the sample's info vector), a video that ends before the frames it
+    claims to have is corrupt (``ValueError``)."""
+    frames = _decode_window(data, start, count, fps, lambda f: torch.from_numpy(f.to_ndarray(format="rgb24")),
+                            stored_frames)
+    return _pad(torch.stack(frames).permute(0, 3, 1, 2), count)
+
+
+class YuvWindow(NamedTuple):
+    """Decoded frames as planes: ``planes`` = (luma (T, 1, H, W), chroma (T, 2, h, w)), uint8, and
+    ``to_rgb``, the (3, 4) matrix of :func:`yuv_to_rgb_matrix` that turns them into RGB."""
+    planes: tuple[torch.Tensor, torch.Tensor]
+    to_rgb: np.ndarray
+
+
+def _planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A planar YUV frame's (luma (H, W), chroma (2, h, w), matrix), copied out of the decoder's buffers."""
+    if frame.format.name not in PLANAR_YUV:
+        frame = frame.reformat(format=YUV_FALLBACK, dst_colorspace="ITU601", dst_color_range="JPEG")
+    y, u, v = (np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+               for plane in frame.planes[:3])
+    return y.copy(), np.stack([u, v]), frame_yuv_matrix(frame)
+
+
+def decode_planes(data: bytes, start: int, count: int, fps: int, stored_frames: int | None = None) -> YuvWindow:
+    """Frames [start, start + count) of a video as YUV planes (no RGB conversion on the host), padded
+    like :func:`decode_frames`; the matrix is the first frame's (a stream's frames share theirs)."""
+    frames = _decode_window(data, start, count, fps, _planes, stored_frames)
+    luma = torch.from_numpy(np.stack([y for y, _, _ in frames]))[:, None]
+    chroma = torch.from_numpy(np.stack([uv for _, uv, _ in frames]))
+    return YuvWindow((_pad(luma, count), _pad(chroma, count)), frames[0][2])
