@@ -186,7 +186,7 @@ class DataConfig:
     loader: str = "dali"  # dali | torch
     device: str = "auto"  # auto | cpu | gpu (where DALI decodes)
     # The DALI loader's video decoder on the CPU (the GPU always decodes with NVDEC): pyav seeks to the
-    # window and leaves YUV to the trainer (about half the CPU per window; BENCHMARKS.md, issue 15);
+    # window and leaves YUV to the trainer (a third less CPU per window; BENCHMARKS.md, issue 15);
     # dali is DALI's own CPU decoder, the GPU path's graph.
     cpu_video_decoder: str = "pyav"  # pyav | dali
     num_workers: int = 2

@@ -15,7 +15,7 @@ Stages (one DALI graph; the video decoder depends on the device):
 Why PyAV decodes on the CPU path: DALI 2.4's CPU ``decoders.video`` cannot seek (it decodes every
 frame before the window; the source's cut limits that to the window's GOP) and converts every
 frame to RGB, which at 128 px costs more than the decode itself. PyAV seeks, and its YUV planes
-go to the trainer, which converts the cropped views on its device: about half the CPU per
+go to the trainer, which converts the cropped views on its device: a third less CPU per
 window (BENCHMARKS.md, issue 15). The PyTorch loader decodes the same way, so on the CPU the two
 loaders deliver identical views. ``cpu_decoder="dali"`` keeps DALI's decoder
 on the CPU: the GPU path's graph, run where there is no GPU (tests, benchmarks).
