@@ -12,16 +12,16 @@ threads):
     "dali", source + ``decoders.video`` of the window (its graph minus the source graph). The audio
     window's read, and PyAV's window decode, are also timed alone (one thread, the same calls) and
     reported apart from the rest of the source;
-  - the loader's own work on DALI's outputs, timed on its thread: the video crops + resizes
-    (``DaliClipLoader._video_views``, torchvision on the decoded frames) and the rest of the
-    collation (``DaliClipLoader._to_batch`` without them: outputs to torch tensors).
+  - the loader's own work on DALI's outputs, timed on its thread: each clip's window copied out of
+    DALI's buffers into the batch's padded plane tensors (``DaliClipLoader._planes``) and the rest
+    of the collation (``DaliClipLoader._to_batch`` without it: parameters to torch tensors).
 
-What neither covers (the executor) is "other". The log-mels are not loader work: the trainer
-computes them on its device (``xkd.data.audio_finish``).
-The floor, with the loader's own decoders: whole clips decoded sequentially (no window, no seek;
-with "dali", ``decoders.video`` with the source's cut switched off; with "pyav", PyAV into YUV
-planes) per frame, and libsndfile's decode of whole FLAC members per audio sample, times what one
-sample needs. Used by ``benchmarks/loader_speed.py``.
+What neither covers (the executor) is "other". The video crops and the log-mels are not loader
+work: the trainer computes them on its device (``xkd.data.video_crops``, ``xkd.data.audio_finish``).
+The floor, with the loader's own decoders: whole clips decoded sequentially (no window, no seek)
+per frame, and libsndfile's decode of whole FLAC members per audio sample, times what one sample
+needs; with "pyav" the PyTorch loader's floor (the same decoders, ``torch_stages.pyav_floor_ms``),
+with "dali" ``decoders.video`` with the source's cut switched off. Used by ``benchmarks/loader_speed.py``.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import warnings
 import numpy as np
 import soundfile
 
+import torch_stages
 from xkd.data import dali_pipeline
 from xkd.data.audio_window import read_audio_window
 from xkd.data.dali_pipeline import DaliClipLoader, ShardSource
@@ -65,10 +66,10 @@ def whole_videos():
 
 def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
     """CPU ms per sample of iterating ``epochs`` epochs after a first batch: (everything, of which in
-    ``_to_batch``, of which in ``_video_views``), the last two on the thread that makes the batch
+    ``_to_batch``, of which in ``_planes``), the last two on the thread that makes the batch
     (the loader's ``batcher``)."""
     loader = make_loader()
-    timed = {"_to_batch": [0.0], "_video_views": [0.0]}
+    timed = {"_to_batch": [0.0], "_planes": [0.0]}
     for name, seconds in timed.items():
         original = getattr(loader, name)
 
@@ -86,9 +87,9 @@ def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
         seconds[0] = 0.0
     for epoch in range(epochs):
         for batch in (iterator if epoch == 0 else loader):
-            samples += batch["video_global"].shape[0]
+            samples += batch["audio_window"].shape[0]
     return (1000 * (process_cpu() - begin) / samples, 1000 * timed["_to_batch"][0] / samples,
-            1000 * timed["_video_views"][0] / samples)
+            1000 * timed["_planes"][0] / samples)
 
 
 def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: str | None,
@@ -139,7 +140,7 @@ def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int
         return median(lambda: subgraph_cpu_ms(samples, views, plan, batch_size, epochs, decode, decoder))
 
     full_runs = [loader_cpu_ms(loader, epochs) for _ in range(repeats)]
-    full, collation, crops = (float(np.median([run[i] for run in full_runs])) for i in range(3))
+    full, collation, planes = (float(np.median([run[i] for run in full_runs])) for i in range(3))
     source = sub(None)
     audio = median(lambda: audio_window_cpu_ms(samples, views))
     if decoder == "pyav":  # the source decodes: its decode is timed alone and taken out of it
@@ -151,8 +152,8 @@ def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int
         stages = {"source: tar/member read, video cut, view parameters": source - audio,
                   "audio window read (libsndfile, in the source)": audio,
                   "video decode (DALI decoders.video, window)": sub("video") - source}
-    stages.update({"video crop + resize (torchvision on the decoded planes)": crops,
-                   "collation (DALI outputs -> torch)": collation - crops})
+    stages.update({"window planes padded into the batch (copies out of DALI)": planes,
+                   "collation (parameters -> torch)": collation - planes})
     stages["other (executor)"] = full - sum(stages.values())
     stages["total (full graph)"] = full
     return stages
@@ -186,15 +187,6 @@ def pyav_window_cpu_ms(samples, views) -> float:
     return 1000 * (time.thread_time() - begin) / len(rows)
 
 
-def pyav_whole_cpu_ms_per_frame(samples, views) -> float:
-    """PyAV's CPU ms per frame decoding whole clips into YUV planes (no seek; the floor's video rate)."""
-    members = [(ref.read(VIDEO_EXT), int(read_info(ref)[NUM_FRAMES])) for ref in samples]
-    begin = time.thread_time()
-    for data, frames in members:
-        decode_planes(data, 0, frames, views.video_fps, frames)
-    return 1000 * (time.thread_time() - begin) / sum(frames for _, frames in members)
-
-
 def whole_audio_cpu_ms_per_sample(samples) -> float:
     """libsndfile's CPU ms per audio sample decoding whole FLAC members (the floor's audio rate)."""
     members = [ref.read(AUDIO_EXT) for ref in samples]
@@ -205,21 +197,22 @@ def whole_audio_cpu_ms_per_sample(samples) -> float:
 
 
 def floor_ms(samples, views, plan, batch_size: int, epochs: int, decoder: str = "pyav") -> dict[str, float]:
-    """Decode-only CPU ms of what one sample needs with the loader's decoders: the global window's
-    frames (the local windows lie inside it) at the per-frame cost of ``decoder`` decoding whole
-    clips (DALI: ``decoders.video`` without frame indices; PyAV: into YUV planes), and the 4 s audio
-    window at the per-sample cost of libsndfile decoding whole FLAC members."""
+    """Decode-only CPU ms of what one sample needs with the loader's decoders. PyAV (the CPU
+    default): the PyTorch loader's floor, the same decoders (``torch_stages.pyav_floor_ms``: per
+    sample, its clip decoded whole, per frame and per audio sample). DALI's decoder: the global
+    window's frames (the local windows lie inside it) at the per-frame cost of ``decoders.video``
+    decoding whole clips without frame indices, and the 4 s audio window at the per-sample cost of
+    libsndfile decoding whole FLAC members."""
+    if decoder == "pyav":
+        return torch_stages.pyav_floor_ms(samples, views)
     infos = [read_info(ref) for ref in samples]
     frames = np.mean([int(i[NUM_FRAMES]) for i in infos])
     needed_frames = np.mean([min(int(i[NUM_FRAMES]), views.video_global_frames) for i in infos])
     window = int(round(views.audio_global_seconds * views.audio_sample_rate))
     needed_audio = np.mean([min(int(i[NUM_AUDIO_SAMPLES]), window) for i in infos])
-    if decoder == "pyav":
-        video = pyav_whole_cpu_ms_per_frame(samples, views) * needed_frames
-    else:
-        with whole_videos():
-            source = subgraph_cpu_ms(samples, views, plan, batch_size, epochs, None)
-            video = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "video_all") - source
-                     ) / frames * needed_frames
+    with whole_videos():
+        source = subgraph_cpu_ms(samples, views, plan, batch_size, epochs, None)
+        video = (subgraph_cpu_ms(samples, views, plan, batch_size, epochs, "video_all") - source
+                 ) / frames * needed_frames
     sound = whole_audio_cpu_ms_per_sample(samples) * needed_audio
     return {"video": video, "audio": sound, "total": video + sound}

@@ -212,7 +212,8 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     from xkd.data.dali_pipeline import DaliClipLoader
     from xkd.data.loader import training_samples
     from xkd.data.sampler import EpochPlan
-    from xkd.data.batch_finish import LOADER_VIEW_KEYS, BatchFinisher
+    from xkd.data.batch_finish import BatchFinisher
+    from xkd.data.video_crops import plane_keys
 
     config = vit_config(VITB_CONFIG, "bf16", batch_size)  # paper geometry views
     if not Path(shards).exists() and Path(shards) == ROOT / "sample_shards":
@@ -235,7 +236,7 @@ def check_dali(shards: str, batches: int = 4, batch_size: int = 2, device: str =
     finish_here, finish_on_cpu = BatchFinisher(config.views).to(current), BatchFinisher(config.views)
     gpu_batches = []
     for got, ref in zip(iter(gpu_loader), iter(cpu_loader)):
-        for name in LOADER_VIEW_KEYS:  # the finishing parameters come from Python, on the host
+        for name in (*plane_keys(got), "audio_window"):  # the view parameters come from Python, on the host
             require(got[name].device == current, f"DALI output {name} on {got[name].device}, expected {current}")
         # Compared as the model sees them: finished (colour, flip, normalisation) on each side's device.
         got = {k: v.cpu() for k, v in finish_here(got).items()}

@@ -21,9 +21,10 @@ benchmarks/dali_stages.py: their docstrings say how each is measured), the decod
 Host-to-device copies do not exist on the CPU path (n/a). The JSON (``--json OUT``) has
 ``cpu_ms_per_sample`` and ``samples_per_second`` per loader.
 
-Colour jitter, blur, flip, normalisation and the audio's log-mels and spectrogram crops are not
-loader work: the loaders deliver uint8 video views, the audio window and every view's parameters,
-and the trainer finishes them batched on its device (``xkd.data.batch_finish``).
+The video crops and resizes, colour jitter, blur, flip, normalisation and the audio's log-mels
+and spectrogram crops are not loader work: the loaders deliver each clip's decoded uint8 window,
+the audio window and every view's parameters, and the trainer cuts and finishes the views batched
+on its device (``xkd.data.batch_finish``).
 ``device_finish`` reports that step's cost per sample run on this CPU, i.e. what CPU-only training
 pays for it in its main process; on a GPU it is device time.
 
@@ -81,7 +82,7 @@ def finish_cpu_ms(batch: dict, views, repeats: int = 5) -> float:
         begin = cpu_seconds()
         finish(batch)
         times.append(cpu_seconds() - begin)
-    return 1000 * sorted(times)[len(times) // 2] / batch["video_global"].shape[0]
+    return 1000 * sorted(times)[len(times) // 2] / batch["audio_window"].shape[0]
 
 
 def finish_gpu_ms(batch: dict, views, repeats: int = 5) -> float:
@@ -98,7 +99,7 @@ def finish_gpu_ms(batch: dict, views, repeats: int = 5) -> float:
         finish(batch)
         torch.cuda.synchronize(device)
         times.append(time.perf_counter() - begin)
-    return 1000 * sorted(times)[len(times) // 2] / batch["video_global"].shape[0]
+    return 1000 * sorted(times)[len(times) // 2] / batch["audio_window"].shape[0]
 
 
 def measure(make_loader, epochs: int, step_ms: float = 0.0) -> dict:
@@ -118,7 +119,7 @@ def measure(make_loader, epochs: int, step_ms: float = 0.0) -> dict:
             waited += time.perf_counter() - asked
             if batch is None:
                 break
-            samples += batch["video_global"].shape[0]
+            samples += batch["audio_window"].shape[0]
             batches += 1
             if step_ms:
                 time.sleep(step_ms / 1000)

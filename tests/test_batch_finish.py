@@ -1,6 +1,6 @@
 """The trainer's finishing of a loader batch (xkd/data/batch_finish.py, xkd/data/audio_finish.py):
-video views converted to RGB and normalised with their parameters, audio log-mels and spectrogram
-crops from the window."""
+video views cut from the clips' windows, converted to RGB and normalised with their parameters,
+audio log-mels and spectrogram crops from the window."""
 import math
 
 import numpy as np
@@ -16,15 +16,25 @@ from xkd.data.video_decode import RGB_TO_RGB, yuv_to_rgb_matrix
 VIEWS = views_config(**TINY_VIEWS)  # 2 s global (32000 samples, 224 frames), 1 s locals (112 frames)
 
 
-def random_views(n: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, frames, size, size), dtype=torch.uint8,
+def random_windows(clips: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    """(clips, T, 3, S, S) uint8: Y, U, V at full size (4:4:4)."""
+    return torch.randint(0, 256, (clips, frames, 3, size, size), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(seed))
 
 
+WINDOWS = random_windows(2, 8, 32)  # TINY_VIEWS: 8 global frames of 32 px, locals of 4 frames at 16 px
+
+
 def loader_batch(b: int = 2, n: int = 2) -> dict[str, torch.Tensor]:
+    """Crops that cut without resampling: the global box is the whole 32 px frame (its size), local
+    view v the 16 px quadrant (v, v) at frame offset 2 v."""
     g = torch.Generator().manual_seed(1)
+    quadrants = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
     return {
-        "video_global": random_views(b, 4, 8), "video_local": random_views(b * n, 2, 8).unflatten(0, (b, n)),
+        "video_luma": WINDOWS[:b, :, :1], "video_chroma": WINDOWS[:b, :, 1:],
+        "video_plane_size": torch.tensor([[[32, 32], [32, 32]]] * b),
+        "video_global_box": torch.tensor([[0.0, 0.0, 1.0, 1.0]] * b),
+        "video_local_offset": torch.tensor([[0, 2]] * b), "video_local_box": quadrants.expand(b, n, 4),
         # sample 0 decoded to RGB (DALI's decoders), sample 1 to BT.601 limited-range YUV (PyAV)
         "video_to_rgb": torch.from_numpy(np.stack([RGB_TO_RGB, yuv_to_rgb_matrix("bt601", full_range=False)])),
         "video_global_color": torch.tensor([[1.0, 1.0, 1.0, 0.0]] * b), "video_global_flip": torch.tensor([True, False]),
@@ -59,14 +69,16 @@ def test_finisher_gives_the_model_inputs():
     assert out["audio_global"].shape == (2, 1, 80, 224) and out["audio_local"].shape == (2, 2, 1, 80, 112)
     mean = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1, 1)
-    plain = (batch["video_global"].float() / 255 - mean) / std
+    video_global = WINDOWS.transpose(1, 2)  # (clips, C, T, H, W): the whole frames
+    video_local = video_global[:, :, 2:6, 16:, 16:]  # local view 1: frames 2..5, the bottom-right quadrant
+    plain = (video_global.float() / 255 - mean) / std
     torch.testing.assert_close(out["video_global"][0], plain[0].flip(-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["video_local"][0, 1], (batch["video_local"][0, 1].float() / 255 - mean) / std,
+    torch.testing.assert_close(out["video_local"][0, 1], (video_local[0].float() / 255 - mean) / std,
                                atol=1e-5, rtol=0)
     # sample 1 is YUV: the textbook BT.601 studio-swing equations, then the same normalisation
-    torch.testing.assert_close(out["video_global"][1], (bt601_limited_to_rgb(batch["video_global"][1]) - mean) / std,
+    torch.testing.assert_close(out["video_global"][1], (bt601_limited_to_rgb(video_global[1]) - mean) / std,
                                atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["video_local"][1, 1], (bt601_limited_to_rgb(batch["video_local"][1, 1]) - mean) / std,
+    torch.testing.assert_close(out["video_local"][1, 1], (bt601_limited_to_rgb(video_local[1]) - mean) / std,
                                atol=1e-5, rtol=0)
     # audio: docs/method.md §1.2-1.3 by hand, view by view
     logmel = LogMel(VIEWS)

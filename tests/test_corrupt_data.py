@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from media import TINY_VIEWS, ffmpeg, views_config, write_shard, free_port
+from xkd.data.batch_finish import cut_video_views
 from xkd.data.dali_pipeline import DaliClipLoader
 from xkd.data.sample_check import CorruptSamples, corruption_reason
 from xkd.data.sampler import EpochPlan, slot_candidates
@@ -190,11 +191,13 @@ def test_each_damage_is_replaced_counted_and_logged_once(kind, sources, tmp_path
         assert loader.state()["corrupt_samples"] == sorted(i for i, ref in enumerate(samples) if ref.key in damaged)
         assert len(runs[name]) == 2 * (len(samples) // 2)
         for batch in runs[name]:
-            assert batch["video_global"].shape == (2, 3, 8, 32, 32) and batch["audio_window"].shape == (2, 32000)
-            assert all(torch.isfinite(batch[view].float()).all() for view in ("video_global", "audio_window"))
+            video_global, _ = cut_video_views(batch, VIEWS)
+            assert video_global.shape == (2, 3, 8, 32, 32) and batch["audio_window"].shape == (2, 32000)
+            assert torch.isfinite(video_global).all() and torch.isfinite(batch["audio_window"]).all()
     assert not {key for batch in runs["torch"] for key in batch["key"]} & damaged
     for from_dali, from_dali_decoder, from_torch in zip(runs["dali"], runs["dali_decoder"], runs["torch"]):
-        assert torch.equal(from_dali["video_global"], from_torch["video_global"])  # the same decoder
+        for key in ("video_luma", "video_chroma", "video_global_box"):  # the same decoder and crops
+            assert torch.equal(from_dali[key], from_torch[key]), key
         for got in (from_dali, from_dali_decoder):
             assert torch.equal(got["audio_window"], from_torch["audio_window"])
             assert torch.equal(got["audio_local_box"], from_torch["audio_local_box"])
@@ -216,7 +219,8 @@ def test_resume_with_corrupt_samples_gives_the_same_batches(make_loader, sources
         assert len(again) == len(straight) - cut
         for (got, got_state), (expected, expected_state) in zip(again, straight[cut:]):
             assert got_state == expected_state
-            for view in ("video_global", "video_local", "audio_window", "audio_global_gain", "audio_local_box"):
+            for view in ("video_luma", "video_chroma", "video_global_box", "video_local_box", "audio_window",
+                         "audio_local_box"):
                 assert torch.equal(got[view], expected[view]), (cut, view)
 
 

@@ -16,7 +16,7 @@ from xkd.data.dali_pipeline import DaliClipLoader
 from xkd.data.sampler import EpochPlan
 from xkd.data.torch_loader import TorchClipLoader
 from xkd.data.audio_finish import AUDIO_PARAM_KEYS
-from xkd.data.batch_finish import LOADER_KEYS, BatchFinisher
+from xkd.data.batch_finish import BatchFinisher, cut_video_views, loader_keys
 from xkd.data.video_finish import VIDEO_PARAM_KEYS
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is needed to build the test shard")
@@ -36,6 +36,11 @@ def torch_loader(split, batch_size=2, plan=None, **kwargs):
                            **kwargs)
 
 
+def video(batch):
+    """The global video views of a loader batch (cut as the trainer cuts them; 0..255 floats)."""
+    return cut_video_views(batch, VIEWS)[0]
+
+
 def first_batch(loader):
     return next(iter(loader))
 
@@ -47,12 +52,16 @@ def finished(batch):
 
 def test_same_layout_as_torch_loader(split):
     from_dali, from_torch = first_batch(dali(split)), first_batch(torch_loader(split))
-    for name in LOADER_KEYS:
+    assert loader_keys(from_dali) == loader_keys(from_torch)
+    for name in loader_keys(from_dali):
         assert from_dali[name].shape == from_torch[name].shape, name
         assert from_dali[name].dtype == from_torch[name].dtype, name
-    assert from_dali["video_global"].dtype == from_dali["video_local"].dtype == torch.uint8
-    assert from_dali["video_global"].shape == (2, 3, 8, 32, 32)
-    assert from_dali["video_local"].shape == (2, 2, 3, 4, 16, 16)
+    assert from_dali["video_luma"].dtype == from_dali["video_chroma"].dtype == torch.uint8
+    assert from_dali["video_luma"].shape[:3] == (2, 8, 1) and from_dali["video_chroma"].shape[:3] == (2, 8, 2)
+    assert from_dali["video_plane_size"].shape == (2, 2, 2)
+    video_global, video_local = cut_video_views(from_dali, VIEWS)
+    assert video_global.shape == (2, 3, 8, 32, 32)
+    assert video_local.shape == (2, 2, 3, 4, 16, 16)
     assert from_dali["audio_window"].shape == (2, 32000) and from_dali["audio_window"].dtype == torch.float32
     assert from_dali["audio_local_box"].shape == (2, 2, 4)
     model_inputs = finished(from_dali)
@@ -65,7 +74,7 @@ def test_pyav_decoder_delivers_the_torch_loaders_views(split):
     the same YUV planes, crops, matrices and parameters, byte for byte."""
     plan = EpochPlan(len(split), seed=7)
     for x, y in zip(dali(split, plan=plan), torch_loader(split, plan=plan), strict=True):
-        for name in LOADER_KEYS:
+        for name in loader_keys(x):
             assert torch.equal(x[name], y[name]), name
 
 
@@ -127,7 +136,7 @@ def test_short_clip_padded_with_its_last_frame_like_torch_loader(split, decoder)
     x = next(iter(DaliClipLoader(short, views, 1, EpochPlan(1), seed=0, device="cpu", augment=False,
                                  cpu_decoder=decoder)))
     y = next(iter(TorchClipLoader(short, views, 1, num_workers=0, plan=EpochPlan(1), seed=0, augment=False)))
-    assert torch.equal(x["video_global"][:, :, -1], x["video_global"][:, :, -2])
+    assert torch.equal(video(x)[:, :, -1], video(x)[:, :, -2])
     assert (finished(x)["video_global"] - finished(y)["video_global"]).abs().mean() < 0.05
 
 
@@ -146,9 +155,9 @@ def test_two_ranks_disjoint_and_complete(split):
 
 @DECODERS
 def test_resume_mid_epoch_gives_identical_batches(split, decoder):
-    straight = [b["video_global"] for b in dali(split, batch_size=1, cpu_decoder=decoder)]
+    straight = [video(b) for b in dali(split, batch_size=1, cpu_decoder=decoder)]
     resumed_loader = dali(split, batch_size=1, start_epoch=0, start_position=3, cpu_decoder=decoder)
-    resumed = [b["video_global"] for b in resumed_loader]
+    resumed = [video(b) for b in resumed_loader]
     assert len(resumed) == len(straight) - 3
     for x, y in zip(straight[3:], resumed):
         assert torch.equal(x, y)
@@ -175,8 +184,8 @@ def test_corrupt_sample_replaced_and_counted(clips, tmp_path, caplog, decoder):
     with caplog.at_level(logging.WARNING, logger="xkd.data.sample_check"):
         batches = list(loader)
         batches += list(loader)  # the next epoch meets it again: not logged again
-    assert [b["video_global"].shape[0] for b in batches] == [2] * (2 * (len(split) // 2))
-    assert all(torch.isfinite(b["video_global"]).all() for b in batches)
+    assert [video(b).shape[0] for b in batches] == [2] * (2 * (len(split) // 2))
+    assert all(torch.isfinite(video(b)).all() for b in batches)
     ramp = next(i for i, ref in enumerate(split) if ref.key == "ramp")
     delivered = [int(i) for b in batches for i in b["sample_index"]]
     assert ramp not in delivered  # a stand-in took its place
@@ -227,7 +236,7 @@ def test_batch_made_ahead_is_not_consumed(split):
     """The loader makes batch k+1 while batch k is used; the position (what a checkpoint saves) counts
     batch k only, and an iterator left mid-epoch is continued by the next one without a gap or a
     repeat, as is a loader resumed from the saved state."""
-    straight = [b["video_global"] for b in dali(split, batch_size=1)]
+    straight = [video(b) for b in dali(split, batch_size=1)]
     loader = dali(split, batch_size=1)
     iterator = iter(loader)
     first = next(iterator)
@@ -237,11 +246,11 @@ def test_batch_made_ahead_is_not_consumed(split):
     saved = loader.state()
     assert saved["position"] == 2
     del iterator  # the trainer stops here (checkpoint, end of run); a new iterator continues
-    rest = [b["video_global"] for b in loader]
+    rest = [video(b) for b in loader]
     assert len(rest) == len(straight) - 2
-    for x, y in zip(straight, [first["video_global"], second["video_global"], *rest]):
+    for x, y in zip(straight, [video(first), video(second), *rest]):
         assert torch.equal(x, y)
-    resumed = [b["video_global"] for b in dali(split, batch_size=1, start_epoch=saved["epoch"],
+    resumed = [video(b) for b in dali(split, batch_size=1, start_epoch=saved["epoch"],
                                                start_position=saved["position"])]
     assert all(torch.equal(x, y) for x, y in zip(straight[2:], resumed)) and len(resumed) == len(rest)
 
@@ -255,7 +264,7 @@ def test_close_stops_every_loader_thread_and_keeps_the_position(split):
         return {t for t in threading.enumerate() if t.name.startswith("xkd-")}
 
     reference = dali(split, batch_size=1)
-    straight = [b["video_global"] for b in reference]
+    straight = [video(b) for b in reference]
     reference.close()
     before = loader_threads()  # other tests' loaders, never closed
     loader = dali(split, batch_size=1)
@@ -268,7 +277,7 @@ def test_close_stops_every_loader_thread_and_keeps_the_position(split):
     assert loader.state() == saved
     with pytest.raises(RuntimeError, match="close"):
         next(iter(loader))
-    resumed = [b["video_global"] for b in dali(split, batch_size=1, start_epoch=saved["epoch"],
+    resumed = [video(b) for b in dali(split, batch_size=1, start_epoch=saved["epoch"],
                                                start_position=saved["position"])]
     assert len(resumed) == len(straight) - 1
     assert all(torch.equal(x, y) for x, y in zip(straight[1:], resumed))
@@ -289,14 +298,14 @@ def test_batch_made_ahead_is_remade_when_more_corrupt_samples_are_known(split):
     assert corrupt not in {int(i) for b in rest for i in b["sample_index"]}
     assert len(rest) == len(resumed) == len(straight) - 2
     for got, expected in zip(rest, resumed):
-        assert torch.equal(got["video_global"], expected["video_global"])
+        assert torch.equal(video(got), video(expected))
         assert torch.equal(got["sample_index"], expected["sample_index"])
 
 
 def test_an_error_making_the_next_batch_skips_nothing(split):
     """The crops of batch 2 fail while batch 1 is used: batch 1 is handed out, the error comes when
     batch 2 is asked for, and a new iterator starts again at batch 2 (no batch lost, none twice)."""
-    straight = [b["video_global"] for b in dali(split, batch_size=1)]
+    straight = [video(b) for b in dali(split, batch_size=1)]
     loader = dali(split, batch_size=1)
     to_batch, calls = loader._to_batch, []
 
@@ -308,9 +317,9 @@ def test_an_error_making_the_next_batch_skips_nothing(split):
 
     loader._to_batch = failing_once
     iterator = iter(loader)
-    got = [next(iterator)["video_global"], next(iterator)["video_global"]]
+    got = [video(next(iterator)), video(next(iterator))]
     with pytest.raises(OSError, match="a crop thread failed"):
         next(iterator)
     assert loader.state()["position"] == 2
-    got += [b["video_global"] for b in loader]
+    got += [video(b) for b in loader]
     assert len(got) == len(straight) and all(torch.equal(x, y) for x, y in zip(got, straight))

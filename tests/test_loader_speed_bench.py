@@ -48,13 +48,13 @@ def test_torch_stages_reproduce_the_loader_and_cover_every_stage(sample_shards):
 
 
 def test_dali_loader_clock_splits_the_collation(sample_shards):
-    """The DALI loader's own work is timed on its thread: the video crops are part of _to_batch."""
+    """The DALI loader's own work is timed on its thread: the window copies (_planes) are part of _to_batch."""
     views = config_from_dict({}).views
     samples = index_split(sample_shards)
     plan = EpochPlan(len(samples), seed=0)
-    total, collation, crops = dali_stages.loader_cpu_ms(
+    total, collation, planes = dali_stages.loader_cpu_ms(
         lambda: DaliClipLoader(samples, views, 4, plan, seed=0, device="cpu", num_threads=1), epochs=1)
-    assert 0 < crops < collation < total
+    assert 0 < planes < collation < total
 
 
 def test_dali_floor_decodes_whole_videos_while_the_loader_cuts(sample_shards):

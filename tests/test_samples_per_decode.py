@@ -20,7 +20,8 @@ from xkd.data.format import HEIGHT, NUM_AUDIO_SAMPLES, NUM_FRAMES, WIDTH
 from xkd.data.sample_check import read_info
 from xkd.data.sampler import EpochPlan, clip_view_params
 from xkd.data.torch_loader import TorchClipLoader
-from xkd.data.batch_finish import LOADER_KEYS, BatchFinisher
+from xkd.data.batch_finish import SAMPLE_KEYS, BatchFinisher, cut_video_views, loader_keys
+from xkd.data.video_crops import plane_keys
 from xkd.data.view_params import draw_view_params, sample_seed
 from xkd.engine.ds_config import per_rank_batch
 
@@ -116,8 +117,12 @@ def test_each_dali_sample_is_the_one_sample_graph_of_its_parameters(split, decod
         alone = build_pipeline(OneSample(row, decoder), VIEWS, 1, "cpu", 1, seed=7, prefetch=1)
         alone.build()
         single = one_sample_loader._to_batch(alone.run())  # the k = 1 loader's batch of that graph
-        for key in LOADER_KEYS:
+        for key in SAMPLE_KEYS:
             assert torch.equal(batch[key][r], single[key][0]), key
+        for key in (*plane_keys(batch), "video_plane_size"):  # one window per clip: clip 0's
+            assert torch.equal(batch[key][0], single[key][0]), key
+        for got, alone_views in zip(cut_video_views(batch, VIEWS), cut_video_views(single, VIEWS)):
+            assert torch.equal(got[r], alone_views[0])
 
 
 @pytest.mark.parametrize("make_loader", [dali, torch_loader], ids=["dali", "torch"])
@@ -129,7 +134,7 @@ def test_resume_at_a_batch_boundary_gives_the_same_batches(split, make_loader):
     assert len(resumed) == len(straight) - 3
     for x, y in zip(straight[3:], resumed):
         assert indices(x) == indices(y)
-        for name in LOADER_KEYS:
+        for name in loader_keys(x):
             assert torch.equal(x[name], y[name]), name
     assert resumed_loader.state()["epoch"] == 1 and resumed_loader.state()["position"] == 0
 

@@ -18,8 +18,8 @@ from xkd.data.logmel import LogMel
 from xkd.data.sampler import EpochPlan
 from xkd.data.torch_loader import ClipDataset, TorchClipLoader, collate_clips
 from xkd.data.audio_finish import crop_spectrogram
-from xkd.data.batch_finish import BatchFinisher
-from xkd.data.torch_views import finish_view, global_video_view, local_video_views
+from xkd.data.batch_finish import BatchFinisher, cut_video_views
+from xkd.data.torch_views import crop_planes, finish_view
 from xkd.data.video_decode import decode_frames, decode_planes, yuv_to_rgb_matrix
 from xkd.data.video_finish import IMAGENET_MEAN, IMAGENET_STD, finish_video
 from xkd.data.view_params import ColorJitter, draw_view_params, sample_seed
@@ -35,16 +35,19 @@ def by_key(split, key: str) -> int:
 def test_shapes_and_dtypes(split):
     views = views_config(**TINY_VIEWS)
     dataset = ClipDataset(split, views, seed=0, epoch=0, indices=np.arange(len(split)))
-    (item,) = dataset[0]["samples"]
-    assert item["video_global"].shape == (3, 8, 32, 32)
-    assert item["video_local"].shape == (2, 3, 4, 16, 16)
+    (item,), (luma, chroma) = dataset[0]["samples"], dataset[0]["planes"]  # the window, decoded once
+    assert luma.shape[:2] == (8, 1) and chroma.shape[:2] == (8, 2) and luma.dtype == chroma.dtype == torch.uint8
+    assert chroma.shape[-2:] == ((luma.shape[-2] + 1) // 2, (luma.shape[-1] + 1) // 2)  # 4:2:0
     assert item["audio_window"].shape == (32000,)
     batch = collate_clips([dataset[0], dataset[4]])
     assert batch["found"] == [] and batch["key"] == [split[0].key, split[4].key]
     assert batch["index"].tolist() == [0, 4] and batch["index"].dtype == torch.int64
-    # Video views stay uint8 and audio a waveform until the trainer finishes them on its device,
-    # with these parameters.
-    expected = {"video_global": ((2, 3, 8, 32, 32), torch.uint8), "video_local": ((2, 2, 3, 4, 16, 16), torch.uint8),
+    # Video stays the decoded uint8 window and audio a waveform until the trainer cuts and finishes
+    # the views on its device, with these parameters.
+    assert batch["video_luma"].dtype == batch["video_chroma"].dtype == torch.uint8
+    assert batch["video_luma"].shape[:3] == (2, 8, 1) and batch["video_chroma"].shape[:3] == (2, 8, 2)
+    expected = {"video_plane_size": ((2, 2, 2), torch.int64), "video_global_box": ((2, 4), torch.float32),
+                "video_local_offset": ((2, 2), torch.int64), "video_local_box": ((2, 2, 4), torch.float32),
                 "audio_window": ((2, 32000), torch.float32), "video_to_rgb": ((2, 3, 4), torch.float32),
                 "video_global_color": ((2, 4), torch.float32), "video_global_flip": ((2,), torch.bool),
                 "video_local_color": ((2, 2, 4), torch.float32), "video_local_flip": ((2, 2), torch.bool),
@@ -95,7 +98,7 @@ def test_decode_frames_matches_full_decode(clips, key, tmp_path):
 def reference_global_view(luma: torch.Tensor, chroma: torch.Tensor, p, size: int) -> torch.Tensor:
     """The global video view written out with torchvision's ops alone (not xkd.data.torch_views):
     the relative box in luma pixels (luma (T, 1, H, W)), its edges rounded down to even pixels, and
-    half of it in the chroma (T, 2, H/2, W/2), bilinear antialiased resize, BT.601 studio-swing
+    half of it in the chroma (T, 2, H/2, W/2), bilinear antialiased resize (in float), BT.601 studio-swing
     YUV -> RGB, brightness / contrast / saturation / hue (grayscale when saturation is 0), flip,
     ImageNet normalisation, (T, C, H, W) -> (C, T, H, W)."""
     from torchvision.transforms.v2 import functional as tvf
@@ -105,7 +108,7 @@ def reference_global_view(luma: torch.Tensor, chroma: torch.Tensor, p, size: int
 
     def crop(plane):
         top, left, bottom, right = (edge * plane.shape[-1] // width for edge in edges)
-        return tvf.resize(plane[..., top:bottom, left:right], [size, size], antialias=True).double()
+        return tvf.resize(plane[..., top:bottom, left:right].float(), [size, size], antialias=True).double()
 
     y, (u, v) = crop(luma)[:, 0] - 16, crop(chroma).unbind(1)
     u, v = u - 128, v - 128
@@ -134,21 +137,29 @@ def test_global_window_synchronised(clips, split, repeats):
     audio, _ = soundfile.read(io.BytesIO(clips["ramp"]["flac"]), dtype="float32")
     index, starts = by_key(split, "ramp"), set()
     for epoch in range(4):
-        for p, item in zip(*views_of(split, views, epoch, index, repeats)):
+        params, items, window_planes = views_of(split, views, epoch, index, repeats)
+        for p, item in zip(params, items):
             start = p.video_start
             starts.add(start)
             assert p.audio_start == start * 2000
             planes = (luma[start:start + 8], chroma[start:start + 8])
+            assert all(torch.equal(a, b) for a, b in zip(window_planes, planes))
+            batch = collate_clips([{"planes": window_planes, "samples": [item], "found": []}])
+            video_global, video_local = cut_video_views(batch, views)
             expected = reference_global_view(*planes, p, views.video_global_size)
             torch.testing.assert_close(item["video_to_rgb"].numpy(), yuv_to_rgb_matrix("bt601", full_range=False))
-            finished = finish_video(item["video_global"][None], item["video_global_color"][None],
+            finished = finish_video(video_global, item["video_global_color"][None],
                                     item["video_global_flip"][None], rgb_matrix=item["video_to_rgb"][None])[0]
-            torch.testing.assert_close(finished, expected, atol=2e-5, rtol=0)
-            assert torch.equal(item["video_local"], local_video_views(planes, p, views))
+            torch.testing.assert_close(finished, expected, atol=2e-4, rtol=0)
+            for v in range(views.video_local_views):  # Tl frames at the view's offset, cropped by its box
+                offset = int(p.local_offsets[v])
+                frames = [plane[offset:offset + views.video_local_frames].float() for plane in planes]
+                local = crop_planes(frames, p.local_boxes[v], views.video_local_size).transpose(0, 1)
+                torch.testing.assert_close(video_local[0, v], local, atol=2e-3, rtol=0)
             window = torch.from_numpy(audio[start * 2000:start * 2000 + 32000])
             assert torch.equal(item["audio_window"], window)
             assert item["audio_global_gain"] == torch.tensor(p.audio_gain, dtype=torch.float32)
-            finished = finisher(collate_clips([{"samples": [item], "found": []}]))
+            finished = finisher(batch)
             torch.testing.assert_close(finished["audio_global"][0], logmel((window * p.audio_gain)[None]),
                                        atol=1e-5, rtol=0)
             for a in range(2):
@@ -162,14 +173,15 @@ def test_global_window_synchronised(clips, split, repeats):
     assert any(start > 0 for start in starts)  # the seek path ran
 
 
-def views_of(split, views, epoch: int, index: int, repeats: int) -> tuple[list, list[dict]]:
-    """(view parameters, views) of each of clip ``index``'s samples; k > 1 draws differ per sample."""
+def views_of(split, views, epoch: int, index: int, repeats: int) -> tuple[list, list[dict], tuple]:
+    """(view parameters, items) of each of clip ``index``'s samples, and the clip's decoded window
+    (its planes); k > 1 draws differ per sample."""
     dataset = ClipDataset(split, views, seed=3, epoch=epoch, indices=np.arange(len(split)), repeats=repeats)
-    params, samples = dataset.params(index), dataset[index]["samples"]
-    assert len(params) == len(samples) == repeats
+    params, item = dataset.params(index), dataset[index]
+    assert len(params) == len(item["samples"]) == repeats
     assert len({p.video_start for p in params}) == 1  # one window, decoded once
     assert len({tuple(p.global_box) for p in params}) == repeats
-    return params, samples
+    return params, item["samples"], item["planes"]
 
 
 def test_global_window_exact_with_padding(clips, split):
@@ -178,13 +190,14 @@ def test_global_window_exact_with_padding(clips, split):
     index = by_key(split, "single_face")
     dataset = ClipDataset(split, views, seed=0, epoch=0, indices=[index])
     (p,), (item,) = dataset.params(index), dataset[0]["samples"]
+    video_global, _ = cut_video_views(collate_clips([dataset[0]]), views)
     audio, _ = soundfile.read(io.BytesIO(clips["single_face"]["flac"]), dtype="float32")
     assert p.video_start == 0 and len(audio) < 64000
     window = torch.zeros(64000)
     window[:len(audio)] = torch.from_numpy(audio)
     assert torch.equal(item["audio_window"], window)
     # The video is shorter than 32 frames: padded by repeating its last frame.
-    assert torch.equal(item["video_global"][:, -1], item["video_global"][:, -2])
+    assert torch.equal(video_global[0, :, -1], video_global[0, :, -2])
 
 
 def test_logmel_matches_spec_formula():
@@ -231,13 +244,14 @@ def test_resume_mid_epoch_reproduces_batches(split):
     assert len(batches) == 2
     for got, expected in zip(batches, uninterrupted[1:]):
         assert got["key"] == expected["key"]
-        for name in ("video_global", "video_local", "audio_window", "audio_global_gain", "audio_local_box", "index"):
+        for name in ("video_luma", "video_chroma", "video_plane_size", "video_global_box", "video_local_box",
+                     "audio_window", "audio_global_gain", "audio_local_box", "index"):
             assert torch.equal(got[name], expected[name]), name
     # The next epoch follows: a different order and different views of the same samples.
     assert resumed.state() == {"epoch": 1, "position": 0, **clean}
     next_epoch = next(iter(resumed))
     assert resumed.state() == {"epoch": 1, "position": 2, **clean}
-    assert not torch.equal(next_epoch["video_global"], uninterrupted[0]["video_global"])
+    assert not torch.equal(next_epoch["video_global_box"], uninterrupted[0]["video_global_box"])
 
 
 def test_views_depend_only_on_seed_epoch_index(split):
@@ -246,7 +260,7 @@ def test_views_depend_only_on_seed_epoch_index(split):
     b = ClipDataset(split, views, seed=7, epoch=2, indices=[1])
     c = ClipDataset(split, views, seed=7, epoch=3, indices=[1])
     (first,), (again,), (other,) = a[1]["samples"], b[0]["samples"], c[0]["samples"]
-    for name in ("video_global", "video_local", "audio_global_gain", "audio_local_gain", "audio_local_box"):
+    for name in ("video_global_box", "video_local_box", "audio_global_gain", "audio_local_gain", "audio_local_box"):
         assert torch.equal(first[name], again[name])
         assert not torch.equal(first[name], other[name])
     assert torch.equal(first["audio_window"], again["audio_window"])
@@ -265,7 +279,7 @@ def test_corrupt_samples_are_replaced_and_counted(clips, tmp_path, caplog):
     slot = dataset[0]  # garbage's slot: good_b, 2 positions on, stands in
     (item,), (own,) = slot["samples"], dataset[2]["samples"]
     assert item["key"] == "good_b" and [split[i].key for i, _ in slot["found"]] == ["garbage"]
-    assert not torch.equal(item["video_global"], own["video_global"])  # good_b's own slot: other views
+    assert not torch.equal(item["video_global_box"], own["video_global_box"])  # good_b's own slot: other views
 
     loader = TorchClipLoader(split, views, batch_size=2, num_workers=2, plan=EpochPlan(4), seed=0)
     with caplog.at_level(logging.WARNING, logger="xkd.data.sample_check"):
@@ -281,15 +295,15 @@ def test_corrupt_samples_are_replaced_and_counted(clips, tmp_path, caplog):
 
 
 def test_view_ops_semantics(clips):
-    """Full box = plain resize (uint8, CTHW); identity finish = normalisation; flip, grayscale,
+    """Full box = plain resize (uint8); identity finish = normalisation; flip, grayscale,
     spectrogram crop."""
     views = views_config(**TINY_VIEWS)
     frames = full_decode(clips["world"]["webm"])[:8]
     p = draw_view_params(sample_seed(0, 0, 0), views, 48, 96000, frames.shape[2], frames.shape[3])
     plain = replace(p, global_box=np.array([0, 0, 1, 1], np.float32))
     resized = F.resize(frames, [32, 32], antialias=True)
-    view = global_video_view((frames,), plain, views)
-    assert view.dtype == torch.uint8 and torch.equal(view, resized.permute(1, 0, 2, 3))
+    view = crop_planes((frames,), plain.global_box, views.video_global_size)
+    assert view.dtype == torch.uint8 and torch.equal(view, resized)
     expected = F.normalize(resized.float() / 255, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
     torch.testing.assert_close(finish_view(resized), expected, atol=1e-5, rtol=0)
     assert torch.equal(finish_view(resized, flip=True), finish_view(resized).flip(-1))

@@ -9,30 +9,27 @@ Stages (one DALI graph; the video decoder depends on the device):
     -> decoders.video                    GPU: the window's frames by NVDEC ("mixed"), uint8 FHWC RGB
                                          (CPU with ``cpu_decoder="dali"``: DALI's CPU decoder)
     (PyAV's planes and the audio window pass through; moved to the GPU on the GPU path)
-    then, in the loader (torch, on the frames where DALI left them: host or GPU)
-    -> global view, local views          crop box + resize (xkd.data.torch_views, as the PyTorch loader)
+    then, in the loader (torch, where DALI left the frames: host or GPU)
+    -> each clip's window                 padded to the batch's largest frame (xkd.data.video_crops)
 
 Why PyAV decodes on the CPU path: DALI 2.4's CPU ``decoders.video`` cannot seek (it decodes every
 frame before the window; the source's cut limits that to the window's GOP) and converts every
 frame to RGB, which at 128 px costs more than the decode itself. PyAV seeks, and its YUV planes
-go to the trainer, which converts the cropped views on its device: a third less CPU per
+go to the trainer, which cuts the views and converts them on its device: a third less CPU per
 window (BENCHMARKS.md, issue 15). The PyTorch loader decodes the same way, so on the CPU the two
 loaders deliver identical views. ``cpu_decoder="dali"`` keeps DALI's decoder
 on the CPU: the GPU path's graph, run where there is no GPU (tests, benchmarks).
 
-The video crops are cut with torchvision from DALI's frames: DALI 2.4's CPU ``resize`` cost
-4-11 ms per sample where torchvision's uint8 resize costs ~1.5 (BENCHMARKS.md, issue 15), and
-both loaders then share one crop. With ``data.samples_per_decode`` k, a DALI batch is B / k
-clips: each is decoded once and gives k samples, each with its own view parameters, side by side
-in the batch of B (a clip's samples share its window, video and audio).
-
-The rest is not in the graph either: every view's remaining parameters pass through it beside
-the frames and the audio window, with each clip's YUV -> RGB matrix (``video_to_rgb``; for
-DALI's decoder, which converts with BT.601 whatever the stream says, the correction to the
-stream's standard), and the trainer finishes the batch on its device
-(:class:`xkd.data.batch_finish.BatchFinisher`, shared with the PyTorch loader): conversion to RGB,
-colour jitter, grayscale, blur, flip and normalisation of the video, gains, log-mels and
-spectrogram crops of the audio.
+The video views are not cut in the graph either (DALI 2.4's CPU ``resize`` cost 4-11 ms per
+sample; BENCHMARKS.md, issue 15): every view's parameters pass through it beside the frames and
+the audio window, with each clip's YUV -> RGB matrix (``video_to_rgb``; for DALI's decoder, which
+converts with BT.601 whatever the stream says, the correction to the stream's standard), and the
+trainer makes the views on its device (:class:`xkd.data.batch_finish.BatchFinisher`, shared with
+the PyTorch loader): crops and resizes, conversion to RGB, colour jitter, grayscale, blur, flip
+and normalisation of the video, gains, log-mels and spectrogram crops of the audio. With
+``data.samples_per_decode`` k, a DALI batch is B / k clips: each is decoded once and gives k
+samples, each with its own view parameters, side by side in the batch of B (a clip's samples
+share its window, video and audio).
 
 Sample order and every random parameter are decided in Python (``EpochPlan`` and
 ``draw_view_params``) and passed into the graph. DALI 2.4 cannot checkpoint a pipeline
@@ -65,21 +62,22 @@ from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, corruption_reason, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
-from xkd.data.torch_views import VideoCrops, global_video_view, local_video_views
+from xkd.data.video_crops import RGB_PLANE_KEYS, YUV_PLANE_KEYS, pad_planes, plane_sizes
 from xkd.data.video_cut import cut_window
 from xkd.data.video_decode import bt601_rgb_matrix, decode_planes, stream_colour_standard
 from xkd.data.view_params import ClipViewParams
 
 # View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
-# They pass through the graph: the loader cuts the video views with the crops, the trainer uses the rest.
+# They pass through the graph to the trainer, which cuts and finishes the views.
 REPEAT_COLUMNS = (
     "global_box", "global_flip", "global_color", "local_offsets", "local_boxes", "local_flips", "local_colors",
     "local_blur", "audio_gain", "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
 )
 # Parameter columns the loader hands on to the trainer (one row per clip, a leading repeat axis)
-# -> the batch's ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish).
-FINISH_COLUMNS = {"global_color": "video_global_color", "global_flip": "video_global_flip",
-                  "local_colors": "video_local_color", "local_flips": "video_local_flip",
+# -> the batch's ``VIDEO_CROP_KEYS``, ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish).
+FINISH_COLUMNS = {"global_box": "video_global_box", "local_offsets": "video_local_offset",
+                  "local_boxes": "video_local_box", "global_color": "video_global_color",
+                  "global_flip": "video_global_flip", "local_colors": "video_local_color", "local_flips": "video_local_flip",
                   "local_blur": "video_local_blur", "audio_gain": "audio_global_gain",
                   "audio_local_offsets": "audio_local_offset", "audio_local_gains": "audio_local_gain",
                   "audio_local_boxes": "audio_local_box"}
@@ -315,17 +313,17 @@ EPOCH_END = object()  # DaliClipLoader.ahead at the end of an epoch
 class DaliClipLoader:
     """Batches of views from shards through DALI, with an exact position for checkpoints.
 
-    Iterating yields one epoch of batch dicts (``xkd.data.batch_finish.LOADER_KEYS`` plus
+    Iterating yields one epoch of batch dicts (``xkd.data.batch_finish.loader_keys`` plus
     ``sample_index``; the trainer's ``BatchFinisher`` makes the model's inputs); ``state()`` is
     {"epoch", "position"}, the epoch and the samples this rank consumed in it, plus the corrupt
     samples known (:class:`~xkd.data.sample_check.CorruptSamples`).
 
     On the CPU-decode path the next batch is made while the caller works on the current one (DALI's
-    own prefetch covers the graph; ``ahead`` covers the crops after it). The position counts
+    own prefetch covers the graph; ``ahead`` covers the padding copies after it). The position counts
     consumed batches only. A batch made ahead is the batch at the position: a new iterator (after
     one left mid-epoch) starts with it; it is dropped, and made again, when more corrupt samples
     become known. An error making it is raised when that batch is asked for, with the graph rebuilt
-    at the position, so nothing is skipped by a caller that goes on. On the GPU the crops are
+    at the position, so nothing is skipped by a caller that goes on. On the GPU the copies are
     kernels on the training stream: nothing is made ahead there.
     """
 
@@ -347,12 +345,9 @@ class DaliClipLoader:
         # these threads also decode the video (PyAV releases the GIL), so they get all of num_threads.
         readers = num_threads if self.decoder == "pyav" else min(4, num_threads)
         self.reader = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="xkd-read")
-        # Cuts the video views from DALI's host frames (_video_views); inline with one thread, and on the
-        # GPU, where the crops are kernels queued on one stream anyway.
-        self.cropper = (ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="xkd-crop")
-                        if num_threads > 1 and device == "cpu" else None)
-        # Turns DALI's outputs into the next batch (the crops above) while the model trains on this one.
-        # CPU decode only: on the GPU the crops are kernels, queued from the loop's thread (its device).
+        # Turns DALI's outputs into the next batch (_planes: copies out of DALI's buffers) while the model
+        # trains on this one. CPU decode only: on the GPU the copies are kernels, queued from the loop's
+        # thread (its device).
         self.batcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xkd-batch") if device == "cpu" else None
         # What was made ahead of ``position`` (CPU decode): (its clip position, the corrupt samples found
         # there, the future of the batch); EPOCH_END; the error making it raised; None: nothing.
@@ -434,10 +429,8 @@ class DaliClipLoader:
         planes, (to_rgb, window, *params, sample_index) = outputs[:groups], outputs[groups:]
         params = dict(zip(REPEAT_COLUMNS, (to_torch_tensor(out.as_tensor(), copy=True) for out in params)))
         repeats = self.plan.samples_per_decode
-        video_global, video_local = self._video_views(planes, params)
         batch = {
-            "video_global": video_global,
-            "video_local": video_local,
+            **self._planes(planes),
             "video_to_rgb": to_torch_tensor(to_rgb.as_tensor(), copy=True).repeat_interleave(repeats, dim=0),
             # A clip's samples share its window.
             "audio_window": to_torch_tensor(window.as_tensor(), copy=True).repeat_interleave(repeats, dim=0),
@@ -447,6 +440,9 @@ class DaliClipLoader:
         # (clips, repeats, ...) -> (clips * repeats, ...): the same clip-major order as the views.
         for name, key in FINISH_COLUMNS.items():
             batch[key] = params[name].flatten(0, 1)
+        batch["video_global_box"] = batch["video_global_box"].float()
+        batch["video_local_offset"] = batch["video_local_offset"].long()
+        batch["video_local_box"] = batch["video_local_box"].float()
         batch["video_global_flip"] = batch["video_global_flip"].bool()
         batch["video_local_flip"] = batch["video_local_flip"].bool()
         batch["audio_global_gain"] = batch["audio_global_gain"].float()
@@ -455,40 +451,22 @@ class DaliClipLoader:
         batch["audio_local_box"] = batch["audio_local_box"].float()
         return batch
 
-    def _video_views(self, planes, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sample's uint8 video views (global (B, 3, Tg, S, S), local (B, n_v, 3, Tl, s, s)), cut
-        from its clip's decoded window (DALI's FHWC frames or PyAV's planes, on the host or the GPU,
-        read in place) with the PyTorch loader's functions; a clip's samples side by side. On the
-        host, clips are cut in ``num_threads`` threads (torch releases the GIL), one batch ahead of
-        the training loop (``_make``)."""
+    def _planes(self, planes) -> dict[str, torch.Tensor]:
+        """Each clip's window from DALI's outputs (DALI's FHWC RGB frames or PyAV's planes, on the
+        host or the GPU), padded into one tensor per plane group (``video_crops.pad_planes``), with
+        the true sizes: the trainer cuts the views from them on its device."""
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
+        # On the GPU a copy first: DALI may reuse its buffer on its own stream before the padding
+        # copy queued on torch's runs. On the host the padding copies out of DALI's buffer at once.
         on_gpu = self.device == "gpu"
-
-        def clip_window(clip: int) -> tuple[torch.Tensor, ...]:
-            # On the host a view of DALI's buffer (the crops are done with it before _video_views
-            # returns); on the GPU a copy, as the crop kernels may still be queued when DALI reuses its
-            # buffer on its own stream.
-            window = tuple(to_torch_tensor(group[clip], copy=on_gpu) for group in planes)
-            if self.decoder == "dali":  # (F, H, W, C) -> (F, C, H, W); PyAV's planes are (F, C, H, W)
-                window = (window[0].permute(0, 3, 1, 2),)
-            return window
-
-        def clip_views(clip: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-            with torch.no_grad():
-                window = clip_window(clip)
-                views = []
-                for r in range(self.plan.samples_per_decode):
-                    crops = VideoCrops(params["global_box"][clip, r].numpy(), params["local_offsets"][clip, r].numpy(),
-                                       params["local_boxes"][clip, r].numpy())
-                    views.append((global_video_view(window, crops, self.views),
-                                  local_video_views(window, crops, self.views)))
-                return views
-
-        clips = range(len(planes[0]))
-        per_clip = list(self.cropper.map(clip_views, clips)) if self.cropper else [clip_views(c) for c in clips]
-        samples = [views for clip in per_clip for views in clip]
-        return torch.stack([g for g, _ in samples]), torch.stack([local for _, local in samples])
+        windows = [[to_torch_tensor(group[clip], copy=on_gpu) for clip in range(len(group))] for group in planes]
+        if self.decoder == "dali":  # (F, H, W, C) -> (F, C, H, W); PyAV's planes are (F, C, H, W)
+            windows = [[window.permute(0, 3, 1, 2) for window in windows[0]]]
+        keys = RGB_PLANE_KEYS if self.decoder == "dali" else YUV_PLANE_KEYS
+        batch = {key: pad_planes(group) for key, group in zip(keys, windows)}
+        batch["video_plane_size"] = torch.stack([plane_sizes(clip) for clip in zip(*windows)])
+        return batch
 
     def _make(self) -> tuple[int, list, Future] | object:
         """Run the graph for the batch at the graph's position and start turning it into a batch
@@ -527,20 +505,20 @@ class DaliClipLoader:
         """Forget what was made ahead (more corrupt samples are known than when it was made, or it
         failed) and rebuild the graph at the consumed position."""
         if isinstance(self.ahead, tuple):
-            self.ahead[2].exception()  # waits: its crops read DALI's buffers, done before the graph goes
+            self.ahead[2].exception()  # waits: it reads DALI's buffers, done before the graph goes
         self.ahead = None
         self._build()
 
     def close(self) -> None:
-        """Stop the loader's threads (read-ahead, crops, the batch made ahead) and free the graph.
+        """Stop the loader's threads (read-ahead, the batch made ahead) and free the graph.
         The position and ``state()`` stay valid; the loader cannot be iterated afterwards."""
         if isinstance(self.ahead, tuple):
-            self.ahead[2].exception()  # its crops read DALI's buffers: done before the graph goes
+            self.ahead[2].exception()  # it reads DALI's buffers: done before the graph goes
         self.ahead = None
-        for pool in (self.batcher, self.cropper, self.reader):
+        for pool in (self.batcher, self.reader):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        self.batcher = self.cropper = self.reader = None
+        self.batcher = self.reader = None
         self.pipeline = self.source = None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -568,7 +546,7 @@ class DaliClipLoader:
                 self._build()
                 return
             batch = self._deliver()
-            if self.batcher is not None:  # host crops: made while the model trains on this batch
+            if self.batcher is not None:  # host copies: made while the model trains on this batch
                 try:
                     self.ahead = self._make()
                 except Exception as error:  # raised when that batch is asked for, not instead of this one

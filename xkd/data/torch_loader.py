@@ -1,18 +1,20 @@
 """Pure-PyTorch fallback loader: shards -> batches of global and local views (docs/method.md §1).
 
-Applies the same :class:`~xkd.data.view_params.ClipViewParams` as the DALI pipeline, drawn per
+Delivers the same :class:`~xkd.data.view_params.ClipViewParams` as the DALI pipeline, drawn per
 (seed, epoch, sample index), so a sample's views do not depend on the worker, the batch or a
-resume. Video is decoded with PyAV into its YUV planes (:func:`xkd.data.video_decode.decode_planes`;
-the trainer converts the views to RGB), audio with libsndfile; the view operations live in
-:mod:`xkd.data.torch_views`.
+resume. Video is decoded with PyAV into its YUV planes (:func:`xkd.data.video_decode.decode_planes`),
+audio with libsndfile; the views are cut and finished by the trainer on its device
+(:mod:`xkd.data.batch_finish`).
 
-Batch layout (``xkd.data.batch_finish.LOADER_KEYS``): uint8 video_global (B, 3, Tg, S, S) and
-video_local (B, n_v, 3, Tl, s, s) in YUV with each sample's video_to_rgb matrix (B, 3, 4), the
-float32 audio_window (B, N) of the 4 s window, each view's remaining parameters
-(:class:`~xkd.data.batch_finish.BatchFinisher` turns them into the model's inputs on the training
-device), plus "key" (list of str) and "index" (B,) int64 split-level sample indices. With
-``data.samples_per_decode`` k, a batch holds B / k clips, each decoded once and giving k
-consecutive samples (:func:`~xkd.data.sampler.clip_view_params`).
+Batch layout (``xkd.data.batch_finish.loader_keys``): per clip, its decoded window as uint8
+video_luma (clips, Tg, 1, H, W) and video_chroma (clips, Tg, 2, h, w), padded to the batch's
+largest frame, with video_plane_size (clips, 2, 2) the true sizes; per sample, its crop boxes and
+offsets, its video_to_rgb matrix (B, 3, 4), the float32 audio_window (B, N) of the 4 s window and
+each view's remaining parameters (:class:`~xkd.data.batch_finish.BatchFinisher` crops the views
+and turns them into the model's inputs on the training device), plus "key" (list of str) and
+"index" (B,) int64 split-level sample indices. With ``data.samples_per_decode`` k, a batch holds
+B / k clips, each decoded once and giving k consecutive samples
+(:func:`~xkd.data.sampler.clip_view_params`).
 
 A corrupt sample is replaced in its batch by the first readable stand-in of its slot
 (:func:`~xkd.data.sampler.slot_candidates`, the same rule as the DALI loader), so batches stay
@@ -28,12 +30,12 @@ from torch.utils.data import DataLoader, Dataset
 from xkd.config import ViewsConfig
 from xkd.data.audio_finish import audio_param_tensors
 from xkd.data.audio_window import read_audio_window
-from xkd.data.batch_finish import LOADER_KEYS
+from xkd.data.batch_finish import SAMPLE_KEYS
 from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
-from xkd.data.torch_views import global_video_view, local_video_views
+from xkd.data.video_crops import YUV_PLANE_KEYS, crop_param_tensors, pad_planes, plane_sizes
 from xkd.data.video_decode import decode_planes
 from xkd.data.video_finish import video_param_tensors
 from xkd.data.view_params import ClipViewParams
@@ -79,16 +81,17 @@ class ClipDataset(Dataset):
             if index in self.known:
                 continue
             try:
-                samples = self.load(index, stand_in_for)
+                planes, samples = self.load(index, stand_in_for)
             except Exception as error:  # any unreadable member makes the sample corrupt, never the run
                 found.append((index, describe(error)))
                 continue
-            return {"samples": samples, "found": found}
+            return {"planes": planes, "samples": samples, "found": found}
         raise NoReadableSample(f"epoch {self.epoch}: no sample of this rank's {len(self.indices)} is readable "
                                f"(slot {position}; last: {found[-1][1] if found else 'all known corrupt'})")
 
-    def load(self, index: int, stand_in_for: int | None = None) -> list[dict]:
-        """The views of each of the clip's samples: one decode of the shared window, views per sample."""
+    def load(self, index: int, stand_in_for: int | None = None) -> tuple[tuple[torch.Tensor, ...], list[dict]]:
+        """One decode of the window the clip's samples share (its YUV planes), and each sample's
+        parameters and audio window; the views are cut from the planes on the training device."""
         v, ref = self.views, self.samples[index]
         info = read_info(ref)
         params = self._params(info, index, stand_in_for)
@@ -97,23 +100,23 @@ class ClipDataset(Dataset):
                                stored_frames=int(info[NUM_FRAMES]))
         audio_window = int(round(v.audio_global_seconds * v.audio_sample_rate))
         audio = read_audio(ref.read(AUDIO_EXT), first.audio_start, audio_window, v.audio_sample_rate)
-        with torch.no_grad():
-            return [{
-                "video_global": global_video_view(window.planes, p, v),
-                "video_local": local_video_views(window.planes, p, v),
-                "audio_window": audio,  # the log-mels are computed on the training device
-                **video_param_tensors(p, window.to_rgb),  # RGB, colour, flip, blur: on the training device
-                **audio_param_tensors(p),  # gains, local offsets, spectrogram crops: likewise
-                "key": ref.key,
-                "index": index,
-            } for p in params]
+        return window.planes, [{
+            "audio_window": audio,  # the log-mels are computed on the training device
+            **crop_param_tensors(p),  # crops, RGB, colour, flip, blur: on the training device
+            **video_param_tensors(p, window.to_rgb),
+            **audio_param_tensors(p),  # gains, local offsets, spectrogram crops: likewise
+            "key": ref.key,
+            "index": index,
+        } for p in params]
 
 
 def collate_clips(items: list[dict]) -> dict:
-    """Stack the views of every sample of the items (a clip's samples next to each other); "found"
-    lists the corrupt samples the batch's slots tried."""
+    """The clips' planes padded into one tensor per group, and every sample's parameters stacked (a
+    clip's samples next to each other); "found" lists the corrupt samples the batch's slots tried."""
     samples = [sample for item in items for sample in item["samples"]]
-    batch = {name: torch.stack([sample[name] for sample in samples]) for name in LOADER_KEYS}
+    batch = {key: pad_planes(windows) for key, windows in zip(YUV_PLANE_KEYS, zip(*(item["planes"] for item in items)))}
+    batch["video_plane_size"] = torch.stack([plane_sizes(item["planes"]) for item in items])
+    batch.update({name: torch.stack([sample[name] for sample in samples]) for name in SAMPLE_KEYS})
     batch["key"] = [sample["key"] for sample in samples]
     batch["index"] = torch.tensor([sample["index"] for sample in samples], dtype=torch.int64)
     batch["found"] = [found for item in items for found in item["found"]]

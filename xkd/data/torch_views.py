@@ -1,29 +1,20 @@
-"""Per-view tensor operations of both loaders (docs/method.md §1): the PyTorch loader on the frames
-PyAV decoded, the DALI loader on the frames DALI decoded (torchvision's uint8 resize is several
-times cheaper on a CPU than DALI's CPU ``resize``; BENCHMARKS.md, issue 15).
-
-Each function applies one clip's :class:`~xkd.data.view_params.ClipViewParams` (drawn once per
-(seed, epoch, sample)) to decoded frames or to an audio window; no randomness is drawn here.
-Video goes in as the decoder's planes (uint8 (T, C_i, H_i, W_i) each: YUV luma and chroma from
-PyAV, whose chroma may have half the luma's size, or one RGB group from DALI's decoders) and comes
-out cropped and resized, uint8 (3, T, S, S), in the planes' colour space (the conversion to RGB,
-colour, blur, flip and normalisation run batched on the training device, xkd/data/video_finish.py);
-audio leaves the loader as the float32 waveform window (its log-mels are computed on the training
-device, xkd/data/audio_finish.py).
+"""One view at a time, with torchvision (docs/method.md §1.3): the evaluation's crops
+(:func:`crop_resize`, :func:`finish_view`) and the definition of the training views' crop
+(:func:`crop_planes`), which :mod:`xkd.data.video_crops` computes for a whole batch on the
+training device (tests/test_video_crops.py holds the two equal). No randomness is drawn here.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
-from xkd.config import ViewsConfig
+from xkd.data.video_crops import CROP_GRID
 from xkd.data.video_finish import finish_video
-from xkd.data.view_params import IDENTITY_COLOR, ClipViewParams, ColorJitter
+from xkd.data.view_params import IDENTITY_COLOR, ColorJitter
 
 
 def crop_resize(frames: torch.Tensor, box: np.ndarray, size: int) -> torch.Tensor:
@@ -35,11 +26,6 @@ def crop_resize(frames: torch.Tensor, box: np.ndarray, size: int) -> torch.Tenso
     crop_w = max(round(float(box[3]) * width) - left, 1)
     return F.resized_crop(frames, top, left, crop_h, crop_w, [size, size],
                           interpolation=InterpolationMode.BILINEAR, antialias=True)
-
-
-# The loaders' crop edges lie on even pixels: the chroma grid of 4:2:0 video, whether the decoder
-# delivers its planes (PyAV) or RGB (DALI, NVDEC), so a sample's views are the same crops either way.
-CROP_GRID = 2
 
 
 def crop_planes(planes: Sequence[torch.Tensor], box: np.ndarray, size: int, grid: int = CROP_GRID) -> torch.Tensor:
@@ -73,31 +59,3 @@ def finish_view(frames: torch.Tensor, color: ColorJitter = IDENTITY_COLOR, flip:
     view = frames.permute(1, 0, 2, 3)[None]
     factors = None if color == IDENTITY_COLOR else torch.from_numpy(color.as_array())[None]
     return finish_video(view, factors, torch.tensor([flip]))[0]
-
-
-class VideoCrops(NamedTuple):
-    """The crop parameters of one sample's video views (a :class:`ClipViewParams` has the same fields)."""
-    global_box: np.ndarray  # (4,) relative (top, left, bottom, right)
-    local_offsets: np.ndarray  # (n_v,) frame offsets inside the global window
-    local_boxes: np.ndarray  # (n_v, 4)
-
-
-def global_video_view(planes: Sequence[torch.Tensor], p: ClipViewParams | VideoCrops, views: ViewsConfig
-                      ) -> torch.Tensor:
-    """The global window's planes (Tg frames each) -> uint8 (3, Tg, S, S): crop + resize. The
-    conversion to RGB, colour, flip and normalisation follow on the training device
-    (:mod:`xkd.data.video_finish`). Both loaders cut their views with this and the next function."""
-    return crop_planes(planes, p.global_box, views.video_global_size).permute(1, 0, 2, 3).contiguous()
-
-
-def local_video_views(planes: Sequence[torch.Tensor], p: ClipViewParams | VideoCrops, views: ViewsConfig
-                      ) -> torch.Tensor:
-    """The global window's planes (Tg frames each) -> uint8 (n_v, 3, Tl, s, s): for each local view,
-    Tl consecutive frames at its offset, crop + resize. The conversion to RGB, colour (or
-    grayscale), blur, flip and normalisation follow on the training device."""
-    out = []
-    for v in range(views.video_local_views):
-        start = int(p.local_offsets[v])
-        frames = [plane[start:start + views.video_local_frames] for plane in planes]
-        out.append(crop_planes(frames, p.local_boxes[v], views.video_local_size).permute(1, 0, 2, 3))
-    return torch.stack(out)

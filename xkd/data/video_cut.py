@@ -16,7 +16,7 @@ import io
 import av
 import numpy as np
 
-from xkd.data.frame_time import frame_index, seek_to_frame
+from xkd.data.frame_time import frame_clock, seek_to_frame
 
 
 def cut_video(data: bytes, start: int, end: int, fps: int) -> tuple[bytes, int]:
@@ -34,7 +34,7 @@ def cut_video(data: bytes, start: int, end: int, fps: int) -> tuple[bytes, int]:
     with av.open(io.BytesIO(data)) as source:
         stream = source.streams.video[0]
         seek_to_frame(source, stream, start, fps)
-        first = None
+        first, frame_index = None, frame_clock(stream, fps)
         # bitexact: no random segment UID or muxing date, so a row read twice is the same bytes.
         with av.open(output, "w", format="webm", container_options={"fflags": "+bitexact"}) as cut:
             cut_stream = cut.add_stream_from_template(stream)
@@ -44,11 +44,11 @@ def cut_video(data: bytes, start: int, end: int, fps: int) -> tuple[bytes, int]:
                 if packet.pts is None or packet.dts is None:
                     return data, 0
                 if first is None:
-                    first = frame_index(stream, packet.pts, fps)
+                    first = frame_index(packet.pts)
                     if first > start or not packet.is_keyframe:
                         return data, 0
                 # Decode order: once a packet's decode time is past the window, so is every frame after it.
-                if frame_index(stream, packet.dts, fps) >= end:
+                if frame_index(packet.dts) >= end:
                     break
                 packet.stream = cut_stream
                 cut.mux(packet)

@@ -3,10 +3,10 @@
 Two outputs of the same seeking decode:
 
 - :func:`decode_planes` (the training loaders): the decoder's own YUV planes, luma (T, 1, H, W)
-  and chroma (T, 2, h, w) uint8, with the clip's YUV -> RGB matrix. The views are cut from the
-  planes and the trainer converts them to RGB on its device (:mod:`xkd.data.video_finish`): at
-  128 px, swscale's YUV -> RGB conversion costs 2-4x the VP9 decode itself (BENCHMARKS.md,
-  issue 15), and on the device it is one 3 x 3 matrix per view.
+  and chroma (T, 2, h, w) uint8, with the clip's YUV -> RGB matrix. The trainer cuts the views
+  from the planes and converts them to RGB on its device (:mod:`xkd.data.video_crops`,
+  :mod:`xkd.data.video_finish`): at 128 px, swscale's YUV -> RGB conversion costs 2-4x the VP9
+  decode itself (BENCHMARKS.md, issue 15), and on the device it is one 3 x 3 matrix per view.
 - :func:`decode_frames` (the evaluation suite): RGB (T, 3, H, W) uint8, converted by swscale.
 
 Frame i is the frame shown i / fps after the stream's start (:mod:`xkd.data.frame_time`): the
@@ -23,7 +23,7 @@ import av
 import numpy as np
 import torch
 
-from xkd.data.frame_time import frame_index, seek_to_frame
+from xkd.data.frame_time import frame_clock, seek_to_frame
 
 # Planar 8-bit YUV as decoders output it; the "j" formats are full range. Another pixel format
 # (an RGB codec, 10-bit video) is converted to YUV_FALLBACK by swscale first.
@@ -97,9 +97,9 @@ def _decode_window(data: bytes, start: int, count: int, fps: int, convert: Calla
         stream.thread_count = 1  # the loaders parallelise over clips; codec threads only oversubscribe
         if seek and start > 0:
             seek_to_frame(container, stream, start, fps)
-        index = -1
+        index, frame_index = -1, frame_clock(stream, fps)
         for frame in container.decode(stream):
-            index = index + 1 if frame.pts is None else frame_index(stream, frame.pts, fps)
+            index = index + 1 if frame.pts is None else frame_index(frame.pts)
             first = index if first is None else first
             if index >= start:
                 frames.append(convert(frame))
@@ -139,19 +139,26 @@ class YuvWindow(NamedTuple):
     to_rgb: np.ndarray
 
 
-def _planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A planar YUV frame's (luma (H, W), chroma (2, h, w), matrix), copied out of the decoder's buffers."""
-    if frame.format.name not in PLANAR_YUV:
-        frame = frame.reformat(format=YUV_FALLBACK, dst_colorspace="ITU601", dst_color_range="JPEG")
-    y, u, v = (np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
-               for plane in frame.planes[:3])
-    return y.copy(), np.stack([u, v]), frame_yuv_matrix(frame)
+def _plane_array(plane) -> np.ndarray:
+    """A frame plane's pixels (H, W) as a view of the decoder's buffer (its rows are ``line_size`` apart)."""
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
 
 
 def decode_planes(data: bytes, start: int, count: int, fps: int, stored_frames: int | None = None) -> YuvWindow:
     """Frames [start, start + count) of a video as YUV planes (no RGB conversion on the host), padded
-    like :func:`decode_frames`; the matrix is the first frame's (a stream's frames share theirs)."""
-    frames = _decode_window(data, start, count, fps, _planes, stored_frames)
-    luma = torch.from_numpy(np.stack([y for y, _, _ in frames]))[:, None]
-    chroma = torch.from_numpy(np.stack([uv for _, uv, _ in frames]))
-    return YuvWindow((_pad(luma, count), _pad(chroma, count)), frames[0][2])
+    like :func:`decode_frames`; the matrix is the first frame's (a stream's frames share theirs).
+
+    The decoded frames are kept (each holds its own reference to its buffers) and their planes
+    copied once, straight into the window's arrays."""
+    frames = _decode_window(data, start, count, fps, lambda frame: frame, stored_frames)
+    if frames[0].format.name not in PLANAR_YUV:
+        frames = [frame.reformat(format=YUV_FALLBACK, dst_colorspace="ITU601", dst_color_range="JPEG")
+                  for frame in frames]
+    y, u = (_plane_array(plane) for plane in frames[0].planes[:2])
+    luma = np.empty((count, 1, *y.shape), dtype=np.uint8)
+    chroma = np.empty((count, 2, *u.shape), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        y, u, v = (_plane_array(plane) for plane in frame.planes[:3])
+        luma[i, 0], chroma[i, 0], chroma[i, 1] = y, u, v
+    luma[len(frames):], chroma[len(frames):] = luma[len(frames) - 1], chroma[len(frames) - 1]  # the last frame
+    return YuvWindow((torch.from_numpy(luma), torch.from_numpy(chroma)), frame_yuv_matrix(frames[0]))

@@ -1,10 +1,10 @@
 """The last video augmentations, batched on the training device (docs/method.md §1.3).
 
-Both loaders stop after crop + resize: they deliver uint8 video views (4x fewer bytes than
-float to copy and to move to the device) in their decoder's colour space (YUV from PyAV, RGB from
-DALI's decoders), with each sample's YUV -> RGB matrix and each view's colour jitter, flip and
-blur parameters. :func:`finish_video` then applies, to the whole batch at once and on the device
-the model trains on: the conversion to RGB, brightness, contrast, saturation, hue (grayscale
+The views come from :mod:`xkd.data.video_crops` (cut on the same device from the uint8 windows
+the loaders deliver), in their decoder's colour space (YUV from PyAV, RGB from DALI's decoders),
+with each sample's YUV -> RGB matrix and each view's colour jitter, flip and blur parameters.
+:func:`finish_video` then applies, to the whole batch at once and on the device the model trains
+on: the conversion to RGB, brightness, contrast, saturation, hue (grayscale
 where the saturation is 0), Gaussian blur, horizontal flip and ImageNet normalisation, in this
 order.
 
@@ -34,7 +34,7 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 # One kernel size for every view: taps beyond a view's own 2 * ceil(3 sigma) + 1 weigh 0.
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA_MAX)
 
-# Per-sample parameters the loaders deliver beside the uint8 video views ("video_to_rgb": the (3, 4)
+# Per-sample parameters the loaders deliver beside the video windows ("video_to_rgb": the (3, 4)
 # matrix of the sample's decoded colour space, shared by its global and local views).
 VIDEO_PARAM_KEYS = ("video_to_rgb", "video_global_color", "video_global_flip", "video_local_color",
                     "video_local_flip", "video_local_blur")
@@ -65,7 +65,8 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_rgb(views: torch.Tensor, matrix: torch.Tensor | None) -> torch.Tensor:
-    """uint8 views (N, 3, T, H, W) -> RGB floats in [0, 1] by each view's (3, 4) affine matrix on
+    """Views (N, 3, T, H, W) of channel values in 0..255 (uint8, or the crops' floats) -> RGB floats
+    in [0, 1] by each view's (3, 4) affine matrix on
     (channel values in [0, 255], 1) (None: the views are RGB already)."""
     x = views.float()
     if matrix is None:
@@ -154,7 +155,7 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 
 def finish_video(views: torch.Tensor, color: torch.Tensor | None, flip: torch.Tensor,
                  blur: torch.Tensor | None = None, rgb_matrix: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 views (N, 3, T, H, W) -> normalised float32: conversion to RGB by ``rgb_matrix`` (N, 3, 4)
+    """Views (N, 3, T, H, W), values 0..255 -> normalised float32: conversion to RGB by ``rgb_matrix`` (N, 3, 4)
     (None: RGB views), colour jitter, blur, flip, normalisation (``color`` / ``blur`` None: none)."""
     x = to_rgb(views, rgb_matrix)
     if color is not None:

@@ -312,7 +312,7 @@ class Trainer:
         while step < self.max_steps:
             schedule = schedule_at(step, config, self.steps_per_epoch)
             with sink.waiting_for_data():
-                # uint8 video views -> colour, blur, flip, normalisation; audio windows -> log-mels and crops
+                # uint8 video windows -> crops, colour, blur, flip, normalisation; audio windows -> log-mels and crops
                 batch = self.finish(next(batches))
             outcome = self.train_step(batch, schedule)
             if outcome is None or not outcome.optimizer_stepped:
