@@ -77,10 +77,10 @@ REPEAT_COLUMNS = (
 # -> the batch's ``VIDEO_CROP_KEYS``, ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish).
 FINISH_COLUMNS = {"global_box": "video_global_box", "local_offsets": "video_local_offset",
                   "local_boxes": "video_local_box", "global_color": "video_global_color",
-                  "global_flip": "video_global_flip", "local_colors": "video_local_color", "local_flips": "video_local_flip",
-                  "local_blur": "video_local_blur", "audio_gain": "audio_global_gain",
-                  "audio_local_offsets": "audio_local_offset", "audio_local_gains": "audio_local_gain",
-                  "audio_local_boxes": "audio_local_box"}
+                  "global_flip": "video_global_flip", "local_colors": "video_local_color",
+                  "local_flips": "video_local_flip", "local_blur": "video_local_blur",
+                  "audio_gain": "audio_global_gain", "audio_local_offsets": "audio_local_offset",
+                  "audio_local_gains": "audio_local_gain", "audio_local_boxes": "audio_local_box"}
 # Who decodes the video (DaliClipLoader's ``cpu_decoder``; the GPU path always uses DALI's NVDEC decode)
 # and the video columns the source hands to the graph for it: DALI's decoder takes the cut member and
 # its frame indices, PyAV's decode arrives as planes (luma (T, 1, H, W), chroma (T, 2, h, w)).
