@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as nnf
 
 from xkd.data.torch_views import crop_planes
-from xkd.data.video_crops import crop_groups, crop_video_views, pad_planes, plane_sizes, resize_matrices, snap_boxes
+from xkd.data.video_crops import (crop_groups, crop_video_views, pad_planes, plane_sizes, resize_matrices,
+                                  snap_boxes, subsampling)
 
 
 def random_box(rng: np.random.Generator) -> np.ndarray:
@@ -44,7 +45,7 @@ def test_snapped_boxes_are_crop_planes_edges():
     boxes at every border cuts what crop_planes cuts."""
     sizes = torch.tensor([[[63, 91], [32, 46]]] * 4)
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5], [0.99, 0.99, 1.0, 1.0], [0.11, 0.27, 0.6, 0.83]])
-    edges = snap_boxes(boxes, sizes)
+    edges = snap_boxes(boxes, sizes, subsampling(sizes))
     assert edges[0].tolist() == [0, 0, 62, 90] and edges[1].tolist() == [32, 46, 34, 48]
     assert edges[2].tolist() == [60, 88, 62, 90]
     assert (edges % 2 == 0).all()

@@ -75,17 +75,22 @@ def pad_planes(windows: Sequence[torch.Tensor], out: torch.Tensor | None = None)
     return out
 
 
-def snap_boxes(boxes: torch.Tensor, sizes: torch.Tensor, grid: int = CROP_GRID) -> torch.Tensor:
+def subsampling(sizes: torch.Tensor) -> torch.Tensor:
+    """True plane sizes (N, G, 2) (the first group: luma or RGB) -> each group's (N, G, 2) int64
+    subsampling factor against the first (4:2:0 chroma: 2; odd sizes round, e.g. 97 rows -> 49)."""
+    return (sizes[:, :1].double() / sizes).round().long()
+
+
+def snap_boxes(boxes: torch.Tensor, sizes: torch.Tensor, factors: torch.Tensor, grid: int = CROP_GRID
+               ) -> torch.Tensor:
     """Relative boxes (N, 4) (top, left, bottom, right) on frames whose plane groups have the true
-    sizes ``sizes`` (N, G, 2) (the first group: luma or RGB) -> (N, 4) int64 pixel edges on the first
-    group, on multiples of ``grid`` and of the most subsampled plane's factor, at least one grid cell,
-    inside the frame (an odd size's last row or column left out). Python's round-half-even, as
+    sizes ``sizes`` (N, G, 2) and ``factors`` (:func:`subsampling`) -> (N, 4) int64 pixel edges on the
+    first group, on multiples of ``grid`` and of the most subsampled plane's factor, at least one grid
+    cell, inside the frame (an odd size's last row or column left out). Python's round-half-even, as
     :func:`xkd.data.torch_views.crop_planes`."""
-    sizes = sizes.to(torch.float64)
-    height, width = sizes[:, 0, 0], sizes[:, 0, 1]
-    factors = (sizes[:, :1] / sizes).round()  # (N, G, 2): 4:2:0 chroma 2, odd sizes rounded
-    grid_y = factors[..., 0].amax(dim=1).clamp(min=grid)
-    grid_x = factors[..., 1].amax(dim=1).clamp(min=grid)
+    height, width = sizes[:, 0, 0].double(), sizes[:, 0, 1].double()
+    grid_y = factors[..., 0].amax(dim=1).clamp(min=grid).double()
+    grid_x = factors[..., 1].amax(dim=1).clamp(min=grid).double()
     boxes = boxes.to(torch.float64)
     top = grid_y * torch.div((boxes[:, 0] * height).round(), grid_y, rounding_mode="floor")
     bottom = grid_y * torch.div((boxes[:, 2] * height).round(), grid_y, rounding_mode="floor")
@@ -118,21 +123,25 @@ def resize_matrices(start: torch.Tensor, stop: torch.Tensor, size: int, length: 
 
 
 def crop_groups(groups: Sequence[torch.Tensor], sizes: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Views cut from frames: ``groups`` (N, T, C_g, H_g, W_g) uint8 each (a view's frames, padded),
-    ``sizes`` (N, G, 2) their true sizes, ``boxes`` (N, 4) relative -> float32 (N, sum C_g, T, S, S),
-    each group cropped to the same picture (:func:`snap_boxes`) and resized to ``size``."""
-    edges = snap_boxes(boxes, sizes)  # luma pixels
-    luma = sizes[:, 0].to(edges.device)
+    """Views cut from frames: ``groups`` (N, T, C_g, H_g, W_g) uint8 each (N windows, padded),
+    ``sizes`` (N, G, 2) their true sizes, ``boxes`` (N k, 4) relative, k views per window next to
+    each other -> float32 (N k, sum C_g, T, S, S), each group cropped to the same picture
+    (:func:`snap_boxes`) and resized to ``size``. A window is read once for its k views."""
+    windows = len(groups[0])
+    repeats = len(boxes) // windows
+    device = groups[0].device
+    sizes = sizes.to(device).repeat_interleave(repeats, dim=0)  # per view
+    factors = subsampling(sizes)
+    edges = snap_boxes(boxes.to(device), sizes, factors)  # luma pixels
     out = []
-    for group, g_sizes in zip(groups, sizes.to(edges.device).unbind(1)):
-        factor_y = (luma[:, 0].double() / g_sizes[:, 0]).round().long()
-        factor_x = (luma[:, 1].double() / g_sizes[:, 1]).round().long()
+    for group, group_factors in zip(groups, factors.unbind(1)):
+        factor_y, factor_x = group_factors.unbind(1)
         rows = resize_matrices(edges[:, 0] // factor_y, edges[:, 2] // factor_y, size, group.shape[-2])
         columns = resize_matrices(edges[:, 1] // factor_x, edges[:, 3] // factor_x, size, group.shape[-1])
-        rows, columns = rows.to(group.device), columns.to(group.device)
-        # Rows first, then columns: two batched matrix products over every frame and channel of a view.
-        view = torch.einsum("nsh,ntchw->ntcsw", rows, group.float())
-        out.append(torch.einsum("ntcsw,nqw->ntcsq", view, columns))
+        # Rows first, then columns: two batched matrix products over every frame and channel of a
+        # window, for each of its k views (no copy of the window per view).
+        view = torch.einsum("nksh,ntchw->nktcsw", rows.unflatten(0, (windows, repeats)), group.float())
+        out.append(torch.einsum("nktcsw,nkqw->nktcsq", view, columns.unflatten(0, (windows, repeats))).flatten(0, 1))
     return torch.cat(out, dim=2).transpose(1, 2)
 
 
@@ -150,12 +159,12 @@ def crop_video_views(groups: Sequence[torch.Tensor], plane_size: torch.Tensor, g
     if samples % clips:
         raise ValueError(f"{samples} samples from {clips} clips: expected a whole number of samples per clip")
     device = groups[0].device
-    clip_of_sample = torch.arange(clips, device=device).repeat_interleave(samples // clips)
-    sizes = plane_size.to(device)[clip_of_sample]  # (B, G, 2)
-    video_global = crop_groups([g[clip_of_sample] for g in groups], sizes, global_box.to(device), global_size)
+    video_global = crop_groups(groups, plane_size, global_box, global_size)
+    # Each local view reads its own Tl frames: gathered per view (Tl is a quarter of the window).
     n_v = local_offset.shape[1]
     frames = local_offset.to(device).long().reshape(-1, 1) + torch.arange(local_frames, device=device)  # (B n_v, Tl)
-    clip_of_view = clip_of_sample.repeat_interleave(n_v)[:, None]
-    video_local = crop_groups([g[clip_of_view, frames] for g in groups], sizes.repeat_interleave(n_v, dim=0),
-                              local_box.to(device).reshape(-1, 4), local_size)
+    clip_of_view = torch.arange(clips, device=device).repeat_interleave(samples // clips * n_v)[:, None]
+    video_local = crop_groups([g[clip_of_view, frames] for g in groups],
+                              plane_size.to(device).repeat_interleave(samples // clips * n_v, dim=0),
+                              local_box.reshape(-1, 4), local_size)
     return video_global, video_local.unflatten(0, (samples, n_v))
