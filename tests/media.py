@@ -57,6 +57,20 @@ def full_decode(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
 
 
+def without_packets(data: bytes, frames: range) -> bytes:
+    """A WebM whose packets of ``frames`` are gone (their pts / 125 ms, the RAMP's 8 fps), as when
+    damage makes the demuxer skip to the next cluster: the decoder goes on from the next keyframe."""
+    output = io.BytesIO()
+    with av.open(io.BytesIO(data)) as source, av.open(output, "w", format="webm") as target:
+        stream = source.streams.video[0]
+        copy = target.add_stream_from_template(stream)
+        for packet in source.demux(stream):
+            if packet.size and round(packet.pts * stream.time_base * 8) not in frames:
+                packet.stream = copy
+                target.mux(packet)
+    return output.getvalue()
+
+
 def encode_sample(key: str, source: str | None, work: Path, label: int) -> dict[str, bytes]:
     webm, flac = work / f"{key}.webm", work / f"{key}.flac"
     if source is None:

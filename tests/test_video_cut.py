@@ -8,8 +8,10 @@ import json
 import av
 import numpy as np
 import pytest
+import torch
 from nvidia.dali import fn, pipeline_def
 
+from media import RAMP, VP9, ffmpeg, full_decode, without_packets
 from xkd.data.dali_pipeline import window_frames
 from xkd.data.format import NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import read_info
@@ -78,3 +80,30 @@ def test_a_window_past_the_end_keeps_its_clamped_frames(clips):
 def test_a_damaged_video_raises():
     with pytest.raises(av.error.FFmpegError):
         cut_video(b"\x1aE\xdf\xa3" + bytes(500), 40, 72, FPS)
+
+
+@pytest.mark.parametrize("codec, name", [("mjpeg", "clip.mkv"), ("libx264", "clip.mkv"), ("libvpx", "clip.webm")])
+def test_other_codecs_are_cut_into_their_own_container(tmp_path, codec, name):
+    """make_shards' other codecs (Matroska for mjpeg and h264): the cut is not forced into WebM,
+    which takes no mjpeg or h264 (it raised). Where the cut is not trusted (h264 here: its first
+    packet after the seek has no decode time) the whole video comes back; otherwise the cut
+    decodes to the original's frames from its keyframe on."""
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=160x96:r=8:d=6", "-c:v", codec, "-g", "8", "-pix_fmt", "yuv420p"
+           if codec != "mjpeg" else "yuvj420p", str(tmp_path / name))
+    data = (tmp_path / name).read_bytes()
+    cut, first = cut_video(data, 13, 30, FPS)
+    original, decoded = full_decode(data), full_decode(cut)
+    assert first in (0, 8, 13) and (first == 0) == (cut == data)
+    assert torch.equal(decoded, original[first:first + len(decoded)]) and first + len(decoded) >= 30
+
+
+def test_a_window_over_frames_without_packets_is_an_error(tmp_path):
+    """The cut finds what the PyAV decode finds (tests/test_video_decode.py): frames of the window
+    without packets. DALI's decoder would resume at the next keyframe and splice the window."""
+    ffmpeg(*RAMP[:4], *VP9, str(tmp_path / "ramp.webm"))
+    damaged = without_packets((tmp_path / "ramp.webm").read_bytes(), range(17, 24))
+    for start in (0, 12):
+        with pytest.raises(ValueError, match="frame 17 of the window is missing"):
+            cut_video(damaged, start, start + 20, FPS)
+    cut, first = cut_video(damaged, 24, 40, FPS)
+    assert first == 24 and torch.equal(full_decode(cut), full_decode(damaged)[17:33])

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from media import RAMP, VP9, ffmpeg
-from xkd.data.video_decode import RGB_TO_RGB, decode_frames, decode_planes, yuv_to_rgb_matrix
+from media import RAMP, VP9, ffmpeg, without_packets
+from xkd.data.video_decode import RGB_TO_RGB, decode_frames, decode_planes, open_video, yuv_to_rgb_matrix
 from xkd.data.video_finish import to_rgb
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is needed to build the test clips")
@@ -95,6 +95,25 @@ def test_planes_give_swscales_rgb(tmp_path, kind):
         np.testing.assert_allclose(window.to_rgb, yuv_to_rgb_matrix(kind[4:], full_range=False))
 
 
+def decoded(container) -> list[tuple]:
+    """Each frame's timestamp, pixel format, colour tags and planes."""
+    return [(f.pts, f.format.name, f.colorspace, f.color_range, f.color_primaries, f.color_trc,
+             [bytes(plane) for plane in f.planes]) for f in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("kind", list(STREAMS))
+def test_open_without_the_probe_decode_gives_the_same_frames(tmp_path, kind):
+    """``open_video`` keeps FFmpeg's probe from decoding (no decoder on the container's whitelist);
+    the stream's decoder still decodes every frame, with the same format and colour tags, and the
+    container learns nothing from a decode (no pixel format: the probe really did not decode)."""
+    name, args = STREAMS[kind]
+    data = encode(tmp_path, name, *args)
+    with av.open(io.BytesIO(data)) as probed, open_video(data) as unprobed:
+        assert probed.streams.video[0].codec_context.format is not None
+        assert unprobed.streams.video[0].codec_context.format is None
+        assert decoded(unprobed) == decoded(probed)
+
+
 def full_luma(data: bytes) -> torch.Tensor:
     with av.open(io.BytesIO(data)) as container:
         frames = [np.frombuffer(f.planes[0], np.uint8).reshape(f.planes[0].height, f.planes[0].line_size)
@@ -118,6 +137,20 @@ def test_planes_hold_the_window_frames_padded_at_the_end(tmp_path, offset):
         expected = torch.cat([expected, expected[-1:].expand(8 - len(expected), -1, -1, -1)])
         assert torch.equal(luma, expected), start
         assert len(chroma) == 8
+
+
+def test_a_window_over_frames_lost_to_damage_is_an_error(tmp_path):
+    """Frames 17-23 without packets (GOP 8: the decoder resumes at keyframe 24): a window over the
+    gap would splice two moments together, so it fails; windows beside it decode as before."""
+    ffmpeg(*RAMP[:4], *VP9, str(tmp_path / "ramp.webm"))
+    data = (tmp_path / "ramp.webm").read_bytes()
+    full = full_luma(data)
+    damaged = without_packets(data, range(17, 24))
+    with pytest.raises(ValueError, match="frame 17 of the window is missing \\(the video goes on with frame 24\\)"):
+        decode_planes(damaged, 12, 8, fps=8, stored_frames=len(full))
+    for start in (0, 9, 24):
+        assert torch.equal(decode_planes(damaged, start, 8, fps=8, stored_frames=len(full)).planes[0],
+                           full[start:start + 8]), start
 
 
 def test_fewer_frames_than_claimed_and_garbage_are_errors(tmp_path):

@@ -20,12 +20,12 @@ FFMPEG_TIMEOUT_S = 1800
 VIDEO_CODECS = ("vp9", "vp8", "mjpeg", "h264")
 # Codecs DALI's CPU video decoder handles; h264 needs NVDEC (device="mixed").
 CPU_DECODABLE_CODECS = ("vp9", "vp8", "mjpeg")
-# Largest distance between keyframes (ffmpeg -g), in frames: 8 s at the default 8 fps. Measured
-# (benchmarks/gop_choice.py, BENCHMARKS.md "Input pipeline CPU cost", "Window cut for DALI"): now
-# that both loaders decode from the keyframe before the window (PyAV seeks; the DALI source cuts the
-# video, xkd/data/video_cut.py), a 1 s GOP (8) saves 8-9 % of a window's decode, about 3 % of a
-# sample's CPU, for 1.66x the video bytes. Not worth it as the default; --keyframe-interval 8 is there.
-KEYFRAME_INTERVAL = 64
+# Largest distance between keyframes (ffmpeg -g), in frames: 1 s at the default 8 fps, so a window
+# seeking to its start decodes at most 7 frames it does not need (issue 15). Measured with both CPU
+# loaders seeking (PyAV) and the DALI source cutting the window (xkd/data/video_cut.py): GOP 8 costs
+# a training sample ~10 % less CPU than GOP 64 for 1.66x the video bytes, ~1.15x the shard bytes
+# (BENCHMARKS.md, "Keyframe interval" and "No probe decode"). Splits built before the option used 64.
+KEYFRAME_INTERVAL = 8
 LEGACY_KEYFRAME_INTERVAL = 64
 
 # Encoder options per --video-codec (after "-c:v"; "-g" is added for the inter-frame codecs),

@@ -39,6 +39,20 @@ RGB_TO_RGB = np.array([[1 / 255, 0, 0, 0], [0, 1 / 255, 0, 0], [0, 0, 1 / 255, 0
 
 Frame = TypeVar("Frame")
 
+# Opening a container, FFmpeg's probe (avformat_find_stream_info) decodes each stream's first frame
+# to learn what the container does not say (the pixel format): for a window that is a second decode
+# of its first keyframe, ~0.45 ms of a ~5.5 ms window (BENCHMARKS.md, issue 15). With no decoder on
+# the container's whitelist the probe decodes nothing; the stream's own decoder, which PyAV opens
+# itself, is not bound by that list and decodes the same frames (tests/test_video_decode.py).
+NO_PROBE_DECODE = {"codec_whitelist": "none"}
+
+
+def open_video(data: bytes) -> av.container.InputContainer:
+    """``data`` opened for demuxing and decoding, without the probe's decode. The streams' codec
+    parameters are the container's alone (no pixel format; colour tags only if the container
+    has them): read colours from decoded frames, or open with :func:`av.open` for the stream's."""
+    return av.open(io.BytesIO(data), container_options=NO_PROBE_DECODE)
+
 
 def yuv_to_rgb_matrix(standard: str, full_range: bool) -> np.ndarray:
     """(3, 4) float32 affine map from (Y, U, V, 1), each in [0, 255], to (R, G, B) in [0, 1].
@@ -92,7 +106,7 @@ def _decode_window(data: bytes, start: int, count: int, fps: int, convert: Calla
                    stored_frames: int | None, seek: bool = True) -> list[Frame]:
     """``convert`` of each frame of [start, start + count) that the video has (fewer at its end)."""
     frames, first = [], None
-    with av.open(io.BytesIO(data)) as container:
+    with open_video(data) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1  # the loaders parallelise over clips; codec threads only oversubscribe
         if seek and start > 0:
@@ -101,11 +115,18 @@ def _decode_window(data: bytes, start: int, count: int, fps: int, convert: Calla
         for frame in container.decode(stream):
             index = index + 1 if frame.pts is None else frame_index(frame.pts)
             first = index if first is None else first
+            if seek and first > start:  # the seek overshot: decode from the beginning instead
+                break
             if index >= start:
+                if index != start + len(frames):
+                    # Frames lost to damage, the decoder going on from the next keyframe: the window
+                    # would splice two moments of the clip together.
+                    raise ValueError(f"frame {start + len(frames)} of the window is missing (the video goes on "
+                                     f"with frame {index})")
                 frames.append(convert(frame))
                 if len(frames) == count:
                     break
-    if seek and first is not None and first > start:  # the seek overshot: decode from the beginning instead
+    if seek and first is not None and first > start:
         return _decode_window(data, start, count, fps, convert, stored_frames, seek=False)
     if not frames:
         raise ValueError(f"no frames decoded at or after frame {start}")
