@@ -86,8 +86,9 @@ def frame_yuv_matrix(frame: av.VideoFrame) -> np.ndarray:
 
 
 def stream_colour_standard(data: bytes) -> str:
-    """The colour standard a video's container declares for its stream (no decode)."""
-    with av.open(io.BytesIO(data)) as container:
+    """The colour standard a video's container declares for its stream (no decode: make_shards'
+    ffmpeg writes the stream's colour tags into the container, so no probe is needed to read them)."""
+    with open_video(data) as container:
         return colour_standard(container.streams.video[0].codec_context.colorspace)
 
 
