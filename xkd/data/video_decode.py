@@ -10,8 +10,10 @@ Two outputs of the same seeking decode:
 - :func:`decode_frames` (the evaluation suite): RGB (T, 3, H, W) uint8, converted by swscale.
 
 Frame i is the frame shown i / fps after the stream's start (:mod:`xkd.data.frame_time`): the
-decode seeks to the keyframe at or before the window and decodes forward, and a clip shorter than
-the window is padded by repeating its last frame (DALI's pad_mode "edge").
+decode opens the container without FFmpeg's probe decode (:func:`open_video`), seeks to the
+keyframe at or before the window and decodes forward; a clip shorter than the window is padded by
+repeating its last frame (DALI's pad_mode "edge"), and a window with frames missing inside the
+video (damage the decoder skipped) is an error.
 """
 from __future__ import annotations
 
