@@ -69,7 +69,9 @@ STREAMS = {  # make_shards' default (VP9, yuv420p, untagged), its mjpeg option (
                                    "-color_trc", "bt709", "-color_range", "tv"]),
     "vp9_bt2020": ("clip2020.webm", [*VP9, "-pix_fmt", "yuv420p", "-colorspace", "bt2020nc", "-color_range", "tv"]),
     "ffv1_rgb": ("rgb.mkv", ["-c:v", "ffv1", "-pix_fmt", "bgr0"]),
+    "h264": ("clip.mkv", ["-c:v", "libx264", "-g", "8", "-pix_fmt", "yuv420p"]),  # make_shards' GPU-only option
 }
+H264 = ["-c:v", "libx264", "-g", "8", "-threads", "1", "-pix_fmt", "yuv420p"]
 
 
 @pytest.mark.parametrize("kind", list(STREAMS))
@@ -105,12 +107,14 @@ def decoded(container) -> list[tuple]:
 def test_open_without_the_probe_decode_gives_the_same_frames(tmp_path, kind):
     """``open_video`` keeps FFmpeg's probe from decoding (no decoder on the container's whitelist);
     the stream's decoder still decodes every frame, with the same format and colour tags, and the
-    container learns nothing from a decode (no pixel format: the probe really did not decode)."""
+    container learns nothing from a decode (no pixel format: the probe really did not decode).
+    H.264, whose first timestamp only the probe's decode finds, is opened with the probe."""
     name, args = STREAMS[kind]
     data = encode(tmp_path, name, *args)
     with av.open(io.BytesIO(data)) as probed, open_video(data) as unprobed:
         assert probed.streams.video[0].codec_context.format is not None
-        assert unprobed.streams.video[0].codec_context.format is None
+        assert (unprobed.streams.video[0].codec_context.format is None) == (kind != "h264")
+        assert unprobed.streams.video[0].start_time == probed.streams.video[0].start_time
         assert decoded(unprobed) == decoded(probed)
 
 
@@ -121,13 +125,15 @@ def full_luma(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames))[:, None]
 
 
+@pytest.mark.parametrize("codec", ["vp9", "h264"])
 @pytest.mark.parametrize("offset", [False, True])
-def test_planes_hold_the_window_frames_padded_at_the_end(tmp_path, offset):
-    """Frame index = decode order (also when timestamps start after 0), seeking to the window: the
-    ramp's luma identifies each frame; past the end the last frame repeats."""
-    extra = ["-output_ts_offset", "0.125"] if offset else []
-    ffmpeg(*RAMP[:4], *VP9, *extra, str(tmp_path / "ramp.webm"))
-    data = (tmp_path / "ramp.webm").read_bytes()
+def test_planes_hold_the_window_frames_padded_at_the_end(tmp_path, offset, codec):
+    """Frame index = display order (also when timestamps start after 0, and with H.264's B-frames),
+    seeking to the window: the ramp's luma identifies each frame; past the end the last frame repeats."""
+    extra = ["-output_ts_offset", "0.5"] if offset else []
+    name = "ramp.webm" if codec == "vp9" else "ramp.mkv"
+    ffmpeg(*RAMP[:4], *(VP9 if codec == "vp9" else H264), *extra, str(tmp_path / name))
+    data = (tmp_path / name).read_bytes()
     full = full_luma(data)
     n = len(full)
     assert (full.float().mean((1, 2, 3)).diff() > 2).all()
@@ -151,6 +157,23 @@ def test_a_window_over_frames_lost_to_damage_is_an_error(tmp_path):
     for start in (0, 9, 24):
         assert torch.equal(decode_planes(damaged, start, 8, fps=8, stored_frames=len(full)).planes[0],
                            full[start:start + 8]), start
+
+
+def test_a_faster_stream_gives_the_first_frame_at_each_index(tmp_path):
+    """A 16 fps video read at 8 fps: frame i is the first frame shown at round(t * 8) = i (two
+    frames land on most indices; before, both went into the window, which then ran slow)."""
+    ffmpeg(RAMP[0], RAMP[1], RAMP[2], RAMP[3].replace("r=8", "r=16"), *VP9, str(tmp_path / "ramp16.webm"))
+    data = (tmp_path / "ramp16.webm").read_bytes()
+    full = full_luma(data)
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        shown = [round((frame.pts - stream.start_time) * stream.time_base * 8) for frame in container.decode(stream)]
+    first_at = {}
+    for j, index in enumerate(shown):
+        first_at.setdefault(index, j)
+    for start in (0, 5, 10):
+        expected = full[[first_at[i] for i in range(start, start + 8)]]
+        assert torch.equal(decode_planes(data, start, 8, fps=8).planes[0], expected), start
 
 
 def test_fewer_frames_than_claimed_and_garbage_are_errors(tmp_path):

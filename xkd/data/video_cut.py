@@ -8,7 +8,8 @@ the window's last frame (demuxed and muxed again by PyAV, no decode), and frame 
 that keyframe's index. The frames decoded are identical (tests/test_video_cut.py); the decode
 then costs what the PyTorch loader's seeking decode costs: the window plus at most one keyframe
 interval before it. The demux also checks that every frame of the window has its packet, as the
-PyAV decode checks its frames, so both decoders reject the same damaged windows.
+PyAV decode checks its frames, so both decoders reject the same damaged windows (VP8, VP9, mjpeg:
+an H.264 video goes to DALI whole and unchecked, its packets having no decode times after a seek).
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def window_packets(container: av.container.InputContainer, stream: av.video.stre
     ``start`` (seeking there) up to the window's last frame, and that keyframe's frame index.
 
     None where they cannot be trusted (a seek that lands after ``start`` or not on a keyframe,
-    packets without timestamps). A frame of the window without a packet (damage the demuxer
-    skipped; a video shorter than the window) is a ``ValueError``, as in the PyAV decode
+    packets without timestamps: H.264's carry no decode time after a seek), and then nothing is
+    checked. Otherwise a frame of the window without a packet (damage the demuxer skipped; a
+    video shorter than the window) is a ``ValueError``, as in the PyAV decode
     (:mod:`xkd.data.video_decode`): DALI's decoder would go on from the next keyframe and splice
     two moments of the clip into one window."""
     if start > 0:
@@ -74,7 +76,8 @@ def cut_video(data: bytes, start: int, end: int, fps: int) -> tuple[bytes, int]:
         packets, first = window
         output = io.BytesIO()
         # bitexact: no random segment UID or muxing date, so a row read twice is the same bytes.
-        muxer = CONTAINERS.get(stream.codec_context.name, "matroska")  # WebM takes VP8/VP9 (and AV1) only
+        # WebM takes VP8/VP9 (and AV1) only; the codec's own name, not its decoder's (libvpx-vp9...).
+        muxer = CONTAINERS.get(stream.codec_context.codec.canonical_name, "matroska")
         with av.open(output, "w", format=muxer, container_options={"fflags": "+bitexact"}) as cut:
             cut_stream = cut.add_stream_from_template(stream)
             for packet in packets:

@@ -44,16 +44,24 @@ Frame = TypeVar("Frame")
 # Opening a container, FFmpeg's probe (avformat_find_stream_info) decodes each stream's first frame
 # to learn what the container does not say (the pixel format): for a window that is a second decode
 # of its first keyframe, ~0.45 ms of a ~5.5 ms window (BENCHMARKS.md, issue 15). With no decoder on
-# the container's whitelist the probe decodes nothing; the stream's own decoder, which PyAV opens
-# itself, is not bound by that list and decodes the same frames (tests/test_video_decode.py).
+# the container's whitelist the probe decodes nothing (with FFmpeg's log on it says so: "not on
+# whitelist"); the stream's own decoder, which PyAV opens itself, is not bound by that list and
+# decodes the same frames (tests/test_video_decode.py).
 NO_PROBE_DECODE = {"codec_whitelist": "none"}
 
 
 def open_video(data: bytes) -> av.container.InputContainer:
-    """``data`` opened for demuxing and decoding, without the probe's decode. The streams' codec
-    parameters are the container's alone (no pixel format; colour tags only if the container
-    has them): read colours from decoded frames, or open with :func:`av.open` for the stream's."""
-    return av.open(io.BytesIO(data), container_options=NO_PROBE_DECODE)
+    """``data`` opened for demuxing and decoding, without the probe's decode where the container
+    gives the video stream's first timestamp by itself (WebM/Matroska with VP8, VP9, mjpeg). H.264
+    learns it only from the probe's decode (its timestamps need the frames' reordering): such a
+    video is opened again with the probe, so frame indices (:mod:`xkd.data.frame_time`) do not move.
+    The streams' codec parameters are the container's (no pixel format; colour tags only where the
+    container has them): read colours from decoded frames."""
+    container = av.open(io.BytesIO(data), container_options=NO_PROBE_DECODE)
+    if container.streams.video and container.streams.video[0].start_time is None:
+        container.close()
+        return av.open(io.BytesIO(data))
+    return container
 
 
 def yuv_to_rgb_matrix(standard: str, full_range: bool) -> np.ndarray:
@@ -88,8 +96,9 @@ def frame_yuv_matrix(frame: av.VideoFrame) -> np.ndarray:
 
 
 def stream_colour_standard(data: bytes) -> str:
-    """The colour standard a video's container declares for its stream (no decode: make_shards'
-    ffmpeg writes the stream's colour tags into the container, so no probe is needed to read them)."""
+    """The colour standard a video's container declares for its stream, without decoding: make_shards'
+    ffmpeg writes the same tags into the container and the bitstream. (A stream tagged only in its
+    bitstream reads as BT.601 here, where the PyAV decode reads the frames' tags.)"""
     with open_video(data) as container:
         return colour_standard(container.streams.video[0].codec_context.colorspace)
 
@@ -120,15 +129,17 @@ def _decode_window(data: bytes, start: int, count: int, fps: int, convert: Calla
             first = index if first is None else first
             if seek and first > start:  # the seek overshot: decode from the beginning instead
                 break
-            if index >= start:
-                if index != start + len(frames):
-                    # Frames lost to damage, the decoder going on from the next keyframe: the window
-                    # would splice two moments of the clip together.
-                    raise ValueError(f"frame {start + len(frames)} of the window is missing (the video goes on "
-                                     f"with frame {index})")
-                frames.append(convert(frame))
-                if len(frames) == count:
-                    break
+            # Before the window, or a second frame at an index (a stream above ``fps``): the first one stays.
+            if index < start + len(frames):
+                continue
+            if index > start + len(frames):
+                # Frames lost to damage, the decoder going on from the next keyframe: the window would
+                # splice two moments of the clip together.
+                raise ValueError(f"frame {start + len(frames)} of the window is missing (the video goes on with "
+                                 f"frame {index})")
+            frames.append(convert(frame))
+            if len(frames) == count:
+                break
     if seek and first is not None and first > start:
         return _decode_window(data, start, count, fps, convert, stored_frames, seek=False)
     if not frames:
