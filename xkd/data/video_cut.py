@@ -3,7 +3,7 @@
 DALI 2.4's ``decoders.video`` does not seek: asked for frames [s, s + n) it decodes every frame
 before s as well (BENCHMARKS.md, "Input pipeline CPU cost"), so a window late in a long clip
 costs as much as decoding the clip up to it. The DALI source therefore hands the decoder a new
-WebM (Matroska for mjpeg and h264) holding only the packets from the keyframe at or before s to
+WebM (Matroska for mjpeg) holding only the packets from the keyframe at or before s to
 the window's last frame (demuxed and muxed again by PyAV, no decode), and frame indices shifted by
 that keyframe's index. The frames decoded are identical (tests/test_video_cut.py); the decode
 then costs what the PyTorch loader's seeking decode costs: the window plus at most one keyframe
@@ -44,13 +44,14 @@ def window_packets(container: av.container.InputContainer, stream: av.video.stre
             continue
         if packet.pts is None or packet.dts is None:
             return None
-        if not packets and (frame_index(packet.pts) > start or not packet.is_keyframe):
+        frame = frame_index(packet.pts)
+        if not packets and (frame > start or not packet.is_keyframe):
             return None
         # Decode order: once a packet's decode time is past the window, so is every frame after it.
         if frame_index(packet.dts) >= end:
             break
         packets.append(packet)
-        shown.add(frame_index(packet.pts))
+        shown.add(frame)
     missing = [frame for frame in range(start, end) if frame not in shown]
     if missing:
         raise ValueError(f"frame {missing[0]} of the window is missing (no packet shows it)")
