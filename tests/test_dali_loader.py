@@ -5,7 +5,9 @@ Tests that depend on who decodes the video run with both CPU decoders: PyAV (the
 PyTorch loader's decoder) and DALI's own (the GPU path's graph, with DALI's CPU decoder)."""
 from __future__ import annotations
 
+import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -203,6 +205,31 @@ def test_pretraining_refuses_audio_only_shards(sound_shards):
     config = load_config("configs/tiny.yaml")
     with pytest.raises(ValueError, match="have no video member"):
         build_train_loader(config, str(sound_shards), 0, 1, {"epoch": 0, "position": 0})
+
+
+def test_pretraining_refuses_shards_made_at_other_rates(sample_shards, tmp_path):
+    """A window counts frames at views.video_fps and samples at views.audio_sample_rate: shards
+    made at other rates are refused up front, naming their manifest, instead of every sample
+    failing (or a faster video being read slow)."""
+    from xkd.config import load_config
+    from xkd.data.loader import training_samples
+
+    config = load_config("configs/tiny.yaml")
+    assert len(training_samples(config, str(sample_shards), 1)) == 8
+    manifest = sample_shards / "manifest.json"
+    with pytest.raises(ValueError, match=re.escape(
+            f"{manifest}: the shards' video fps is 8, views.video_fps is 16: set views.video_fps=8, or make the "
+            "shards with make_shards.py --fps 16")):
+        training_samples(load_config("configs/tiny.yaml", ["views.video_fps=16"]), str(sample_shards), 1)
+    shards = tmp_path / "shards"
+    shutil.copytree(sample_shards, shards)
+    made = json.loads((shards / "manifest.json").read_text())
+    made["audio"]["rate"] = 22050
+    (shards / "manifest.json").write_text(json.dumps(made))
+    with pytest.raises(ValueError, match=re.escape("the shards' audio rate is 22050, views.audio_sample_rate is "
+                                                   "16000: set views.audio_sample_rate=22050, or make the shards "
+                                                   "with make_shards.py --audio-rate 16000")):
+        training_samples(config, str(shards), 1)
 
 
 @DECODERS

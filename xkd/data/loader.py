@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
 from xkd.config import XKDConfig
-from xkd.data.format import VIDEO_EXT
+from xkd.data.format import MANIFEST_NAME, VIDEO_EXT
+from xkd.data.manifest import ManifestError, read_manifest
 from xkd.data.sampler import EpochPlan
 from xkd.data.shard_index import SampleRef, index_split
 
@@ -36,6 +38,7 @@ def training_samples(config: XKDConfig, shards: str, world_size: int) -> list[Sa
         raise ValueError(f"{shards}: {len(audio_only)} of {len(samples)} samples have no video member (first: "
                          f"{audio_only[0].key} in {audio_only[0].shard}); pretraining needs audio-visual clips. "
                          "Audio-only shards (make_shards --no-video-policy audio-only) are for eval/.")
+    check_media_rates(config, samples)
     repeats = config.data.samples_per_decode
     per_rank = EpochPlan(len(samples), world_size, 0, config.train.seed).clips_per_rank
     if per_rank * repeats < config.train.micro_batch_size:
@@ -43,6 +46,25 @@ def training_samples(config: XKDConfig, shards: str, world_size: int) -> list[Sa
                          f"fewer than a micro-batch holds (train.micro_batch_size {config.train.micro_batch_size}"
                          + (f" / data.samples_per_decode {repeats})" if repeats > 1 else ")"))
     return samples
+
+
+def check_media_rates(config: XKDConfig, samples: list[SampleRef]) -> None:
+    """The frame and sample rates the shards were made with (each shard folder's make_shards
+    manifest, where there is one) are those of ``config.views``: a window counts frames at
+    ``views.video_fps`` (a slower video would miss frames in every window, a faster one would be
+    read slow) and the audio window is ``views.audio_sample_rate`` samples per second."""
+    for folder in sorted({Path(ref.shard).parent for ref in samples}):
+        try:
+            manifest = read_manifest(folder)
+        except ManifestError:  # hand-made shards, or a damaged manifest (make_shards --verify says which)
+            continue
+        for kind, rate, key, option in (("video", "fps", "video_fps", "--fps"),
+                                        ("audio", "rate", "audio_sample_rate", "--audio-rate")):
+            made, wanted = manifest.get(kind, {}).get(rate), getattr(config.views, key)
+            if made is not None and made != wanted:
+                raise ValueError(f"{folder / MANIFEST_NAME}: the shards' {kind} {rate} is {made}, views.{key} is "
+                                 f"{wanted}: set views.{key}={made}, or make the shards with make_shards.py "
+                                 f"{option} {wanted}")
 
 
 def build_train_loader(config: XKDConfig, shards: str, rank: int, world_size: int, state: dict[str, int],
