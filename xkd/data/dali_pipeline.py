@@ -74,13 +74,16 @@ REPEAT_COLUMNS = (
     "local_blur", "audio_gain", "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
 )
 # Parameter columns the loader hands on to the trainer (one row per clip, a leading repeat axis)
-# -> the batch's ``VIDEO_CROP_KEYS``, ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish).
-FINISH_COLUMNS = {"global_box": "video_global_box", "local_offsets": "video_local_offset",
-                  "local_boxes": "video_local_box", "global_color": "video_global_color",
-                  "global_flip": "video_global_flip", "local_colors": "video_local_color",
-                  "local_flips": "video_local_flip", "local_blur": "video_local_blur",
-                  "audio_gain": "audio_global_gain", "audio_local_offsets": "audio_local_offset",
-                  "audio_local_gains": "audio_local_gain", "audio_local_boxes": "audio_local_box"}
+# -> the batch's ``VIDEO_CROP_KEYS``, ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish),
+# with the dtype the trainer takes (None: as the source made it).
+FINISH_COLUMNS = {
+    "global_box": ("video_global_box", torch.float32), "local_offsets": ("video_local_offset", torch.int64),
+    "local_boxes": ("video_local_box", torch.float32), "global_color": ("video_global_color", None),
+    "global_flip": ("video_global_flip", torch.bool), "local_colors": ("video_local_color", None),
+    "local_flips": ("video_local_flip", torch.bool), "local_blur": ("video_local_blur", None),
+    "audio_gain": ("audio_global_gain", torch.float32), "audio_local_offsets": ("audio_local_offset", torch.int64),
+    "audio_local_gains": ("audio_local_gain", torch.float32), "audio_local_boxes": ("audio_local_box", torch.float32),
+}
 # Who decodes the video (DaliClipLoader's ``cpu_decoder``; the GPU path always uses DALI's NVDEC decode)
 # and the video columns the source hands to the graph for it: DALI's decoder takes the cut member and
 # its frame indices, PyAV's decode arrives as planes (luma (T, 1, H, W), chroma (T, 2, h, w)).
@@ -438,17 +441,8 @@ class DaliClipLoader:
             "sample_index": to_torch_tensor(sample_index.as_tensor(), copy=True).reshape(-1).repeat_interleave(repeats),
         }
         # (clips, repeats, ...) -> (clips * repeats, ...): the same clip-major order as the views.
-        for name, key in FINISH_COLUMNS.items():
-            batch[key] = params[name].flatten(0, 1)
-        batch["video_global_box"] = batch["video_global_box"].float()
-        batch["video_local_offset"] = batch["video_local_offset"].long()
-        batch["video_local_box"] = batch["video_local_box"].float()
-        batch["video_global_flip"] = batch["video_global_flip"].bool()
-        batch["video_local_flip"] = batch["video_local_flip"].bool()
-        batch["audio_global_gain"] = batch["audio_global_gain"].float()
-        batch["audio_local_offset"] = batch["audio_local_offset"].long()
-        batch["audio_local_gain"] = batch["audio_local_gain"].float()
-        batch["audio_local_box"] = batch["audio_local_box"].float()
+        for name, (key, dtype) in FINISH_COLUMNS.items():
+            batch[key] = params[name].flatten(0, 1) if dtype is None else params[name].flatten(0, 1).to(dtype)
         return batch
 
     def _planes(self, planes) -> dict[str, torch.Tensor]:
