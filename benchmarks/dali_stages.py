@@ -3,18 +3,21 @@ for either CPU video decoder (the loader's ``cpu_decoder``: "pyav", the default,
 
 DALI 2.4 reports no per-operator time on the CPU backend (its executor statistics are memory
 only), so the graph's stages are costed on whole graphs, by process CPU (getrusage: all of DALI's
-threads):
+threads). The loader reads its rows on one thread of this process here (``decode_processes``
+False: with worker processes their CPU would not be in getrusage; ``loader_speed`` counts them):
 
   - additive: the source alone (a graph that only takes the rows of ``ShardSource``: member reads,
     the audio window's read (``xkd.data.audio_window``: libsndfile seek + decode of the window),
-    info vectors, view parameters, and the video: with "pyav" its window decoded into YUV planes
-    (``xkd.data.video_decode``), with "dali" its cut to the window (``xkd.data.video_cut``)); with
+    info vectors, view parameters, and the video: with "pyav" its window decoded (YUV frames,
+    ``xkd.data.video_decode``) and copied with the audio into the batch's shared memory
+    (``xkd.data.batch_memory``), with "dali" its cut to the window (``xkd.data.video_cut``)); with
     "dali", source + ``decoders.video`` of the window (its graph minus the source graph). The audio
     window's read, and PyAV's window decode, are also timed alone (one thread, the same calls) and
     reported apart from the rest of the source;
-  - the loader's own work on DALI's outputs, timed on its thread: each clip's window copied out of
-    DALI's buffers into the batch's padded plane tensors (``DaliClipLoader._planes``) and the rest
-    of the collation (``DaliClipLoader._to_batch`` without it: parameters to torch tensors).
+  - the loader's own work on DALI's outputs, timed on its thread: the batch's planes
+    (``DaliClipLoader._media``: with PyAV tensors viewing the rows' shared memory, copies only when
+    a batch is padded again; DALI's frames copied out of its buffers into padded planes) and the
+    rest of the collation (``DaliClipLoader._to_batch`` without it: parameters to torch tensors).
 
 What neither covers (the executor) is "other". The video crops and the log-mels are not loader
 work: the trainer computes them on its device (``xkd.data.video_crops``, ``xkd.data.audio_finish``).
@@ -38,10 +41,11 @@ import torch_stages
 from xkd.data import dali_pipeline
 from xkd.data.audio_window import read_audio_window
 from xkd.data.dali_pipeline import DaliClipLoader, ShardSource
+from xkd.data.batch_memory import BufferPool
 from xkd.data.format import AUDIO_EXT, NUM_AUDIO_SAMPLES, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import read_info
 from xkd.data.sampler import clip_view_params
-from xkd.data.video_decode import decode_planes
+from xkd.data.video_decode import decode_window
 
 # Partial graphs leave source columns unused on purpose; DALI warns once per graph.
 warnings.filterwarnings("ignore", message="The external source node .* are not used")
@@ -66,10 +70,10 @@ def whole_videos():
 
 def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
     """CPU ms per sample of iterating ``epochs`` epochs after a first batch: (everything, of which in
-    ``_to_batch``, of which in ``_planes``), the last two on the thread that makes the batch
+    ``_to_batch``, of which in ``_media``), the last two on the thread that makes the batch
     (the loader's ``batcher``)."""
     loader = make_loader()
-    timed = {"_to_batch": [0.0], "_planes": [0.0]}
+    timed = {"_to_batch": [0.0], "_media": [0.0]}
     for name, seconds in timed.items():
         original = getattr(loader, name)
 
@@ -88,8 +92,10 @@ def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
     for epoch in range(epochs):
         for batch in (iterator if epoch == 0 else loader):
             samples += batch["audio_window"].shape[0]
-    return (1000 * (process_cpu() - begin) / samples, 1000 * timed["_to_batch"][0] / samples,
-            1000 * timed["_planes"][0] / samples)
+    cpu = process_cpu() - begin
+    loader.close()
+    return (1000 * cpu / samples, 1000 * timed["_to_batch"][0] / samples,
+            1000 * timed["_media"][0] / samples)
 
 
 def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: str | None,
@@ -109,20 +115,24 @@ def subgraph_cpu_ms(samples, views, plan, batch_size: int, epochs: int, decode: 
         return columns["sample_index"]
 
     count, begin = 0, None
+    buffers = BufferPool()  # the loader's own persists across epochs: its shared memory is reused
     for epoch in range(epochs + 1):  # epoch 0 warms up
-        pipe = graph(ShardSource(samples, views, plan, batch_size, seed=0, epoch=epoch, decoder=decoder),
-                     batch_size=batch_size,
+        source = ShardSource(samples, views, plan, batch_size, seed=0, epoch=epoch, decoder=decoder, buffers=buffers)
+        pipe = graph(source, batch_size=batch_size,
                      num_threads=1, device_id=None, prefetch_queue_depth=2, exec_dynamic=True)
         pipe.build()
         begin = process_cpu() if epoch == 1 else begin
         try:
             while True:
                 pipe.run()
+                source.media.clear()  # as the loader takes each batch's media: its memory is reused
                 count += batch_size if epoch else 0
         except StopIteration:
             pass
         del pipe
-    return 1000 * (process_cpu() - begin) / count
+    cpu = process_cpu() - begin
+    buffers.close()
+    return 1000 * cpu / count
 
 
 def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int = 3, decoder: str = "pyav"
@@ -134,7 +144,7 @@ def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int
 
     def loader():
         return DaliClipLoader(samples, views, batch_size, plan, seed=0, device="cpu", num_threads=1,
-                              cpu_decoder=decoder)
+                              cpu_decoder=decoder, decode_processes=False)
 
     def sub(decode):
         return median(lambda: subgraph_cpu_ms(samples, views, plan, batch_size, epochs, decode, decoder))
@@ -145,14 +155,16 @@ def stage_costs(samples, views, plan, batch_size: int, epochs: int, repeats: int
     audio = median(lambda: audio_window_cpu_ms(samples, views))
     if decoder == "pyav":  # the source decodes: its decode is timed alone and taken out of it
         video = median(lambda: pyav_window_cpu_ms(samples, views))
-        stages = {"source: tar/member read, view parameters": source - audio - video,
+        stages = {"source: tar/member read, view parameters, window stored in the batch": source - audio - video,
                   "audio window read (libsndfile, in the source)": audio,
-                  "video decode (PyAV: seek, window, YUV planes; in the source)": video}
+                  "video decode (PyAV: seek, window, YUV frames; in the source)": video}
     else:
         stages = {"source: tar/member read, video cut, view parameters": source - audio,
                   "audio window read (libsndfile, in the source)": audio,
                   "video decode (DALI decoders.video, window)": sub("video") - source}
-    stages.update({"window planes padded into the batch (copies out of DALI)": planes,
+    planes_stage = ("batch planes (views of the stored rows; copies if padded again)" if decoder == "pyav"
+                    else "window planes padded into the batch (DALI's frames copied)")
+    stages.update({planes_stage: planes,
                    "collation (parameters -> torch)": collation - planes})
     stages["other (executor)"] = full - sum(stages.values())
     stages["total (full graph)"] = full
@@ -174,8 +186,8 @@ def audio_window_cpu_ms(samples, views) -> float:
 
 
 def pyav_window_cpu_ms(samples, views) -> float:
-    """CPU ms per sample of the source's PyAV window decode (``decode_planes``), one thread, at the
-    window start the loader would draw for the sample's first epoch."""
+    """CPU ms per sample of the source's PyAV window decode (``decode_window``: the frames, not yet
+    copied), one thread, at the window start the loader would draw for the sample's first epoch."""
     rows = []
     for index, ref in enumerate(samples):
         info = read_info(ref)
@@ -183,7 +195,7 @@ def pyav_window_cpu_ms(samples, views) -> float:
         rows.append((ref.read(VIDEO_EXT), start, int(info[NUM_FRAMES])))
     begin = time.thread_time()
     for data, start, stored in rows:
-        decode_planes(data, start, views.video_global_frames, views.video_fps, stored)
+        decode_window(data, start, views.video_global_frames, views.video_fps, stored)
     return 1000 * (time.thread_time() - begin) / len(rows)
 
 

@@ -11,7 +11,9 @@ PyTorch fallback, producing full batches of global + local views of both modalit
 graph) instead of PyAV (``data.cpu_video_decoder``, default pyav).
 
 Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112). CPU time counts
-this process and its worker processes (getrusage SELF + CHILDREN). ``--repeat N`` lists each
+this process and the loaders' worker processes: the DataLoader's (getrusage CHILDREN, as they end
+each epoch) and the DALI loader's row workers (``/proc`` times: children of the fork server, not of
+this process; also reported alone as ``worker_cpu_ms_per_sample``). ``--repeat N`` lists each
 sample N times in the split (distinct indices, so distinct windows and augmentations), so the
 per-epoch costs (a new DALI graph, new DataLoader workers) are spread as over a real split.
 
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -67,10 +70,22 @@ from xkd.data.batch_finish import BatchFinisher
 
 
 def cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that ended (the PyTorch loader's workers)."""
     total = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds so far of live processes: the DALI loader's row workers, which are children of
+    multiprocessing's fork server, not of this process (``cpu_seconds`` never counts them)."""
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     return total
 
 
@@ -110,7 +125,9 @@ def measure(make_loader, epochs: int, step_ms: float = 0.0) -> dict:
     loader = make_loader()
     next(iter(loader))  # start-up (pipeline build, workers) is not throughput
     samples, batches, waited = 0, 0, 0.0
-    started_wall, started_cpu = time.perf_counter(), cpu_seconds()
+    workers = getattr(loader, "worker_pids", list)()  # the DALI loader's (they live until it closes)
+    started_workers = process_cpu_seconds(workers)
+    started_wall, started_cpu = time.perf_counter(), cpu_seconds() + started_workers
     for _ in range(epochs):
         iterator = iter(loader)
         while True:
@@ -123,8 +140,13 @@ def measure(make_loader, epochs: int, step_ms: float = 0.0) -> dict:
             batches += 1
             if step_ms:
                 time.sleep(step_ms / 1000)
-    wall, cpu = time.perf_counter() - started_wall, cpu_seconds() - started_cpu
+    wall = time.perf_counter() - started_wall
+    in_workers = process_cpu_seconds(workers) - started_workers
+    cpu = cpu_seconds() + started_workers + in_workers - started_cpu
+    loader.close()
     result = {"samples": samples, "samples_per_second": samples / wall, "cpu_ms_per_sample": 1000 * cpu / samples}
+    if workers:  # of which in the row workers (the rest: the training process)
+        result["worker_cpu_ms_per_sample"] = 1000 * in_workers / samples
     if step_ms and batches:
         result.update(step_ms=step_ms, wait_ms_per_batch=1000 * waited / batches,
                       data_wait_fraction=waited / (waited + batches * step_ms / 1000))

@@ -22,13 +22,13 @@ from xkd.data.torch_loader import ClipDataset, collate_clips, read_audio
 from xkd.data.audio_finish import audio_param_tensors
 from xkd.data.batch_finish import SAMPLE_KEYS
 from xkd.data.video_crops import crop_param_tensors
-from xkd.data.video_decode import decode_planes
+from xkd.data.video_decode import decode_planes, decode_window
 from xkd.data.video_finish import video_param_tensors
 
 # The video crops, log-mels and spectrogram crops are not loader stages: the trainer computes them
 # on its device (xkd.data.video_crops, xkd.data.audio_finish), as it finishes the views.
-STAGES = ("tar/member read", "view parameters", "video decode (window, YUV planes)", "audio decode (window)",
-          "view parameters as tensors", "collation (planes padded, parameters stacked)")
+STAGES = ("tar/member read", "view parameters", "video decode (window, YUV frames)", "audio decode (window)",
+          "view parameters as tensors", "collation (frames copied into padded planes, parameters stacked)")
 
 
 class StageClock:
@@ -54,8 +54,8 @@ def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
         info, video, audio = read_info(ref), ref.read(VIDEO_EXT), ref.read(AUDIO_EXT)
     with clock("view parameters"):
         (p,) = dataset._params(info, index, None)  # one sample per decode (k = 1)
-    with clock("video decode (window, YUV planes)"):
-        decoded = decode_planes(video, p.video_start, v.video_global_frames, v.video_fps,
+    with clock("video decode (window, YUV frames)"):
+        decoded = decode_window(video, p.video_start, v.video_global_frames, v.video_fps,
                                 stored_frames=int(info[NUM_FRAMES]))
     with clock("audio decode (window)"):
         window = read_audio(audio, p.audio_start, int(round(v.audio_global_seconds * v.audio_sample_rate)),
@@ -63,15 +63,15 @@ def sample_stages(dataset: ClipDataset, index: int, clock: StageClock) -> dict:
     with clock("view parameters as tensors"):
         sample = {"audio_window": window, **crop_param_tensors(p), **video_param_tensors(p, decoded.to_rgb),
                   **audio_param_tensors(p), "key": ref.key, "index": index}
-    return {"planes": decoded.planes, "samples": [sample], "found": []}
+    return {"window": decoded, "samples": [sample], "found": []}
 
 
 def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str, float]:
     """CPU ms per sample of each stage over ``epochs`` passes of the dataset, in full batches."""
     clock = StageClock()
-    planes, (first,) = dataset.load(int(dataset.indices[0]))
+    window, (first,) = dataset.load(int(dataset.indices[0]))
     staged = sample_stages(dataset, int(dataset.indices[0]), StageClock())
-    same = all(torch.equal(a, b) for a, b in zip(planes, staged["planes"])) and all(
+    same = all(torch.equal(a, b) for a, b in zip(window.planes(), staged["window"].planes())) and all(
         torch.equal(first[name], staged["samples"][0][name]) for name in SAMPLE_KEYS)
     if not same:
         raise AssertionError("the staged sample differs from ClipDataset.load: torch_stages is out of date")
@@ -79,7 +79,7 @@ def stage_costs(dataset: ClipDataset, batch_size: int, epochs: int) -> dict[str,
     for _ in range(epochs):
         for begin in range(0, len(dataset.indices) - batch_size + 1, batch_size):
             items = [sample_stages(dataset, int(i), clock) for i in dataset.indices[begin:begin + batch_size]]
-            with clock("collation (planes padded, parameters stacked)"):
+            with clock("collation (frames copied into padded planes, parameters stacked)"):
                 collate_clips(items)
             samples += batch_size
     return {stage: 1000 * clock.seconds[stage] / samples for stage in STAGES}

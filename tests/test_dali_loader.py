@@ -336,11 +336,11 @@ def test_an_error_making_the_next_batch_skips_nothing(split):
     loader = dali(split, batch_size=1)
     to_batch, calls = loader._to_batch, []
 
-    def failing_once(outputs):
+    def failing_once(outputs, windows):
         calls.append(1)
         if len(calls) == 3:
             raise OSError("a crop thread failed")
-        return to_batch(outputs)
+        return to_batch(outputs, windows)
 
     loader._to_batch = failing_once
     iterator = iter(loader)

@@ -33,6 +33,11 @@ def test_json_has_cost_and_rate_per_loader(sample_shards, tmp_path):
         assert results[loader]["step_ms"] == 5 and 0 <= results[loader]["data_wait_fraction"] < 1
         wait = results[loader]["wait_ms_per_batch"]  # the fraction is the wait's share of wait + step
         assert results[loader]["data_wait_fraction"] == pytest.approx(wait / (wait + 5), rel=1e-9)
+    # The DALI loader's rows are read in worker processes (not this process's children): their CPU
+    # is counted, and is most of it (they decode).
+    dali = results["dali_cpu"]
+    assert 0.5 * dali["cpu_ms_per_sample"] < dali["worker_cpu_ms_per_sample"] < dali["cpu_ms_per_sample"]
+    assert "worker_cpu_ms_per_sample" not in results["torch"]
     assert results["keyframe_interval"] >= 1 and results["samples_per_decode"] == 2
     assert results["device_finish"]["cpu_ms_per_sample"] > 0
 
@@ -48,12 +53,13 @@ def test_torch_stages_reproduce_the_loader_and_cover_every_stage(sample_shards):
 
 
 def test_dali_loader_clock_splits_the_collation(sample_shards):
-    """The DALI loader's own work is timed on its thread: the window copies (_planes) are part of _to_batch."""
+    """The DALI loader's own work is timed on its thread: the batch's planes (_media) are part of _to_batch."""
     views = config_from_dict({}).views
     samples = index_split(sample_shards)
     plan = EpochPlan(len(samples), seed=0)
     total, collation, planes = dali_stages.loader_cpu_ms(
-        lambda: DaliClipLoader(samples, views, 4, plan, seed=0, device="cpu", num_threads=1), epochs=1)
+        lambda: DaliClipLoader(samples, views, 4, plan, seed=0, device="cpu", num_threads=1, decode_processes=False),
+        epochs=1)
     assert 0 < planes < collation < total
 
 

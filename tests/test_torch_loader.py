@@ -20,7 +20,7 @@ from xkd.data.torch_loader import ClipDataset, TorchClipLoader, collate_clips
 from xkd.data.audio_finish import crop_spectrogram
 from xkd.data.batch_finish import BatchFinisher, cut_video_views
 from xkd.data.torch_views import crop_planes, finish_view
-from xkd.data.video_decode import decode_frames, decode_planes, yuv_to_rgb_matrix
+from xkd.data.video_decode import DecodedWindow, decode_frames, decode_planes, yuv_to_rgb_matrix
 from xkd.data.video_finish import IMAGENET_MEAN, IMAGENET_STD, finish_video
 from xkd.data.view_params import ColorJitter, draw_view_params, sample_seed
 
@@ -35,7 +35,7 @@ def by_key(split, key: str) -> int:
 def test_shapes_and_dtypes(split):
     views = views_config(**TINY_VIEWS)
     dataset = ClipDataset(split, views, seed=0, epoch=0, indices=np.arange(len(split)))
-    (item,), (luma, chroma) = dataset[0]["samples"], dataset[0]["planes"]  # the window, decoded once
+    (item,), (luma, chroma) = dataset[0]["samples"], dataset[0]["window"].planes()  # the window, decoded once
     assert luma.shape[:2] == (8, 1) and chroma.shape[:2] == (8, 2) and luma.dtype == chroma.dtype == torch.uint8
     assert chroma.shape[-2:] == ((luma.shape[-2] + 1) // 2, (luma.shape[-1] + 1) // 2)  # 4:2:0
     assert item["audio_window"].shape == (32000,)
@@ -137,14 +137,15 @@ def test_global_window_synchronised(clips, split, repeats):
     audio, _ = soundfile.read(io.BytesIO(clips["ramp"]["flac"]), dtype="float32")
     index, starts = by_key(split, "ramp"), set()
     for epoch in range(4):
-        params, items, window_planes = views_of(split, views, epoch, index, repeats)
+        params, items, decoded = views_of(split, views, epoch, index, repeats)
+        window_planes = decoded.planes()
         for p, item in zip(params, items):
             start = p.video_start
             starts.add(start)
             assert p.audio_start == start * 2000
             planes = (luma[start:start + 8], chroma[start:start + 8])
             assert all(torch.equal(a, b) for a, b in zip(window_planes, planes))
-            batch = collate_clips([{"planes": window_planes, "samples": [item], "found": []}])
+            batch = collate_clips([{"window": decoded, "samples": [item], "found": []}])
             video_global, video_local = cut_video_views(batch, views)
             expected = reference_global_view(*planes, p, views.video_global_size)
             torch.testing.assert_close(item["video_to_rgb"].numpy(), yuv_to_rgb_matrix("bt601", full_range=False))
@@ -173,15 +174,15 @@ def test_global_window_synchronised(clips, split, repeats):
     assert any(start > 0 for start in starts)  # the seek path ran
 
 
-def views_of(split, views, epoch: int, index: int, repeats: int) -> tuple[list, list[dict], tuple]:
-    """(view parameters, items) of each of clip ``index``'s samples, and the clip's decoded window
-    (its planes); k > 1 draws differ per sample."""
+def views_of(split, views, epoch: int, index: int, repeats: int) -> tuple[list, list[dict], DecodedWindow]:
+    """(view parameters, items) of each of clip ``index``'s samples, and the clip's decoded window;
+    k > 1 draws differ per sample."""
     dataset = ClipDataset(split, views, seed=3, epoch=epoch, indices=np.arange(len(split)), repeats=repeats)
     params, item = dataset.params(index), dataset[index]
     assert len(params) == len(item["samples"]) == repeats
     assert len({p.video_start for p in params}) == 1  # one window, decoded once
     assert len({tuple(p.global_box) for p in params}) == repeats
-    return params, item["samples"], item["planes"]
+    return params, item["samples"], item["window"]
 
 
 def test_global_window_exact_with_padding(clips, split):

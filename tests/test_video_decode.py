@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from media import RAMP, VP9, ffmpeg, without_packets
+from xkd.data import video_decode
 from xkd.data.video_decode import RGB_TO_RGB, decode_frames, decode_planes, open_video, yuv_to_rgb_matrix
 from xkd.data.video_finish import to_rgb
 
@@ -116,6 +117,31 @@ def test_open_without_the_probe_decode_gives_the_same_frames(tmp_path, kind):
         assert (unprobed.streams.video[0].codec_context.format is None) == (kind != "h264")
         assert unprobed.streams.video[0].start_time == probed.streams.video[0].start_time
         assert decoded(unprobed) == decoded(probed)
+
+
+def frame_record(frame) -> tuple:
+    """A frame's timestamp, format, colour tags and pixels (not the padding at its rows' ends)."""
+    return (frame.pts, frame.format.name, frame.colorspace, frame.color_range, frame.color_primaries, frame.color_trc,
+            [video_decode._plane_array(plane).tobytes() for plane in frame.planes])
+
+
+def test_a_reused_decoder_gives_what_the_streams_own_decoder_gives(tmp_path, monkeypatch):
+    """Windows of streams of each kind, sizes and colour tags, decoded one after another on one
+    thread (VP9's and VP8's decoders reused, reset between windows, tagged like each stream), are
+    the frames, formats and colour tags the stream's own decoder gives."""
+    streams = {**STREAMS,
+               "vp8_bt709": ("vp8.webm", ["-c:v", "libvpx", "-g", "8", "-pix_fmt", "yuv420p", "-colorspace", "bt709",
+                                          "-color_primaries", "bt709", "-color_trc", "bt709"]),
+               "mjpeg_bt709": ("tagged.mkv", ["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p",
+                                              "-colorspace", "bt709"]),
+               "vp9_small": ("small.webm", [*VP9, "-vf", "scale=80:48", "-pix_fmt", "yuv420p"])}
+    videos = [encode(tmp_path, name, *args) for name, args in streams.values()]
+    windows = [(data, start) for start in (0, 5, 13) for data in videos]
+    reused = [video_decode._decode_window(data, start, 8, 8, frame_record, None) for data, start in windows]
+    assert video_decode._reused.__dict__.keys() == {"vp9", "vp8"}
+    monkeypatch.setattr(video_decode, "REUSABLE_DECODERS", ())
+    own = [video_decode._decode_window(data, start, 8, 8, frame_record, None) for data, start in windows]
+    assert reused == own
 
 
 def full_luma(data: bytes) -> torch.Tensor:

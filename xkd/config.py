@@ -189,6 +189,11 @@ class DataConfig:
     # window and leaves YUV to the trainer (a third less CPU per window; BENCHMARKS.md, issue 15);
     # dali is DALI's own CPU decoder, the GPU path's graph.
     cpu_video_decoder: str = "pyav"  # pyav | dali
+    # The DALI loader's num_workers readers (which decode with pyav) as worker processes writing each
+    # window into its batch's shared memory (true), or threads of the rank's process (false: they hand
+    # Python's GIL back and forth; BENCHMARKS.md, "Rows in worker processes"). A script that builds
+    # the loader itself must guard its top level with ``if __name__ == "__main__":``.
+    decode_processes: bool = True
     num_workers: int = 2
     shuffle_buffer: int = 256
     steps_per_epoch: int = 0  # 0: derived from the shard manifest

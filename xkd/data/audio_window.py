@@ -13,6 +13,11 @@ import numpy as np
 import soundfile
 
 
+def audio_window_samples(views) -> int:
+    """Samples in the global audio window (``views``: a ViewsConfig): its seconds at its rate."""
+    return int(round(views.audio_global_seconds * views.audio_sample_rate))
+
+
 def read_audio_window(data: bytes, start: int, count: int, sample_rate: int) -> np.ndarray:
     """Samples [start, start + count) of a mono FLAC at ``sample_rate`` as float32 (count,), zero
     padded at the end. A FLAC of another rate or channel count raises ValueError (make_shards writes

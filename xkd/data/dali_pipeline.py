@@ -5,12 +5,15 @@ Stages (one DALI graph; the video decoder depends on the device):
     ShardSource (Python, per batch)      the 4 s audio window (libsndfile: seek + window decode),
                                          ClipViewParams, and the video: on the GPU (and with
                                          ``cpu_decoder="dali"``) the member cut to the window's
-                                         packets; on the CPU the window decoded by PyAV into YUV planes
+                                         packets; on the CPU the window decoded by PyAV in worker
+                                         processes, written with the audio window into the batch's
+                                         shared memory beside the graph (xkd.data.batch_memory)
     -> decoders.video                    GPU: the window's frames by NVDEC ("mixed"), uint8 FHWC RGB
                                          (CPU with ``cpu_decoder="dali"``: DALI's CPU decoder)
-    (PyAV's planes and the audio window pass through; moved to the GPU on the GPU path)
+    (the audio window and the parameters pass through; moved to the GPU on the GPU path)
     then, in the loader (torch, where DALI left the frames: host or GPU)
-    -> each clip's window                 padded to the batch's largest frame (xkd.data.video_crops)
+    -> each clip's window                 padded to the batch's largest frame (xkd.data.video_crops;
+                                         PyAV's: tensors viewing the shared memory, no copy)
 
 Why PyAV decodes on the CPU path: DALI 2.4's CPU ``decoders.video`` cannot seek (it decodes every
 frame before the window; the source's cut limits that to the window's GOP) and converts every
@@ -40,7 +43,7 @@ exactly the same batches, and the PyTorch fallback loader draws identical views.
 Corrupt samples (``xkd.data.sample_check``) are replaced in their batch by a stand-in
 (``xkd.data.sampler.slot_candidates``, the PyTorch loader's rule). The source finds unreadable
 members, audio and info vectors while it reads them, and with PyAV also undecodable videos and
-videos with fewer frames than their info vector claims (``decode_planes`` pads a window past the
+videos with fewer frames than their info vector claims (``decode_window`` pads a window past the
 end of a short clip by repeating its last frame, as the PyTorch loader does). With DALI's decoder
 a video decode failure fails DALI's whole batch, so the loader decodes that batch's samples in
 Python to find the culprits and rebuilds the graph at the same position with them excluded;
@@ -57,14 +60,16 @@ import numpy as np
 import torch
 
 from xkd.config import ViewsConfig
-from xkd.data.audio_window import read_audio_window
-from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
+from xkd.data.audio_window import audio_window_samples, read_audio_window
+from xkd.data.format import AUDIO_EXT, HEIGHT, NUM_FRAMES, VIDEO_EXT, WIDTH
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, corruption_reason, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
+from xkd.data.batch_memory import BatchBuffer, BufferPool, StoredBatch, batch_media, store_row
+from xkd.data.row_workers import RowWorkers, WorkerDied
 from xkd.data.shard_index import SampleRef
-from xkd.data.video_crops import RGB_PLANE_KEYS, YUV_PLANE_KEYS, pad_planes, plane_sizes
+from xkd.data.video_crops import RGB_PLANE_KEYS, pad_planes, plane_sizes
 from xkd.data.video_cut import cut_window
-from xkd.data.video_decode import bt601_rgb_matrix, decode_planes, stream_colour_standard
+from xkd.data.video_decode import bt601_rgb_matrix, decode_window, stream_colour_standard
 from xkd.data.view_params import ClipViewParams
 
 # View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
@@ -85,15 +90,17 @@ FINISH_COLUMNS = {
     "audio_local_gains": ("audio_local_gain", torch.float32), "audio_local_boxes": ("audio_local_box", torch.float32),
 }
 # Who decodes the video (DaliClipLoader's ``cpu_decoder``; the GPU path always uses DALI's NVDEC decode)
-# and the video columns the source hands to the graph for it: DALI's decoder takes the cut member and
-# its frame indices, PyAV's decode arrives as planes (luma (T, 1, H, W), chroma (T, 2, h, w)).
-VIDEO_COLUMNS = {"dali": ("video", "video_frames"), "pyav": ("luma", "chroma")}
+# and the media columns the source hands to the graph for it: DALI's decoder takes the cut member and
+# its frame indices, and the audio window rides along (to the GPU on the GPU path). PyAV's windows
+# and audio go around the graph: each row is written into its batch's shared memory where it is read
+# (xkd.data.batch_memory), which the trainer's batch views (through DALI, two more copies).
+MEDIA_COLUMNS = {"dali": ("video", "video_frames", "audio_window"), "pyav": ()}
 
 
 def source_column_names(decoder: str) -> tuple[str, ...]:
-    """Columns the Python source hands to the graph, in order: per clip (the video's, the clip's
-    YUV -> RGB matrix, the audio window), then per sample, then the clip's index."""
-    return (*VIDEO_COLUMNS[decoder], "video_to_rgb", "audio_window", *REPEAT_COLUMNS, "sample_index")
+    """Columns the Python source hands to the graph, in order: per clip (the media for ``decoder``,
+    the clip's YUV -> RGB matrix), then per sample, then the clip's index."""
+    return (*MEDIA_COLUMNS[decoder], "video_to_rgb", *REPEAT_COLUMNS, "sample_index")
 
 
 def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
@@ -119,13 +126,12 @@ def repeat_columns(params: ClipViewParams) -> dict[str, np.ndarray]:
     }
 
 
-def video_columns(data: bytes, start: int, views: ViewsConfig, stored_frames: int, decoder: str
-                  ) -> dict[str, np.ndarray]:
-    """The video columns of a clip's row for ``decoder`` (``VIDEO_COLUMNS``) and its "video_to_rgb"."""
+def video_columns(data: bytes, start: int, views: ViewsConfig, stored_frames: int, decoder: str) -> dict:
+    """The video columns of a clip's row for ``decoder`` (``MEDIA_COLUMNS``; with PyAV, "window", its
+    :class:`~xkd.data.video_decode.DecodedWindow`, which goes around the graph) and its "video_to_rgb"."""
     if decoder == "pyav":  # seek + decode of the window, no RGB conversion (xkd.data.video_decode)
-        window = decode_planes(data, start, views.video_global_frames, views.video_fps, stored_frames)
-        luma, chroma = (plane.numpy() for plane in window.planes)
-        return {"luma": luma, "chroma": chroma, "video_to_rgb": window.to_rgb}
+        window = decode_window(data, start, views.video_global_frames, views.video_fps, stored_frames)
+        return {"window": window, "video_to_rgb": window.to_rgb}
     # Only the packets from the window's keyframe on: DALI's decoder does not seek (xkd.data.video_cut).
     video, frames = cut_window(np.frombuffer(data, dtype=np.uint8),
                                window_frames(start, views.video_global_frames, stored_frames), views.video_fps)
@@ -135,21 +141,39 @@ def video_columns(data: bytes, start: int, views: ViewsConfig, stored_frames: in
 
 
 def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsConfig, stored_frames: int,
-                   decoder: str = "dali") -> dict[str, np.ndarray]:
+                   decoder: str = "dali") -> dict:
     """One clip's row of the source: the video for ``decoder`` (:func:`video_columns`), the audio
     window (float32), both at the window the clip's samples share (``params[0]``'s), and the view
     parameters of each of its samples, stacked on a leading repeat axis."""
     per_sample = [repeat_columns(p) for p in params]
     video = video_columns(ref.read(VIDEO_EXT), params[0].video_start, views, stored_frames, decoder)
     # The audio window alone (seek + decode of 4 s), not the whole clip's FLAC (xkd.data.audio_window).
-    audio_window = read_audio_window(ref.read(AUDIO_EXT), params[0].audio_start,
-                                     int(round(views.audio_global_seconds * views.audio_sample_rate)),
+    audio_window = read_audio_window(ref.read(AUDIO_EXT), params[0].audio_start, audio_window_samples(views),
                                      views.audio_sample_rate)
     return {
         **video,
         "audio_window": audio_window,
         **{name: np.stack([columns[name] for columns in per_sample]) for name in REPEAT_COLUMNS},
     }
+
+
+def read_row(ref: SampleRef, index: int, stand_in_for: int | None, views: ViewsConfig, seed: int, epoch: int,
+             repeats: int, augment: bool, decoder: str) -> dict:
+    """The source's row of sample ``index`` (``ref``) in the slot of ``stand_in_for`` (None: its own):
+    its info vector, its samples' view parameters (:func:`~xkd.data.sampler.clip_view_params`) and
+    :func:`source_columns`. A pure function of its arguments: read in a reader thread, a worker
+    process (:mod:`xkd.data.row_workers`) or the graph's own thread, a row is the same."""
+    info = read_info(ref)
+    params = clip_view_params(seed, epoch, index, stand_in_for, repeats, views, info, augment)
+    # The sample's index rides through the graph, so a batch says which samples it holds.
+    return {**source_columns(ref, params, views, int(info[NUM_FRAMES]), decoder),
+            "sample_index": np.array(index, dtype=np.int64)}
+
+
+def store_read_row(arguments: tuple, buffer: BatchBuffer, clip: int) -> dict:
+    """:func:`read_row` on this thread, its window and audio written into clip ``clip`` of ``buffer``
+    (:func:`~xkd.data.batch_memory.store_row`)."""
+    return store_row(read_row(*arguments), buffer.layout, buffer.arrays(), clip)
 
 
 class ShardSource:
@@ -160,17 +184,22 @@ class ShardSource:
     failures found so far, so DALI's prefetching can neither skip nor repeat samples; the loader
     counts what was consumed. A new epoch, a resume or a new corrupt sample builds a new source.
 
-    Reading (3 open/seek/read per sample and the view parameters) would otherwise run on the
-    thread that calls ``pipeline.run()``, i.e. the training loop's. With a ``reader`` (threads:
-    file reads release the GIL, and CUDA is already initialised, so no forked workers), each call
-    starts reading the next batch's samples in the background; a row is a pure function of
-    (sample, stand-in slot), so what is read ahead is exactly what would be read now.
+    Reading (3 open/seek/read per sample, the view parameters and, with PyAV, the decode) would
+    otherwise run on the thread that calls ``pipeline.run()``, i.e. the training loop's. With a
+    ``reader`` (threads, or :class:`~xkd.data.row_workers.RowWorkers`' processes), each call starts
+    reading the next batch's samples in the background; a row is a pure function of (sample,
+    stand-in slot) (:func:`read_row`), so what is read ahead is exactly what would be read now.
+
+    With PyAV each batch has a :class:`~xkd.data.batch_memory.BatchBuffer` from ``buffers``, and
+    each row is written into its clip's place there by whoever reads it (a worker, a reader thread,
+    or this thread for a stand-in); ``media`` holds the batch for the loader, beside the graph.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, plan: EpochPlan, batch_size: int, seed: int,
                  epoch: int = 0, start_position: int = 0, known: frozenset[int] = frozenset(),
                  failed: dict[int, frozenset[int]] | None = None, augment: bool = True,
-                 reader: Executor | None = None, decoder: str = "dali"):
+                 reader: Executor | RowWorkers | None = None, decoder: str = "dali", buffers: BufferPool | None = None,
+                 frame_sizes: dict[int, tuple[int, int]] | None = None):
         self.samples, self.views, self.plan, self.augment = samples, views, plan, augment
         self.decoder, self.columns = decoder, source_column_names(decoder)
         self.batch_size, self.seed, self.repeats = batch_size, seed, plan.samples_per_decode
@@ -182,6 +211,13 @@ class ShardSource:
         self.found: dict[int, list[tuple[int, str]]] = {}  # batch position -> unreadable samples it met
         self.reader = reader
         self.ahead: dict[tuple[int, int | None], Future] = {}  # (sample, stand-in slot) -> its row being read
+        # PyAV: batch position -> the memory its rows are written into, then (once made) the batch's media.
+        self.buffers = (buffers or BufferPool()) if decoder == "pyav" else None
+        self.stored: dict[int, BatchBuffer] = {}
+        # Sample -> (height, width) of its info vector: the padding of its batches, read once per loader.
+        self.frame_sizes = {} if frame_sizes is None else frame_sizes
+        self.media: dict[int, StoredBatch] = {}
+        self.read_ahead(start_position)  # the first batch too: DALI asks for it as soon as the graph runs
 
     def batch_position(self, iteration: int) -> int:
         begin = self.start_position + iteration * self.batch_size
@@ -194,10 +230,13 @@ class ShardSource:
         skip = self.known | self.failed.get(begin, frozenset())
         rows, chosen, found = [], [], []
         for position in range(begin, begin + self.batch_size):
-            index, stand_in_for, row = self.slot(position, skip, found)
+            index, stand_in_for, row = self.slot(begin, position, skip, found)
             chosen.append((index, stand_in_for))
             rows.append(row)
         self.chosen[begin], self.found[begin] = chosen, found
+        if self.buffers is not None:
+            self.media[begin] = StoredBatch(self.stored.pop(begin), [row["plane_sizes"] for row in rows],
+                                            [row["window"] for row in rows])
         self.read_ahead(begin + self.batch_size)
         return tuple([row[name] for row in rows] for name in self.columns)
 
@@ -205,39 +244,81 @@ class ShardSource:
         """Start reading the batch at ``begin`` (each slot's own sample; stand-ins are rare)."""
         if self.reader is None or begin + self.batch_size > len(self.order):
             return
-        for position in range(begin, begin + self.batch_size):
-            key = (int(self.order[position]), None)
-            if key[0] not in self.known and key not in self.ahead:
-                self.ahead[key] = self.reader.submit(self.row, *key)
+        keys = [(int(self.order[position]), None, position - begin) for position in range(begin, begin + self.batch_size)]
+        keys = [(index, stand_in_for, clip) for index, stand_in_for, clip in keys
+                if index not in self.known and (index, stand_in_for) not in self.ahead]
+        if isinstance(self.reader, RowWorkers):  # a few rows per task (RowWorkers.submit_rows)
+            chunk = max(1, -(-len(keys) // self.reader.workers))
+            for first in range(0, len(keys), chunk):
+                part = keys[first:first + chunk]
+                rows = [(self.row_arguments(index, stand_in_for), clip) for index, stand_in_for, clip in part]
+                futures = self.reader.submit_rows(read_row, rows, self.buffer(begin))
+                self.ahead.update(((index, stand_in_for), future) for (index, stand_in_for, _), future in zip(part, futures))
+            return
+        for index, stand_in_for, clip in keys:
+            arguments = self.row_arguments(index, stand_in_for)
+            if self.buffers is None:
+                self.ahead[(index, stand_in_for)] = self.reader.submit(read_row, *arguments)
+            else:
+                self.ahead[(index, stand_in_for)] = self.reader.submit(store_read_row, arguments, self.buffer(begin), clip)
 
-    def slot(self, position: int, skip: frozenset[int], found: list[tuple[int, str]]
+    def buffer(self, begin: int) -> BatchBuffer:
+        """The memory the rows of the batch at ``begin`` are written into (PyAV): planes padded to the
+        largest frame the info vectors of its samples give (4:2:0 chroma; a window that does not fit,
+        or a batch whose decoded frames are smaller, is padded by copying: ``batch_memory.batch_media``)."""
+        if begin not in self.stored:
+            sizes = []
+            for position in range(begin, begin + self.batch_size):
+                index = int(self.order[position])
+                if index not in self.known and index not in self.frame_sizes:
+                    try:
+                        info = read_info(self.samples[index])
+                    except Exception:  # its row fails as well, and a stand-in takes its place
+                        continue
+                    self.frame_sizes[index] = int(info[HEIGHT]), int(info[WIDTH])
+                if index in self.frame_sizes:
+                    sizes.append(self.frame_sizes[index])
+            height, width = (max(axis, default=0) for axis in zip(*sizes)) if sizes else (0, 0)
+            self.stored[begin] = self.buffers.take(self.batch_size, self.views.video_global_frames, (height, width),
+                                                   ((height + 1) // 2, (width + 1) // 2), audio_window_samples(self.views))
+        return self.stored[begin]
+
+    def slot(self, begin: int, position: int, skip: frozenset[int], found: list[tuple[int, str]]
              ) -> tuple[int, int | None, dict[str, np.ndarray]]:
-        """The first candidate of the slot at ``position`` whose members and info vector read."""
+        """The first candidate of the slot at ``position`` (of the batch at ``begin``) whose members
+        and info vector read."""
+        buffer = self.buffer(begin) if self.buffers is not None else None  # (its errors are not the sample's)
         for index, stand_in_for in slot_candidates(self.order, position, self.batch_size):
             if index in skip or any(index == bad for bad, _ in found):
                 continue
             try:
                 ahead = self.ahead.pop((index, stand_in_for), None)
-                return index, stand_in_for, ahead.result() if ahead is not None else self.row(index, stand_in_for)
+                if ahead is not None:
+                    return index, stand_in_for, ahead.result()
+                arguments = self.row_arguments(index, stand_in_for)
+                if buffer is None:
+                    return index, stand_in_for, read_row(*arguments)
+                return index, stand_in_for, store_read_row(arguments, buffer, position - begin)
+            except WorkerDied:  # not the sample's fault (as a decoder crash in a reader thread would end the run)
+                raise
             except Exception as error:  # a truncated member, a missing one, a bad info vector
                 found.append((index, describe(error)))
         raise NoReadableSample(f"epoch {self.epoch}: no sample of this rank's {len(self.order)} is readable "
                                f"(slot {position})")
 
-    def row(self, index: int, stand_in_for: int | None) -> dict[str, np.ndarray]:
-        ref = self.samples[index]
-        info = read_info(ref)
-        params = clip_view_params(self.seed, self.epoch, index, stand_in_for, self.repeats, self.views, info,
-                                  self.augment)
-        # The sample's index rides through the graph, so a batch says which samples it holds.
-        return {**source_columns(ref, params, self.views, int(info[NUM_FRAMES]), self.decoder),
-                "sample_index": np.array(index, dtype=np.int64)}
+    def row_arguments(self, index: int, stand_in_for: int | None) -> tuple:
+        return (self.samples[index], index, stand_in_for, self.views, self.seed, self.epoch, self.repeats,
+                self.augment, self.decoder)
+
+    def row(self, index: int, stand_in_for: int | None) -> dict:
+        """The row read on this thread, on its own (:func:`read_row`: media in the row)."""
+        return read_row(*self.row_arguments(index, stand_in_for))
 
 
 class OneSample:
     """External source of a single one-sample batch: one sample through DALI alone."""
 
-    def __init__(self, row: dict[str, np.ndarray], decoder: str):
+    def __init__(self, row: dict, decoder: str):
         self.row, self.decoder, self.columns = row, decoder, source_column_names(decoder)
 
     def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
@@ -250,9 +331,10 @@ def build_pipeline(source: ShardSource | OneSample, views: ViewsConfig, batch_si
                    num_threads: int, seed: int, prefetch: int = 2):
     """The DALI graph. ``device``: "cpu" (CPU backend) or "gpu" (NVDEC decode; frames and audio window
     delivered on the GPU); the source's ``decoder`` says whether the graph decodes the video
-    ("dali") or the source did ("pyav"). ``batch_size`` counts clips. Outputs per clip: the decoded
-    window's plane groups (DALI: one FHWC uint8 RGB; PyAV: luma, chroma), the YUV -> RGB matrix,
-    the audio window, each ``REPEAT_COLUMNS`` entry (repeat axis first) and the sample index."""
+    ("dali") or the source did ("pyav"). ``batch_size`` counts clips. Outputs per clip: with DALI's
+    decoder its decoded window (FHWC uint8 RGB) and the audio window (with PyAV both go around the
+    graph), then the YUV -> RGB matrix, each ``REPEAT_COLUMNS`` entry (repeat axis first) and the
+    sample index."""
     from nvidia.dali import fn, pipeline_def
 
     on_gpu = device == "gpu"
@@ -264,20 +346,17 @@ def build_pipeline(source: ShardSource | OneSample, views: ViewsConfig, batch_si
     def pipeline():
         columns = dict(zip(source.columns, fn.external_source(
             source=source, num_outputs=len(source.columns), batch=True, batch_info=True, parallel=False)))
-        if source.decoder == "dali":
+        media = ()
+        if source.decoder == "dali":  # (PyAV: the loader takes the media from the source, ShardSource.media)
             # Explicit indices, no padding by DALI: frames a video lacks are an error, not edge copies.
             # One decode of the shared window per clip; every sample's views are cut from it (in the loader).
-            planes = (fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
-                                        frames=columns["video_frames"], pad_mode="none"),)
-        else:  # decoded by the source (PyAV); passed through
-            planes = (columns["luma"], columns["chroma"])
-        # The shared 4 s window, read by the source (zeros past the end of the sound); log-mels follow
-        # on the device.
-        segment = columns["audio_window"]
-        if on_gpu:
-            segment = segment.gpu()
-        return (*planes, columns["video_to_rgb"], segment, *(columns[name] for name in REPEAT_COLUMNS),
-                columns["sample_index"])
+            frames = fn.decoders.video(columns["video"], device="mixed" if on_gpu else "cpu",
+                                       frames=columns["video_frames"], pad_mode="none")
+            # The shared 4 s window, read by the source (zeros past the end of the sound); log-mels
+            # follow on the device.
+            segment = columns["audio_window"].gpu() if on_gpu else columns["audio_window"]
+            media = (frames, segment)
+        return (*media, columns["video_to_rgb"], *(columns[name] for name in REPEAT_COLUMNS), columns["sample_index"])
 
     # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
     # rank; DALI's CPU threads pinned to the CPUs near that GPU (NVML), as the decode feeds it.
@@ -332,9 +411,10 @@ class DaliClipLoader:
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, batch_size: int, plan: EpochPlan, seed: int,
                  device: str = "cpu", num_threads: int = 2, start_epoch: int = 0, start_position: int = 0,
-                 augment: bool = True, corrupt_state: dict | None = None, cpu_decoder: str = "pyav"):
-        if cpu_decoder not in VIDEO_COLUMNS:
-            raise ValueError(f"cpu_decoder {cpu_decoder!r}: expected one of {sorted(VIDEO_COLUMNS)}")
+                 augment: bool = True, corrupt_state: dict | None = None, cpu_decoder: str = "pyav",
+                 decode_processes: bool = True):
+        if cpu_decoder not in MEDIA_COLUMNS:
+            raise ValueError(f"cpu_decoder {cpu_decoder!r}: expected one of {sorted(MEDIA_COLUMNS)}")
         self.samples, self.views, self.batch_size, self.plan = samples, views, batch_size, plan
         self.augment = augment
         self.device, self.num_threads, self.seed = device, num_threads, seed
@@ -344,11 +424,22 @@ class DaliClipLoader:
         self.corrupt = CorruptSamples(samples, corrupt_state)
         # Batch position (in clips) -> {sample: reason} of samples whose decode failed there (this epoch).
         self.failed: dict[int, dict[int, str]] = {}
-        # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead); with PyAV
-        # these threads also decode the video (PyAV releases the GIL), so they get all of num_threads.
-        readers = num_threads if self.decoder == "pyav" else min(4, num_threads)
-        self.reader = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="xkd-read")
-        # Turns DALI's outputs into the next batch (_planes: copies out of DALI's buffers) while the model
+        # Reads the next batch's samples while DALI and the model work (ShardSource.read_ahead). With PyAV
+        # the readers also decode the video, so they get all of num_threads: worker processes
+        # (xkd.data.row_workers: no GIL between them), or with ``decode_processes`` False threads of this
+        # process. DALI's decoder only needs the members read and cut: threads.
+        self.reader: ThreadPoolExecutor | RowWorkers
+        if self.decoder == "pyav" and decode_processes:
+            self.reader = RowWorkers(max(1, num_threads))
+        else:
+            readers = num_threads if self.decoder == "pyav" else min(4, num_threads)
+            self.reader = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="xkd-read")
+        # PyAV: the shared memory each batch's rows are written into, reused batch after batch, and
+        # each sample's frame size (ShardSource.buffer).
+        self.buffers = BufferPool() if self.decoder == "pyav" else None
+        self.frame_sizes: dict[int, tuple[int, int]] = {}
+        # Turns DALI's outputs into the next batch (the parameters, and DALI's decoded frames, copied out
+        # of its buffers; PyAV's batch is already in shared memory) while the model
         # trains on this one. CPU decode only: on the GPU the copies are kernels, queued from the loop's
         # thread (its device).
         self.batcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xkd-batch") if device == "cpu" else None
@@ -360,6 +451,10 @@ class DaliClipLoader:
     @property
     def corrupt_samples(self) -> int:
         return self.corrupt.count
+
+    def worker_pids(self) -> list[int]:
+        """The row worker processes running (none with reader threads)."""
+        return self.reader.pids() if isinstance(self.reader, RowWorkers) else []
 
     def sync_corrupt_samples(self) -> int:
         """Share the corrupt samples found with every rank (collective); returns the run's count."""
@@ -376,7 +471,7 @@ class DaliClipLoader:
         failed = {position: frozenset(bad) for position, bad in self.failed.items()}
         self.source = ShardSource(self.samples, self.views, self.plan, self.clips_per_batch, self.seed, self.epoch,
                                   self.clip_position, frozenset(self.corrupt.known), failed, self.augment,
-                                  self.reader, self.decoder)
+                                  self.reader, self.decoder, self.buffers, self.frame_sizes)
         # With PyAV the graph only passes the source's arrays through: one DALI thread is enough.
         dali_threads = self.num_threads if self.decoder == "dali" else 1
         self.pipeline = build_pipeline(self.source, self.views, self.clips_per_batch, self.device, dali_threads,
@@ -425,42 +520,49 @@ class DaliClipLoader:
     def state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, **self.corrupt.state()}
 
-    def _to_batch(self, outputs) -> dict[str, torch.Tensor]:
+    def _to_batch(self, outputs, stored: StoredBatch | None) -> dict[str, torch.Tensor]:
+        """DALI's outputs and, with PyAV, the batch's stored media (``ShardSource.media``) -> a batch."""
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
-        groups = 1 if self.decoder == "dali" else 2  # plane groups: DALI's RGB frames; PyAV's luma, chroma
-        planes, (to_rgb, window, *params, sample_index) = outputs[:groups], outputs[groups:]
+        media = self._media(outputs[:2] if stored is None else None, stored)
+        to_rgb, *params, sample_index = outputs[2:] if stored is None else outputs
         params = dict(zip(REPEAT_COLUMNS, (to_torch_tensor(out.as_tensor(), copy=True) for out in params)))
         repeats = self.plan.samples_per_decode
+
+        def per_sample(per_clip: torch.Tensor) -> torch.Tensor:  # a clip's samples share its window
+            return per_clip if repeats == 1 else per_clip.repeat_interleave(repeats, dim=0)
+
         batch = {
-            **self._planes(planes),
-            "video_to_rgb": to_torch_tensor(to_rgb.as_tensor(), copy=True).repeat_interleave(repeats, dim=0),
-            # A clip's samples share its window.
-            "audio_window": to_torch_tensor(window.as_tensor(), copy=True).repeat_interleave(repeats, dim=0),
+            **media,
+            "video_to_rgb": per_sample(to_torch_tensor(to_rgb.as_tensor(), copy=True)),
+            "audio_window": per_sample(media["audio_window"]),
             # Index into the loader's samples (not a model input), once per sample.
-            "sample_index": to_torch_tensor(sample_index.as_tensor(), copy=True).reshape(-1).repeat_interleave(repeats),
+            "sample_index": per_sample(to_torch_tensor(sample_index.as_tensor(), copy=True).reshape(-1)),
         }
         # (clips, repeats, ...) -> (clips * repeats, ...): the same clip-major order as the views.
         for name, (key, dtype) in FINISH_COLUMNS.items():
             batch[key] = params[name].flatten(0, 1) if dtype is None else params[name].flatten(0, 1).to(dtype)
         return batch
 
-    def _planes(self, planes) -> dict[str, torch.Tensor]:
-        """Each clip's window from DALI's outputs (DALI's FHWC RGB frames or PyAV's planes, on the
-        host or the GPU), padded into one tensor per plane group (``video_crops.pad_planes``), with
-        the true sizes: the trainer cuts the views from them on its device."""
+    def _media(self, decoded, stored: StoredBatch | None) -> dict[str, torch.Tensor]:
+        """Each clip's window padded to the batch's largest frame, one tensor per plane group, with the
+        true sizes (the trainer cuts the views from them on its device), and each clip's audio window.
+        PyAV: the batch as its rows stored it (``batch_memory.batch_media``: no copy). DALI's decoder:
+        ``decoded``, its outputs (FHWC RGB frames, on the host or the GPU; ``video_crops.pad_planes``)
+        and the audio windows."""
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
+        if stored is not None:
+            return batch_media(stored)
+        frames, audio = decoded
         # On the GPU a copy first: DALI may reuse its buffer on its own stream before the padding
         # copy queued on torch's runs. On the host the padding copies out of DALI's buffer at once.
         on_gpu = self.device == "gpu"
-        windows = [[to_torch_tensor(group[clip], copy=on_gpu) for clip in range(len(group))] for group in planes]
-        if self.decoder == "dali":  # (F, H, W, C) -> (F, C, H, W); PyAV's planes are (F, C, H, W)
-            windows = [[window.permute(0, 3, 1, 2) for window in windows[0]]]
-        keys = RGB_PLANE_KEYS if self.decoder == "dali" else YUV_PLANE_KEYS
-        batch = {key: pad_planes(group) for key, group in zip(keys, windows)}
-        batch["video_plane_size"] = torch.stack([plane_sizes(clip) for clip in zip(*windows)])
-        return batch
+        windows = [to_torch_tensor(frames[clip], copy=on_gpu).permute(0, 3, 1, 2)  # (F, H, W, C) -> (F, C, H, W)
+                   for clip in range(len(frames))]
+        return {RGB_PLANE_KEYS[0]: pad_planes(windows),
+                "video_plane_size": torch.stack([plane_sizes((window,)) for window in windows]),
+                "audio_window": to_torch_tensor(audio.as_tensor(), copy=True)}
 
     def _make(self) -> tuple[int, list, Future] | object:
         """Run the graph for the batch at the graph's position and start turning it into a batch
@@ -475,11 +577,12 @@ class DaliClipLoader:
                 continue
             position = self.clip_position
             found = list(self.source.found.get(position, []))
+            stored = self.source.media.pop(position, None)
             if self.batcher is None:
                 future: Future = Future()
-                future.set_result(self._to_batch(outputs))
+                future.set_result(self._to_batch(outputs, stored))
             else:  # DALI's buffers stay in use until the next run(), which waits for this (_deliver)
-                future = self.batcher.submit(self._to_batch, outputs)
+                future = self.batcher.submit(self._to_batch, outputs, stored)
             return position, found, future
 
     def _deliver(self) -> dict[str, torch.Tensor]:
@@ -510,9 +613,13 @@ class DaliClipLoader:
             self.ahead[2].exception()  # it reads DALI's buffers: done before the graph goes
         self.ahead = None
         for pool in (self.batcher, self.reader):
-            if pool is not None:
+            if isinstance(pool, RowWorkers):
+                pool.close()
+            elif pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        self.batcher = self.reader = None
+        if self.buffers is not None:
+            self.buffers.close()
+        self.batcher = self.reader = self.buffers = None
         self.pipeline = self.source = None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

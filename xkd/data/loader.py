@@ -82,7 +82,8 @@ def build_train_loader(config: XKDConfig, shards: str, rank: int, world_size: in
 
         return DaliClipLoader(samples, device=dali_device(config.data.device),
                               num_threads=max(1, config.data.num_workers),
-                              cpu_decoder=config.data.cpu_video_decoder, **common)
+                              cpu_decoder=config.data.cpu_video_decoder,
+                              decode_processes=config.data.decode_processes, **common)
     from xkd.data.torch_loader import TorchClipLoader
 
     return TorchClipLoader(samples, num_workers=config.data.num_workers, **common)

@@ -32,7 +32,13 @@ class NoReadableSample(Exception):
     """Every candidate of a batch slot is corrupt: the split (or this rank's share) is unusable."""
 
 
+class DescribedError(Exception):
+    """An error described where it happened (a decode worker process): its message is that description."""
+
+
 def describe(error: BaseException) -> str:
+    if isinstance(error, DescribedError):
+        return str(error)
     return f"{type(error).__name__}: {error}"
 
 

@@ -2,7 +2,7 @@
 
 Delivers the same :class:`~xkd.data.view_params.ClipViewParams` as the DALI pipeline, drawn per
 (seed, epoch, sample index), so a sample's views do not depend on the worker, the batch or a
-resume. Video is decoded with PyAV into its YUV planes (:func:`xkd.data.video_decode.decode_planes`),
+resume. Video is decoded with PyAV into its YUV planes (:func:`xkd.data.video_decode.decode_window`),
 audio with libsndfile; the views are cut and finished by the trainer on its device
 (:mod:`xkd.data.batch_finish`).
 
@@ -35,8 +35,8 @@ from xkd.data.format import AUDIO_EXT, NUM_FRAMES, VIDEO_EXT
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.shard_index import SampleRef
-from xkd.data.video_crops import YUV_PLANE_KEYS, crop_param_tensors, pad_planes, plane_sizes
-from xkd.data.video_decode import decode_planes
+from xkd.data.video_crops import crop_param_tensors, pad_windows
+from xkd.data.video_decode import DecodedWindow, decode_window
 from xkd.data.video_finish import video_param_tensors
 from xkd.data.view_params import ClipViewParams
 
@@ -52,8 +52,11 @@ class ClipDataset(Dataset):
     ``start + i`` of ``indices`` (a rank's epoch order of clips) for (seed, epoch), from one decode:
     its own clip, or the first readable stand-in when that is corrupt. ``batch_size`` counts clips.
 
-    ``known``: samples known to be corrupt, skipped unread. Each item carries "found", the
-    (index, reason) of the corrupt samples it tried, for the loader to log and count.
+    ``known``: samples known to be corrupt, skipped unread. An item is {"window": the clip's
+    :class:`~xkd.data.video_decode.DecodedWindow` (frames still in the decoder's buffers: collated in
+    the worker that decoded them, copied once, into the batch), "samples": each sample's parameters
+    and audio window, "found": the (index, reason) of the corrupt samples it tried, for the loader to
+    log and count}.
     """
 
     def __init__(self, samples: list[SampleRef], views: ViewsConfig, seed: int, epoch: int, indices: np.ndarray,
@@ -81,26 +84,26 @@ class ClipDataset(Dataset):
             if index in self.known:
                 continue
             try:
-                planes, samples = self.load(index, stand_in_for)
+                window, samples = self.load(index, stand_in_for)
             except Exception as error:  # any unreadable member makes the sample corrupt, never the run
                 found.append((index, describe(error)))
                 continue
-            return {"planes": planes, "samples": samples, "found": found}
+            return {"window": window, "samples": samples, "found": found}
         raise NoReadableSample(f"epoch {self.epoch}: no sample of this rank's {len(self.indices)} is readable "
                                f"(slot {position}; last: {found[-1][1] if found else 'all known corrupt'})")
 
-    def load(self, index: int, stand_in_for: int | None = None) -> tuple[tuple[torch.Tensor, ...], list[dict]]:
-        """One decode of the window the clip's samples share (its YUV planes), and each sample's
-        parameters and audio window; the views are cut from the planes on the training device."""
+    def load(self, index: int, stand_in_for: int | None = None) -> tuple[DecodedWindow, list[dict]]:
+        """One decode of the window the clip's samples share (its YUV frames), and each sample's
+        parameters and audio window; the views are cut from its planes on the training device."""
         v, ref = self.views, self.samples[index]
         info = read_info(ref)
         params = self._params(info, index, stand_in_for)
         first = params[0]
-        window = decode_planes(ref.read(VIDEO_EXT), first.video_start, v.video_global_frames, v.video_fps,
+        window = decode_window(ref.read(VIDEO_EXT), first.video_start, v.video_global_frames, v.video_fps,
                                stored_frames=int(info[NUM_FRAMES]))
         audio_window = int(round(v.audio_global_seconds * v.audio_sample_rate))
         audio = read_audio(ref.read(AUDIO_EXT), first.audio_start, audio_window, v.audio_sample_rate)
-        return window.planes, [{
+        return window, [{
             "audio_window": audio,  # the log-mels are computed on the training device
             **crop_param_tensors(p),  # crops, RGB, colour, flip, blur: on the training device
             **video_param_tensors(p, window.to_rgb),
@@ -111,11 +114,11 @@ class ClipDataset(Dataset):
 
 
 def collate_clips(items: list[dict]) -> dict:
-    """The clips' planes padded into one tensor per group, and every sample's parameters stacked (a
-    clip's samples next to each other); "found" lists the corrupt samples the batch's slots tried."""
+    """The clips' frames copied into one padded tensor per plane group (``pad_windows``), and every
+    sample's parameters stacked (a clip's samples next to each other); "found" lists the corrupt
+    samples the batch's slots tried."""
     samples = [sample for item in items for sample in item["samples"]]
-    batch = {key: pad_planes(windows) for key, windows in zip(YUV_PLANE_KEYS, zip(*(item["planes"] for item in items)))}
-    batch["video_plane_size"] = torch.stack([plane_sizes(item["planes"]) for item in items])
+    batch = pad_windows([item["window"] for item in items])
     batch.update({name: torch.stack([sample[name] for sample in samples]) for name in SAMPLE_KEYS})
     batch["key"] = [sample["key"] for sample in samples]
     batch["index"] = torch.tensor([sample["index"] for sample in samples], dtype=torch.int64)

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from xkd.data.video_decode import DecodedWindow
 from xkd.data.view_params import ClipViewParams
 
 # Crop edges lie on even luma pixels: the chroma grid of 4:2:0 video, whether the decoder delivers
@@ -70,9 +71,34 @@ def pad_planes(windows: Sequence[torch.Tensor], out: torch.Tensor | None = None)
     for clip, window in enumerate(windows):
         h, w = window.shape[-2:]
         out[clip, ..., :h, :w] = window
-        out[clip, ..., h:, :] = 0  # only where the clip is smaller than the batch's largest frame
-        out[clip, ..., :h, w:] = 0
+        _zero_margins(out[clip], h, w)
     return out
+
+
+def _zero_margins(planes: torch.Tensor, height: int, width: int) -> None:
+    """Zeros outside the top-left (height, width) of a clip's padded planes (only where the clip is
+    smaller than the batch's largest frame)."""
+    planes[..., height:, :] = 0
+    planes[..., :height, width:] = 0
+
+
+def pad_windows(windows: Sequence[DecodedWindow]) -> dict[str, torch.Tensor]:
+    """The YUV plane groups of a batch (``YUV_PLANE_KEYS``, as :func:`pad_planes` pads them) and
+    "video_plane_size", from each clip's decoded frames copied once, straight out of the decoder's
+    buffers (:class:`~xkd.data.video_decode.DecodedWindow`): no window arrays in between."""
+    sizes = torch.tensor([window.plane_sizes() for window in windows], dtype=torch.int64)  # (clips, 2, 2)
+    count = windows[0].count
+    batch = {}
+    for group, (key, channels) in enumerate(zip(YUV_PLANE_KEYS, (1, 2))):
+        height, width = (int(size) for size in sizes[:, group].max(dim=0).values)
+        batch[key] = torch.empty((len(windows), count, channels, height, width), dtype=torch.uint8)
+    luma, chroma = (batch[key].numpy() for key in YUV_PLANE_KEYS)
+    for clip, window in enumerate(windows):
+        window.copy_into(luma[clip], chroma[clip])
+        for group, key in enumerate(YUV_PLANE_KEYS):
+            _zero_margins(batch[key][clip], *sizes[clip, group].tolist())
+    batch["video_plane_size"] = sizes
+    return batch
 
 
 def subsampling(sizes: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 Two outputs of the same seeking decode:
 
-- :func:`decode_planes` (the training loaders): the decoder's own YUV planes, luma (T, 1, H, W)
-  and chroma (T, 2, h, w) uint8, with the clip's YUV -> RGB matrix. The trainer cuts the views
-  from the planes and converts them to RGB on its device (:mod:`xkd.data.video_crops`,
+- :func:`decode_window` (the training loaders): the decoder's own YUV frames, left in its buffers
+  for the loader to copy once into its batch; :func:`decode_planes` copies them into a window's
+  own luma (T, 1, H, W) and chroma (T, 2, h, w) uint8 planes. Both come with the clip's YUV -> RGB
+  matrix. The trainer cuts the views from the planes and converts them to RGB on its device (:mod:`xkd.data.video_crops`,
   :mod:`xkd.data.video_finish`): at 128 px, swscale's YUV -> RGB conversion costs 2-4x the VP9
   decode itself (BENCHMARKS.md, issue 15), and on the device it is one 3 x 3 matrix per view.
 - :func:`decode_frames` (the evaluation suite): RGB (T, 3, H, W) uint8, converted by swscale.
@@ -18,7 +19,8 @@ video (damage the decoder skipped) is an error.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, TypeVar
 
 import av
@@ -114,6 +116,43 @@ def bt601_rgb_matrix(standard: str) -> np.ndarray:
     return (yuv_to_rgb_matrix(standard, full_range=False).astype(np.float64) @ from_rgb255).astype(np.float32)
 
 
+# Decoders kept per thread (a loader's reader thread or worker process) and reused window after
+# window: opening a VP9 decoder is ~0.2 ms of a ~5 ms window (BENCHMARKS.md, issue 15). Only VP9
+# (make_shards' default) and VP8, and only without extradata: all their decoders need is in their
+# packets, and what the container says of colour is copied in at each use, as FFmpeg copies it when it
+# opens a stream's own decoder (the bitstream's own tags then win, in both). Any other stream decodes
+# with its own: mjpeg's decoder, for one, sets its colour tags once, when it opens.
+REUSABLE_DECODERS = ("vp9", "vp8")
+COLOUR_TAGS = ("colorspace", "color_range", "color_primaries", "color_trc")
+_reused = threading.local()
+
+
+def _reused_decoder(stream: av.video.stream.VideoStream) -> av.CodecContext | None:
+    """This thread's decoder for ``stream``'s codec, reset and tagged like the stream, or None."""
+    own = stream.codec_context
+    if own.name not in REUSABLE_DECODERS or own.extradata:
+        return None
+    decoder = _reused.__dict__.get(own.name)
+    if decoder is None:
+        decoder = _reused.__dict__[own.name] = av.CodecContext.create(own.name, "r")
+        decoder.thread_count = 1
+    else:
+        decoder.flush_buffers()  # the last window's references and end-of-stream state
+    for tag in COLOUR_TAGS:
+        setattr(decoder, tag, getattr(own, tag))
+    return decoder
+
+
+def _decoded(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    """The frames of ``stream`` from the container's position on."""
+    decoder = _reused_decoder(stream)
+    if decoder is None:
+        yield from container.decode(stream)
+        return
+    for packet in container.demux(stream):
+        yield from decoder.decode(packet)  # the demuxer's last, empty packet drains the decoder
+
+
 def _decode_window(data: bytes, start: int, count: int, fps: int, convert: Callable[[av.VideoFrame], Frame],
                    stored_frames: int | None, seek: bool = True) -> list[Frame]:
     """``convert`` of each frame of [start, start + count) that the video has (fewer at its end)."""
@@ -124,7 +163,7 @@ def _decode_window(data: bytes, start: int, count: int, fps: int, convert: Calla
         if seek and start > 0:
             seek_to_frame(container, stream, start, fps)
         index, frame_index = -1, frame_clock(stream, fps)
-        for frame in container.decode(stream):
+        for frame in _decoded(container, stream):
             index = index + 1 if frame.pts is None else frame_index(frame.pts)
             first = index if first is None else first
             if seek and first > start:  # the seek overshot: decode from the beginning instead
@@ -179,21 +218,62 @@ def _plane_array(plane) -> np.ndarray:
     return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
 
 
-def decode_planes(data: bytes, start: int, count: int, fps: int, stored_frames: int | None = None) -> YuvWindow:
-    """Frames [start, start + count) of a video as YUV planes (no RGB conversion on the host), padded
-    like :func:`decode_frames`; the matrix is the first frame's (a stream's frames share theirs).
+class DecodedWindow(NamedTuple):
+    """A window's frames as the decoder left them, not yet copied: planar 8-bit YUV frames, each
+    holding its own reference to its buffers (the decoder may be gone), up to ``count`` of them
+    (fewer at the end of a short clip: the last one stands for the rest), and the (3, 4) YUV -> RGB
+    matrix of the first (a stream's frames share theirs).
 
-    The decoded frames are kept (each holds its own reference to its buffers) and their planes
-    copied once, straight into the window's arrays."""
+    The loaders copy the frames once, straight into their batch's padded planes, not into a window's
+    own arrays first: the DALI loader's readers into the batch's shared memory
+    (:func:`xkd.data.batch_memory.write_clip`), the PyTorch loader's collation
+    (:func:`xkd.data.video_crops.pad_windows`)."""
+    frames: list[av.VideoFrame]
+    count: int
+    to_rgb: np.ndarray
+
+    def plane_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(height, width) of the luma and of the chroma planes."""
+        luma, chroma = self.frames[0].planes[:2]
+        return (luma.height, luma.width), (chroma.height, chroma.width)
+
+    def planes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window copied into its own luma (count, 1, H, W) and chroma (count, 2, h, w) uint8 planes."""
+        (height, width), (chroma_height, chroma_width) = self.plane_sizes()
+        luma = np.empty((self.count, 1, height, width), dtype=np.uint8)
+        chroma = np.empty((self.count, 2, chroma_height, chroma_width), dtype=np.uint8)
+        self.copy_into(luma, chroma)
+        return torch.from_numpy(luma), torch.from_numpy(chroma)
+
+    def copy_into(self, luma: np.ndarray, chroma: np.ndarray) -> None:
+        """The window into the top-left corners of ``luma`` (count, 1, >= H, >= W) and ``chroma``
+        (count, 2, >= h, >= w), uint8; frames past the clip's end repeat its last frame."""
+        for i, frame in enumerate(self.frames):
+            y, u, v = (_plane_array(plane) for plane in frame.planes[:3])
+            luma[i, 0, :y.shape[0], :y.shape[1]] = y
+            chroma[i, 0, :u.shape[0], :u.shape[1]] = u
+            chroma[i, 1, :v.shape[0], :v.shape[1]] = v
+        last = len(self.frames) - 1
+        if last + 1 < self.count:
+            (height, width), (chroma_height, chroma_width) = self.plane_sizes()
+            luma[last + 1:self.count, :, :height, :width] = luma[last, :, :height, :width]
+            chroma[last + 1:self.count, :, :chroma_height, :chroma_width] = chroma[last, :, :chroma_height, :chroma_width]
+
+
+def decode_window(data: bytes, start: int, count: int, fps: int, stored_frames: int | None = None) -> DecodedWindow:
+    """Frames [start, start + count) of a video, decoded (planar YUV; another pixel format converted
+    to ``YUV_FALLBACK``) but not copied out of the decoder's buffers. With ``stored_frames`` (the
+    sample's info vector), a video that ends before the frames it claims to have is corrupt
+    (``ValueError``)."""
     frames = _decode_window(data, start, count, fps, lambda frame: frame, stored_frames)
     if frames[0].format.name not in PLANAR_YUV:
         frames = [frame.reformat(format=YUV_FALLBACK, dst_colorspace="ITU601", dst_color_range="JPEG")
                   for frame in frames]
-    y, u = (_plane_array(plane) for plane in frames[0].planes[:2])
-    luma = np.empty((count, 1, *y.shape), dtype=np.uint8)
-    chroma = np.empty((count, 2, *u.shape), dtype=np.uint8)
-    for i, frame in enumerate(frames):
-        y, u, v = (_plane_array(plane) for plane in frame.planes[:3])
-        luma[i, 0], chroma[i, 0], chroma[i, 1] = y, u, v
-    luma[len(frames):], chroma[len(frames):] = luma[len(frames) - 1], chroma[len(frames) - 1]  # the last frame
-    return YuvWindow((torch.from_numpy(luma), torch.from_numpy(chroma)), frame_yuv_matrix(frames[0]))
+    return DecodedWindow(frames, count, frame_yuv_matrix(frames[0]))
+
+
+def decode_planes(data: bytes, start: int, count: int, fps: int, stored_frames: int | None = None) -> YuvWindow:
+    """Frames [start, start + count) of a video as YUV planes (no RGB conversion on the host), padded
+    like :func:`decode_frames`: :func:`decode_window`, copied into the window's own arrays."""
+    window = decode_window(data, start, count, fps, stored_frames)
+    return YuvWindow(window.planes(), window.to_rgb)
