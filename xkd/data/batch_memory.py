@@ -29,6 +29,7 @@ from xkd.data.video_crops import YUV_PLANE_KEYS, pad_windows
 
 ALIGN = 64  # offsets of the planes and the audio in a batch's memory
 
+
 def _aligned(offset: int) -> int:
     return -(-offset // ALIGN) * ALIGN
 
@@ -205,9 +206,10 @@ class BufferPool:
     back laid out as it was for a batch of the same layout (its planes zero outside what each
     clip's "written" says), or is zeroed and laid out anew."""
 
-    # Segments kept free at most (beyond them the least recently returned are unlinked): a few per
-    # layout in use, as batches whose largest frames differ alternate.
-    MAX_FREE = 32
+    # Segments kept free at most (beyond them the least recently returned are unlinked): the batches
+    # in flight are a few (DALI's prefetch, the read-ahead, the batch made ahead), and a paper-geometry
+    # batch of 32 clips is ~55 MB of /dev/shm.
+    MAX_FREE = 8
 
     def __init__(self):
         self.lock = threading.Lock()
