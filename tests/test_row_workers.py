@@ -183,3 +183,48 @@ def test_a_pool_unlinks_what_a_killed_process_left():
     finally:
         for path in (left, live, other):
             path.unlink(missing_ok=True)
+
+
+@needs_ffmpeg
+def test_the_jobs_signals_leave_the_workers_to_the_training_process(split):
+    """SLURM signals every process of a job step (requeue, preemption, time-limit warnings): the
+    workers and their fork server ignore those signals, so the batches the training process needs
+    to reach its checkpoint still come."""
+    import multiprocessing.forkserver
+    import time
+
+    samples = split * 8
+    loader = dali(samples, EpochPlan(len(samples), seed=7))
+    iterator = iter(loader)
+    next(iterator)
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    for pid in [*loader.worker_pids(), server]:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+            os.kill(pid, sig)
+    time.sleep(0.5)
+    assert len(list(iterator)) == len(samples) // 2 - 1
+    for pid in [*loader.worker_pids(), server]:
+        os.kill(pid, 0)  # still running
+    loader.close()
+
+
+@needs_ffmpeg
+def test_the_jobs_signals_leave_the_pytorch_loaders_workers_alone(split):
+    """The DataLoader's workers (forked: this process's command line) ignore the job's signals too."""
+    import time
+
+    from media import child_pids
+    from xkd.data.torch_loader import TorchClipLoader
+
+    samples = split * 4
+    loader = TorchClipLoader(samples, VIEWS, 2, num_workers=2, plan=EpochPlan(len(samples), seed=7), seed=7)
+    iterator = iter(loader)
+    next(iterator)
+    ours = Path(f"/proc/{os.getpid()}/cmdline").read_bytes()
+    workers = [pid for pid in child_pids(os.getpid()) if Path(f"/proc/{pid}/cmdline").read_bytes() == ours]
+    assert len(workers) == 2
+    for pid in workers:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            os.kill(pid, sig)
+    time.sleep(0.5)
+    assert len(list(iterator)) == len(samples) // 2 - 1

@@ -30,7 +30,8 @@ from xkd.data.sample_check import DescribedError, describe
 # the main script (a forkserver or spawned worker runs it as ``__mp_main__``: once, in the server, so
 # a training script's imports are not repeated in every worker; its top level must be guarded by
 # ``if __name__ == "__main__":``, as with every multiprocessing start method but fork).
-PRELOAD = ["__main__", "xkd.data.dali_pipeline"]
+# The server also ignores the job's signals, which its workers inherit (xkd.data.row_worker_signals).
+PRELOAD = ["__main__", "xkd.data.dali_pipeline", "xkd.data.row_worker_signals"]
 
 
 class WorkerDied(Exception):
@@ -40,6 +41,13 @@ class WorkerDied(Exception):
 
 
 # ---- worker side ----
+
+
+def _ignore_job_signals() -> None:
+    from xkd.data.row_worker_signals import ignore_job_signals
+
+    ignore_job_signals()
+
 
 _attached: dict[str, tuple[shared_memory.SharedMemory, BatchLayout, tuple]] = {}
 
@@ -82,7 +90,8 @@ class RowWorkers:
     def __init__(self, workers: int):
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)  # before the server starts; later calls change nothing
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        # Each worker ignores the job's signals itself too (a server started without the preload).
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_job_signals)
         self.workers = workers
 
     def pids(self) -> list[int]:

@@ -126,6 +126,12 @@ def collate_clips(items: list[dict]) -> dict:
     return batch
 
 
+def ignore_job_signals(worker_id: int) -> None:
+    """A DataLoader worker leaves SLURM's signals (requeue, preemption, time-limit warnings: sent to
+    every process of the job step) to the training process, which checkpoints on them."""
+    import xkd.data.row_worker_signals  # noqa: F401  (ignores them on import; workers only)
+
+
 class TorchClipLoader:
     """Epochs of batches for one rank, resumable at (epoch, samples consumed).
 
@@ -182,7 +188,7 @@ class TorchClipLoader:
                               repeats=repeats)
         return DataLoader(dataset, batch_size=clips, shuffle=False, drop_last=True,
                           num_workers=self.num_workers, collate_fn=collate_clips, pin_memory=self.pin_memory,
-                          persistent_workers=False)
+                          persistent_workers=False, worker_init_fn=ignore_job_signals)
 
     def __iter__(self):
         epoch = self.epoch
