@@ -126,10 +126,13 @@ def collate_clips(items: list[dict]) -> dict:
     return batch
 
 
-def ignore_job_signals(worker_id: int) -> None:
+def leave_job_signals_to_the_trainer(worker_id: int) -> None:
     """A DataLoader worker leaves SLURM's signals (requeue, preemption, time-limit warnings: sent to
-    every process of the job step) to the training process, which checkpoints on them."""
-    import xkd.data.row_worker_signals  # noqa: F401  (ignores them on import; workers only)
+    every process of the job step) to the training process, which checkpoints on them. Called, not
+    only imported: a module imported before the fork would not run again in the worker."""
+    from xkd.data.row_worker_signals import ignore_job_signals  # workers only: it ignores them on import
+
+    ignore_job_signals()
 
 
 class TorchClipLoader:
@@ -188,7 +191,7 @@ class TorchClipLoader:
                               repeats=repeats)
         return DataLoader(dataset, batch_size=clips, shuffle=False, drop_last=True,
                           num_workers=self.num_workers, collate_fn=collate_clips, pin_memory=self.pin_memory,
-                          persistent_workers=False, worker_init_fn=ignore_job_signals)
+                          persistent_workers=False, worker_init_fn=leave_job_signals_to_the_trainer)
 
     def __iter__(self):
         epoch = self.epoch
