@@ -69,9 +69,10 @@ def whole_videos():
 
 
 def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
-    """CPU ms per sample of iterating ``epochs`` epochs after a first batch: (everything, of which in
+    """CPU ms per sample of iterating ``epochs`` epochs after a first one: (everything, of which in
     ``_to_batch``, of which in ``_media``), the last two on the thread that makes the batch
-    (the loader's ``batcher``)."""
+    (the loader's ``batcher``). From an epoch's end on, as ``loader_speed.measure``: what the
+    loader has under way there is the same at both ends of the timing."""
     loader = make_loader()
     timed = {"_to_batch": [0.0], "_media": [0.0]}
     for name, seconds in timed.items():
@@ -84,13 +85,13 @@ def loader_cpu_ms(make_loader, epochs: int) -> tuple[float, float, float]:
             finally:
                 seconds[0] += time.thread_time() - begin
         setattr(loader, name, clocked)
-    iterator = iter(loader)
-    next(iterator)
+    for _ in loader:
+        pass
     samples, begin = 0, process_cpu()
     for seconds in timed.values():
         seconds[0] = 0.0
-    for epoch in range(epochs):
-        for batch in (iterator if epoch == 0 else loader):
+    for _ in range(epochs):
+        for batch in loader:
             samples += batch["audio_window"].shape[0]
     cpu = process_cpu() - begin
     loader.close()

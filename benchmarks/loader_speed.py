@@ -10,7 +10,9 @@ PyTorch fallback, producing full batches of global + local views of both modalit
 ``--cpu-decoder dali`` measures the DALI loader with DALI's own CPU video decoder (the GPU path's
 graph) instead of PyAV (``data.cpu_video_decoder``, default pyav).
 
-Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112). CPU time counts
+Paper geometry by default (video 32x112x112 + 8x96x96, audio 80x448 + 80x112, a rank's batch of
+32 samples: ``train.max_micro_batch_size``; a loader's per-batch costs weigh 8x more per sample
+at a batch of 4). By default the split is listed enough times for 8 batches per epoch. CPU time counts
 this process and the loaders' worker processes: the DataLoader's (getrusage CHILDREN, as they end
 each epoch) and the DALI loader's row workers (``/proc`` times: children of the fork server, not of
 this process; also reported alone as ``worker_cpu_ms_per_sample``). ``--repeat N`` lists each
@@ -117,13 +119,23 @@ def finish_gpu_ms(batch: dict, views, repeats: int = 5) -> float:
     return 1000 * sorted(times)[len(times) // 2] / batch["audio_window"].shape[0]
 
 
+BATCHES_PER_EPOCH = 8  # the default --repeat lists the split this often at least
+
+
 def measure(make_loader, epochs: int, step_ms: float = 0.0) -> dict:
-    """Samples/s and CPU ms per sample over ``epochs`` epochs after a first batch; with ``step_ms``,
+    """Samples/s and CPU ms per sample over ``epochs`` epochs after a first one; with ``step_ms``,
     each batch is followed by a sleep of that long (an accelerator's training step: no host CPU),
     and the time the loop then waits for the next batch is reported as the trainer's
-    ``data_wait_fraction``."""
+    ``data_wait_fraction``.
+
+    Timed from one epoch's end to another's: a loader works ahead (DALI's prefetch, the rows read
+    ahead, the batch made ahead, the DataLoader's prefetch), so once it has handed out its first
+    batch the next two or three are under way, and timing from there would leave their work out
+    (a fifth of the samples counted at a batch of 32). At an epoch's end what is under way is the
+    next epoch's start, the same at both ends of the timing."""
     loader = make_loader()
-    next(iter(loader))  # start-up (pipeline build, workers) is not throughput
+    for _ in loader:  # start-up (pipeline build, workers) is not throughput
+        pass
     samples, batches, waited = 0, 0, 0.0
     workers = getattr(loader, "worker_pids", list)()  # the DALI loader's (they live until it closes)
     started_workers = process_cpu_seconds(workers)
@@ -176,9 +188,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", default="sample_shards")
     parser.add_argument("--workers", type=int, default=2, help="DALI threads / DataLoader workers")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=config_from_dict({}).train.max_micro_batch_size,
+                        help="samples per batch (default: train.max_micro_batch_size, a rank's batch at paper "
+                             "geometry on a 32 GB GPU)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=1, help="list each sample this many times (default 1)")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="list each sample this many times (default: enough for 8 batches per epoch)")
     parser.add_argument("--samples-per-decode", type=int, default=1,
                         help="training samples per decoded clip (data.samples_per_decode; default 1)")
     parser.add_argument("--stages", action="store_true", help="add the per-stage breakdown, floor and ratio")
@@ -197,7 +212,12 @@ def main() -> None:
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu needs a CUDA GPU visible to torch (DALI's NVDEC decode); none is")
     views = config_from_dict({}).views
-    samples = index_split(args.shards) * args.repeat
+    split = index_split(args.shards)
+    args.repeat = args.repeat or -(-BATCHES_PER_EPOCH * args.batch_size // max(1, len(split)))
+    samples = split * args.repeat
+    if len(samples) < 2 * args.batch_size:
+        parser.error(f"{args.shards}: {len(samples)} samples (x --repeat {args.repeat}) make fewer than two batches of "
+                     f"--batch-size {args.batch_size}: list them more times (--repeat) or lower --batch-size")
     plan = EpochPlan(len(samples), seed=0, samples_per_decode=args.samples_per_decode)
     results = {
         "dali_cpu": measure(lambda: DaliClipLoader(samples, views, args.batch_size, plan, seed=0, device="cpu",
@@ -206,7 +226,7 @@ def main() -> None:
         "cpu_decoder": args.cpu_decoder,
         "torch": measure(lambda: TorchClipLoader(samples, views, args.batch_size, args.workers, plan, seed=0),
                          args.epochs, args.step_ms),
-        "workers": args.workers, "batch_size": args.batch_size, "samples": len(samples),
+        "workers": args.workers, "batch_size": args.batch_size, "samples": len(samples), "repeat": args.repeat,
         "samples_per_decode": args.samples_per_decode,
         "keyframe_interval": keyframe_interval(args.shards), "host_to_device": "n/a (CPU path)",
     }

@@ -24,7 +24,8 @@ from xkd.data.torch_loader import ClipDataset
 def test_json_has_cost_and_rate_per_loader(sample_shards, tmp_path):
     out = tmp_path / "loader.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "loader_speed.py"), "--shards", str(sample_shards),
-                    "--workers", "1", "--epochs", "1", "--samples-per-decode", "2", "--step-ms", "5",
+                    "--workers", "1", "--epochs", "1", "--batch-size", "4", "--samples-per-decode", "2",
+                    "--step-ms", "5",
                     "--json", str(out)],
                    check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     results = json.loads(out.read_text())

@@ -71,6 +71,8 @@ STREAMS = {  # make_shards' default (VP9, yuv420p, untagged), its mjpeg option (
     "vp9_bt2020": ("clip2020.webm", [*VP9, "-pix_fmt", "yuv420p", "-colorspace", "bt2020nc", "-color_range", "tv"]),
     "ffv1_rgb": ("rgb.mkv", ["-c:v", "ffv1", "-pix_fmt", "bgr0"]),
     "h264": ("clip.mkv", ["-c:v", "libx264", "-g", "8", "-pix_fmt", "yuv420p"]),  # make_shards' GPU-only option
+    # Not a shard's container (the evaluation decodes users' clips): found by FFmpeg's format probe.
+    "h264_mp4": ("clip.mp4", ["-c:v", "libx264", "-g", "8", "-pix_fmt", "yuv420p"]),
 }
 H264 = ["-c:v", "libx264", "-g", "8", "-threads", "1", "-pix_fmt", "yuv420p"]
 
@@ -109,12 +111,14 @@ def test_open_without_the_probe_decode_gives_the_same_frames(tmp_path, kind):
     """``open_video`` keeps FFmpeg's probe from decoding (no decoder on the container's whitelist);
     the stream's decoder still decodes every frame, with the same format and colour tags, and the
     container learns nothing from a decode (no pixel format: the probe really did not decode).
-    H.264, whose first timestamp only the probe's decode finds, is opened with the probe."""
+    H.264, whose first timestamp only the probe's decode finds, is opened with the probe; a
+    container other than Matroska (named, as the shards' is) by FFmpeg's format probe."""
     name, args = STREAMS[kind]
     data = encode(tmp_path, name, *args)
     with av.open(io.BytesIO(data)) as probed, open_video(data) as unprobed:
+        assert unprobed.format.name.split(",")[0] == probed.format.name.split(",")[0]  # ("matroska" named)
         assert probed.streams.video[0].codec_context.format is not None
-        assert (unprobed.streams.video[0].codec_context.format is None) == (kind != "h264")
+        assert (unprobed.streams.video[0].codec_context.format is None) == (kind != "h264")  # (MP4 gives the first timestamp itself)
         assert unprobed.streams.video[0].start_time == probed.streams.video[0].start_time
         assert decoded(unprobed) == decoded(probed)
 

@@ -28,6 +28,5 @@ def read_audio_window(data: bytes, start: int, count: int, sample_rate: int) -> 
             raise ValueError(f"expected {sample_rate} Hz mono audio, got {audio.samplerate} Hz x {audio.channels}")
         if start < audio.frames:
             audio.seek(start)
-            samples = audio.read(count, dtype="float32")
-            window[:len(samples)] = samples
+            audio.read(out=window)  # decoded into the window: up to its length, the rest stays zeros
     return window

@@ -62,6 +62,7 @@ import torch
 from xkd.config import ViewsConfig
 from xkd.data.audio_window import audio_window_samples, read_audio_window
 from xkd.data.format import AUDIO_EXT, HEIGHT, NUM_FRAMES, VIDEO_EXT, WIDTH
+from xkd.data.packed_params import pack_view_params, unpack_view_params
 from xkd.data.sample_check import CorruptSamples, NoReadableSample, corruption_reason, describe, read_info
 from xkd.data.sampler import EpochPlan, clip_view_params, slot_candidates
 from xkd.data.batch_memory import BatchBuffer, BufferPool, StoredBatch, batch_media, store_row
@@ -72,23 +73,6 @@ from xkd.data.video_cut import cut_window
 from xkd.data.video_decode import bt601_rgb_matrix, decode_window, stream_colour_standard
 from xkd.data.view_params import ClipViewParams
 
-# View parameters of one sample; a clip's row stacks them for each of its samples (repeat axis first).
-# They pass through the graph to the trainer, which cuts and finishes the views.
-REPEAT_COLUMNS = (
-    "global_box", "global_flip", "global_color", "local_offsets", "local_boxes", "local_flips", "local_colors",
-    "local_blur", "audio_gain", "audio_local_offsets", "audio_local_gains", "audio_local_boxes",
-)
-# Parameter columns the loader hands on to the trainer (one row per clip, a leading repeat axis)
-# -> the batch's ``VIDEO_CROP_KEYS``, ``VIDEO_PARAM_KEYS`` and ``AUDIO_PARAM_KEYS`` (xkd.data.batch_finish),
-# with the dtype the trainer takes (None: as the source made it).
-FINISH_COLUMNS = {
-    "global_box": ("video_global_box", torch.float32), "local_offsets": ("video_local_offset", torch.int64),
-    "local_boxes": ("video_local_box", torch.float32), "global_color": ("video_global_color", None),
-    "global_flip": ("video_global_flip", torch.bool), "local_colors": ("video_local_color", None),
-    "local_flips": ("video_local_flip", torch.bool), "local_blur": ("video_local_blur", None),
-    "audio_gain": ("audio_global_gain", torch.float32), "audio_local_offsets": ("audio_local_offset", torch.int64),
-    "audio_local_gains": ("audio_local_gain", torch.float32), "audio_local_boxes": ("audio_local_box", torch.float32),
-}
 # Who decodes the video (DaliClipLoader's ``cpu_decoder``; the GPU path always uses DALI's NVDEC decode)
 # and the media columns the source hands to the graph for it: DALI's decoder takes the cut member and
 # its frame indices, and the audio window rides along (to the GPU on the GPU path). PyAV's windows
@@ -98,32 +82,14 @@ MEDIA_COLUMNS = {"dali": ("video", "video_frames", "audio_window"), "pyav": ()}
 
 
 def source_column_names(decoder: str) -> tuple[str, ...]:
-    """Columns the Python source hands to the graph, in order: per clip (the media for ``decoder``,
-    the clip's YUV -> RGB matrix), then per sample, then the clip's index."""
-    return (*MEDIA_COLUMNS[decoder], "video_to_rgb", *REPEAT_COLUMNS, "sample_index")
+    """Columns the Python source hands to the graph, in order: per clip the media for ``decoder``,
+    its YUV -> RGB matrix, its samples' packed view parameters (repeats, P) and its index."""
+    return (*MEDIA_COLUMNS[decoder], "video_to_rgb", "view_params", "sample_index")
 
 
 def window_frames(start: int, length: int, stored_frames: int) -> np.ndarray:
     """Frame indices of a global window: [start, start + length) clamped to the last stored frame."""
     return np.minimum(np.arange(start, start + length), stored_frames - 1).astype(np.int32)
-
-
-def repeat_columns(params: ClipViewParams) -> dict[str, np.ndarray]:
-    """The view parameters of one sample as arrays (the columns after ``video_frames``)."""
-    return {
-        "global_box": params.global_box,
-        "global_flip": np.array(params.global_flip, dtype=np.int32),
-        "global_color": params.global_color.as_array(),
-        "local_offsets": params.local_offsets,
-        "local_boxes": params.local_boxes,
-        "local_flips": params.local_flips.astype(np.int32),
-        "local_colors": np.stack([color.as_array() for color in params.local_colors]),
-        "local_blur": params.local_blur_sigmas,
-        "audio_gain": np.array(params.audio_gain, dtype=np.float32),
-        "audio_local_offsets": params.audio_local_offsets,
-        "audio_local_gains": params.audio_local_gains,
-        "audio_local_boxes": params.audio_local_boxes,
-    }
 
 
 def video_columns(data: bytes, start: int, views: ViewsConfig, stored_frames: int, decoder: str) -> dict:
@@ -144,8 +110,7 @@ def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsCon
                    decoder: str = "dali") -> dict:
     """One clip's row of the source: the video for ``decoder`` (:func:`video_columns`), the audio
     window (float32), both at the window the clip's samples share (``params[0]``'s), and the view
-    parameters of each of its samples, stacked on a leading repeat axis."""
-    per_sample = [repeat_columns(p) for p in params]
+    parameters of each of its samples, packed (``xkd.data.packed_params``) and stacked (repeats, P)."""
     video = video_columns(ref.read(VIDEO_EXT), params[0].video_start, views, stored_frames, decoder)
     # The audio window alone (seek + decode of 4 s), not the whole clip's FLAC (xkd.data.audio_window).
     audio_window = read_audio_window(ref.read(AUDIO_EXT), params[0].audio_start, audio_window_samples(views),
@@ -153,17 +118,18 @@ def source_columns(ref: SampleRef, params: list[ClipViewParams], views: ViewsCon
     return {
         **video,
         "audio_window": audio_window,
-        **{name: np.stack([columns[name] for columns in per_sample]) for name in REPEAT_COLUMNS},
+        "view_params": np.stack([pack_view_params(p) for p in params]),
     }
 
 
 def read_row(ref: SampleRef, index: int, stand_in_for: int | None, views: ViewsConfig, seed: int, epoch: int,
-             repeats: int, augment: bool, decoder: str) -> dict:
+             repeats: int, augment: bool, decoder: str, info: tuple[int, ...] | None = None) -> dict:
     """The source's row of sample ``index`` (``ref``) in the slot of ``stand_in_for`` (None: its own):
-    its info vector, its samples' view parameters (:func:`~xkd.data.sampler.clip_view_params`) and
-    :func:`source_columns`. A pure function of its arguments: read in a reader thread, a worker
-    process (:mod:`xkd.data.row_workers`) or the graph's own thread, a row is the same."""
-    info = read_info(ref)
+    its info vector (``info``, as the source read it, or read here), its samples' view parameters
+    (:func:`~xkd.data.sampler.clip_view_params`) and :func:`source_columns`. A pure function of its
+    arguments: read in a reader thread, a worker process (:mod:`xkd.data.row_workers`) or the
+    graph's own thread, a row is the same."""
+    info = read_info(ref) if info is None else info
     params = clip_view_params(seed, epoch, index, stand_in_for, repeats, views, info, augment)
     # The sample's index rides through the graph, so a batch says which samples it holds.
     return {**source_columns(ref, params, views, int(info[NUM_FRAMES]), decoder),
@@ -199,7 +165,7 @@ class ShardSource:
                  epoch: int = 0, start_position: int = 0, known: frozenset[int] = frozenset(),
                  failed: dict[int, frozenset[int]] | None = None, augment: bool = True,
                  reader: Executor | RowWorkers | None = None, decoder: str = "dali", buffers: BufferPool | None = None,
-                 frame_sizes: dict[int, tuple[int, int]] | None = None):
+                 infos: dict[int, tuple[int, ...]] | None = None):
         self.samples, self.views, self.plan, self.augment = samples, views, plan, augment
         self.decoder, self.columns = decoder, source_column_names(decoder)
         self.batch_size, self.seed, self.repeats = batch_size, seed, plan.samples_per_decode
@@ -214,8 +180,9 @@ class ShardSource:
         # PyAV: batch position -> the memory its rows are written into, then (once made) the batch's media.
         self.buffers = (buffers or BufferPool()) if decoder == "pyav" else None
         self.stored: dict[int, BatchBuffer] = {}
-        # Sample -> (height, width) of its info vector: the padding of its batches, read once per loader.
-        self.frame_sizes = {} if frame_sizes is None else frame_sizes
+        # Sample -> its info vector, read once per loader (PyAV): its frame size pads its batches
+        # (``buffer``), and its row is read without reading it again.
+        self.infos = {} if infos is None else infos
         self.media: dict[int, StoredBatch] = {}
         self.read_ahead(start_position)  # the first batch too: DALI asks for it as soon as the graph runs
 
@@ -244,6 +211,7 @@ class ShardSource:
         """Start reading the batch at ``begin`` (each slot's own sample; stand-ins are rare)."""
         if self.reader is None or begin + self.batch_size > len(self.order):
             return
+        buffer = self.buffer(begin) if self.buffers is not None else None  # (first: it reads the info vectors)
         keys = [(int(self.order[position]), None, position - begin) for position in range(begin, begin + self.batch_size)]
         keys = [(index, stand_in_for, clip) for index, stand_in_for, clip in keys
                 if index not in self.known and (index, stand_in_for) not in self.ahead]
@@ -252,15 +220,15 @@ class ShardSource:
             for first in range(0, len(keys), chunk):
                 part = keys[first:first + chunk]
                 rows = [(self.row_arguments(index, stand_in_for), clip) for index, stand_in_for, clip in part]
-                futures = self.reader.submit_rows(read_row, rows, self.buffer(begin))
+                futures = self.reader.submit_rows(read_row, rows, buffer)
                 self.ahead.update(((index, stand_in_for), future) for (index, stand_in_for, _), future in zip(part, futures))
             return
         for index, stand_in_for, clip in keys:
             arguments = self.row_arguments(index, stand_in_for)
-            if self.buffers is None:
+            if buffer is None:
                 self.ahead[(index, stand_in_for)] = self.reader.submit(read_row, *arguments)
             else:
-                self.ahead[(index, stand_in_for)] = self.reader.submit(store_read_row, arguments, self.buffer(begin), clip)
+                self.ahead[(index, stand_in_for)] = self.reader.submit(store_read_row, arguments, buffer, clip)
 
     def buffer(self, begin: int) -> BatchBuffer:
         """The memory the rows of the batch at ``begin`` are written into (PyAV): planes padded to the
@@ -270,14 +238,13 @@ class ShardSource:
             sizes = []
             for position in range(begin, begin + self.batch_size):
                 index = int(self.order[position])
-                if index not in self.known and index not in self.frame_sizes:
+                if index not in self.known and index not in self.infos:
                     try:
-                        info = read_info(self.samples[index])
-                    except Exception:  # its row fails as well, and a stand-in takes its place
+                        self.infos[index] = tuple(int(value) for value in read_info(self.samples[index]))
+                    except Exception:  # its row fails as well (reading it again), and a stand-in takes its place
                         continue
-                    self.frame_sizes[index] = int(info[HEIGHT]), int(info[WIDTH])
-                if index in self.frame_sizes:
-                    sizes.append(self.frame_sizes[index])
+                if index in self.infos:
+                    sizes.append((self.infos[index][HEIGHT], self.infos[index][WIDTH]))
             height, width = (max(axis, default=0) for axis in zip(*sizes)) if sizes else (0, 0)
             self.stored[begin] = self.buffers.take(self.batch_size, self.views.video_global_frames, (height, width),
                                                    ((height + 1) // 2, (width + 1) // 2), audio_window_samples(self.views))
@@ -308,7 +275,7 @@ class ShardSource:
 
     def row_arguments(self, index: int, stand_in_for: int | None) -> tuple:
         return (self.samples[index], index, stand_in_for, self.views, self.seed, self.epoch, self.repeats,
-                self.augment, self.decoder)
+                self.augment, self.decoder, self.infos.get(index))
 
     def row(self, index: int, stand_in_for: int | None) -> dict:
         """The row read on this thread, on its own (:func:`read_row`: media in the row)."""
@@ -333,7 +300,7 @@ def build_pipeline(source: ShardSource | OneSample, views: ViewsConfig, batch_si
     delivered on the GPU); the source's ``decoder`` says whether the graph decodes the video
     ("dali") or the source did ("pyav"). ``batch_size`` counts clips. Outputs per clip: with DALI's
     decoder its decoded window (FHWC uint8 RGB) and the audio window (with PyAV both go around the
-    graph), then the YUV -> RGB matrix, each ``REPEAT_COLUMNS`` entry (repeat axis first) and the
+    graph), then the YUV -> RGB matrix, the packed view parameters (repeat axis first) and the
     sample index."""
     from nvidia.dali import fn, pipeline_def
 
@@ -356,7 +323,7 @@ def build_pipeline(source: ShardSource | OneSample, views: ViewsConfig, batch_si
             # follow on the device.
             segment = columns["audio_window"].gpu() if on_gpu else columns["audio_window"]
             media = (frames, segment)
-        return (*media, columns["video_to_rgb"], *(columns[name] for name in REPEAT_COLUMNS), columns["sample_index"])
+        return (*media, columns["video_to_rgb"], columns["view_params"], columns["sample_index"])
 
     # The rank's own GPU (made current by xkd.distributed before anything else), not GPU 0 for every
     # rank; DALI's CPU threads pinned to the CPUs near that GPU (NVML), as the decode feeds it.
@@ -435,9 +402,9 @@ class DaliClipLoader:
             readers = num_threads if self.decoder == "pyav" else min(4, num_threads)
             self.reader = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="xkd-read")
         # PyAV: the shared memory each batch's rows are written into, reused batch after batch, and
-        # each sample's frame size (ShardSource.buffer).
+        # each sample's info vector (ShardSource.infos).
         self.buffers = BufferPool() if self.decoder == "pyav" else None
-        self.frame_sizes: dict[int, tuple[int, int]] = {}
+        self.infos: dict[int, tuple[int, ...]] = {}
         # Turns DALI's outputs into the next batch (the parameters, and DALI's decoded frames, copied out
         # of its buffers; PyAV's batch is already in shared memory) while the model
         # trains on this one. CPU decode only: on the GPU the copies are kernels, queued from the loop's
@@ -471,7 +438,7 @@ class DaliClipLoader:
         failed = {position: frozenset(bad) for position, bad in self.failed.items()}
         self.source = ShardSource(self.samples, self.views, self.plan, self.clips_per_batch, self.seed, self.epoch,
                                   self.clip_position, frozenset(self.corrupt.known), failed, self.augment,
-                                  self.reader, self.decoder, self.buffers, self.frame_sizes)
+                                  self.reader, self.decoder, self.buffers, self.infos)
         # With PyAV the graph only passes the source's arrays through: one DALI thread is enough.
         dali_threads = self.num_threads if self.decoder == "dali" else 1
         self.pipeline = build_pipeline(self.source, self.views, self.clips_per_batch, self.device, dali_threads,
@@ -525,24 +492,22 @@ class DaliClipLoader:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
         media = self._media(outputs[:2] if stored is None else None, stored)
-        to_rgb, *params, sample_index = outputs[2:] if stored is None else outputs
-        params = dict(zip(REPEAT_COLUMNS, (to_torch_tensor(out.as_tensor(), copy=True) for out in params)))
+        to_rgb, view_params, sample_index = outputs[2:] if stored is None else outputs
         repeats = self.plan.samples_per_decode
 
         def per_sample(per_clip: torch.Tensor) -> torch.Tensor:  # a clip's samples share its window
             return per_clip if repeats == 1 else per_clip.repeat_interleave(repeats, dim=0)
 
-        batch = {
+        # (clips, repeats, P) -> (clips * repeats, P): the same clip-major order as the views.
+        packed = to_torch_tensor(view_params.as_tensor(), copy=False).flatten(0, 1)
+        return {
             **media,
             "video_to_rgb": per_sample(to_torch_tensor(to_rgb.as_tensor(), copy=True)),
             "audio_window": per_sample(media["audio_window"]),
             # Index into the loader's samples (not a model input), once per sample.
             "sample_index": per_sample(to_torch_tensor(sample_index.as_tensor(), copy=True).reshape(-1)),
+            **unpack_view_params(packed, self.views),  # (copies out of DALI's buffer)
         }
-        # (clips, repeats, ...) -> (clips * repeats, ...): the same clip-major order as the views.
-        for name, (key, dtype) in FINISH_COLUMNS.items():
-            batch[key] = params[name].flatten(0, 1) if dtype is None else params[name].flatten(0, 1).to(dtype)
-        return batch
 
     def _media(self, decoded, stored: StoredBatch | None) -> dict[str, torch.Tensor]:
         """Each clip's window padded to the batch's largest frame, one tensor per plane group, with the

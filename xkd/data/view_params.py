@@ -110,8 +110,8 @@ def spectrogram_crop_box(rng: np.random.Generator, freq_bins: int, frames: int, 
     """
     canvas_f, canvas_t = int(freq_bins * canvas_scale[0]), int(frames * canvas_scale[1])
     # Crop sizes scale the spectrogram (not the canvas), clipped to the canvas, as in BYOL-A.
-    h = int(np.clip(int(freq_bins * rng.uniform(*freq_scale)), 1, canvas_f))
-    w = int(np.clip(int(frames * rng.uniform(*time_scale)), 1, canvas_t))
+    h = min(max(int(freq_bins * rng.uniform(*freq_scale)), 1), canvas_f)
+    w = min(max(int(frames * rng.uniform(*time_scale)), 1), canvas_t)
     i = int(rng.integers(0, canvas_f - h + 1)) if canvas_f > h else 0
     j = int(rng.integers(0, canvas_t - w + 1)) if canvas_t > w else 0
     pad_f, pad_t = (canvas_f - freq_bins) // 2, (canvas_t - frames) // 2
