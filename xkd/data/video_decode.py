@@ -18,6 +18,7 @@ video (damage the decoder skipped) is an error.
 """
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections.abc import Callable, Iterator
@@ -71,6 +72,13 @@ def open_video(data: bytes) -> av.container.InputContainer:
 
 
 def yuv_to_rgb_matrix(standard: str, full_range: bool) -> np.ndarray:
+    """(3, 4) float32 affine map from (Y, U, V, 1), each in [0, 255], to (R, G, B) in [0, 1]
+    (:func:`_yuv_to_rgb_matrix`'s, each made once: a loader asks for one per window)."""
+    return _yuv_to_rgb_matrix(standard, full_range).copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _yuv_to_rgb_matrix(standard: str, full_range: bool) -> np.ndarray:
     """(3, 4) float32 affine map from (Y, U, V, 1), each in [0, 255], to (R, G, B) in [0, 1].
 
     With luma weights (Kr, Kb), Kg = 1 - Kr - Kb, and Y', Cb', Cr' the levels scaled to [0, 1]
