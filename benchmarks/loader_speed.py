@@ -216,7 +216,7 @@ def main() -> None:
     args.repeat = args.repeat or -(-BATCHES_PER_EPOCH * args.batch_size // max(1, len(split)))
     samples = split * args.repeat
     if len(samples) < 2 * args.batch_size:
-        parser.error(f"{args.shards}: {len(samples)} samples (x --repeat {args.repeat}) make fewer than two batches of "
+        parser.error(f"{args.shards}: {len(split)} samples x --repeat {args.repeat} make fewer than two batches of "
                      f"--batch-size {args.batch_size}: list them more times (--repeat) or lower --batch-size")
     plan = EpochPlan(len(samples), seed=0, samples_per_decode=args.samples_per_decode)
     results = {
